@@ -1,0 +1,1 @@
+"""Reference methods (NICE, ATM, EEGProject, ridge, ...): one method per module, each registered by name."""

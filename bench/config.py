@@ -1,0 +1,156 @@
+"""Configuration: YAML layers, ``--set`` overrides, validation with suggestions.
+
+Layers, lowest first::
+
+    configs/defaults.yaml            harness sections (data, protocol, train, eval) and an empty ``method`` section
+    method defaults                  the hyper-parameters the method class declares (its ``defaults`` dict)
+    configs/methods/<method>.yaml    the method's published recipe (may touch any section)
+    --config FILE                    the user's file(s), in order
+    --set a.b=c                      repeatable, last wins
+
+The key set of the first two layers is the schema: a later layer may change values but never add keys, and an
+unknown key is rejected with the nearest valid key suggested. The fully resolved config is what a run records.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the source and the key."""
+
+
+def config_dir() -> Path:
+    """Where ``defaults.yaml`` and ``methods/*.yaml`` live (``BENCH_CONFIG_DIR`` overrides the repository's)."""
+    return Path(os.environ.get("BENCH_CONFIG_DIR") or Path(__file__).resolve().parent.parent / "configs")
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at top level, found {type(data).__name__}")
+    return data
+
+
+def _flat_keys(tree: Mapping, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in tree.items():
+        keys.append(prefix + k)
+        if isinstance(v, Mapping):
+            keys.extend(_flat_keys(v, prefix + k + "."))
+    return keys
+
+
+def _coerce(key: str, default: Any, value: Any, source: str) -> Any:
+    """Keep the type of the schema's default; YAML reads ``3e-4`` as a string, so numbers given as text are parsed."""
+    if value is None or default is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{source}: {key} expects true/false, got {value!r}")
+    if isinstance(default, (int, float)):
+        if isinstance(value, str):
+            try:
+                value = float(value) if any(c in value for c in ".eE") else int(value)
+            except ValueError:
+                raise ConfigError(f"{source}: {key} expects a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: {key} expects a number, got {value!r}")
+        return float(value) if isinstance(default, float) else value
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ConfigError(f"{source}: {key} expects a string, got {value!r}")
+    if isinstance(default, list) and not isinstance(value, list):
+        raise ConfigError(f"{source}: {key} expects a list, got {value!r}")
+    return value
+
+
+def merge(base: dict, override: Mapping, source: str, *, schema: Mapping | None = None, prefix: str = "") -> dict:
+    """Return ``base`` updated by ``override``; every key of ``override`` must exist in ``schema`` (default: base)."""
+    schema = base if schema is None else schema
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        full = prefix + str(key)
+        if key not in schema:
+            valid = _flat_keys(schema, prefix)
+            close = difflib.get_close_matches(full, valid, n=1, cutoff=0.4)
+            hint = f" Did you mean {close[0]}?" if close else f" Valid keys here: {', '.join(sorted(schema)) or '(none)'}."
+            raise ConfigError(f"{source}: unknown config key {full!r}.{hint}")
+        if isinstance(schema[key], Mapping) and schema[key] and not isinstance(value, Mapping):
+            raise ConfigError(f"{source}: {full} is a section; set its keys ({full}.<key>) instead of {value!r}")
+        if isinstance(value, Mapping) and isinstance(schema[key], Mapping) and schema[key]:
+            out[key] = merge(out.get(key) or {}, value, source, schema=schema[key], prefix=full + ".")
+        else:
+            out[key] = _coerce(full, schema[key], copy.deepcopy(value), source)
+    return out
+
+
+def parse_set(item: str) -> dict:
+    """``"train.lr=1e-3"`` → ``{"train": {"lr": 1e-3}}`` (the value is read as YAML)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=1e-3")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {item!r}: malformed key {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}") from exc
+    tree: dict = {}
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return tree
+
+
+def resolve(
+    method: str | None = None,
+    method_defaults: Mapping | None = None,
+    config_files: Iterable[str | Path] = (),
+    sets: Iterable[str] = (),
+) -> dict:
+    """The fully resolved config for ``method`` (see the module docstring for the layer order)."""
+    cdir = config_dir()
+    cfg = load_yaml(cdir / "defaults.yaml")
+    cfg.setdefault("method", {})
+    if method_defaults:
+        cfg["method"] = {**cfg["method"], **copy.deepcopy(dict(method_defaults))}
+    if method:
+        method_file = cdir / "methods" / f"{method}.yaml"
+        if method_file.is_file():
+            cfg = merge(cfg, load_yaml(method_file), str(method_file))
+        cfg["method_name"] = method
+    for f in config_files:
+        user = load_yaml(f)
+        user.pop("method_name", None)  # a saved resolved config (e.g. from `bench tune`) can be fed back
+        cfg = merge(cfg, user, str(f))
+    for item in sets:
+        cfg = merge(cfg, parse_set(item), f"--set {item}")
+    return cfg
+
+
+def canonical_json(obj: Any) -> str:
+    """A stable text form for hashing: sorted keys, no whitespace, floats as Python writes them."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def dump_yaml(cfg: Mapping, path: str | Path) -> None:
+    from bench.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(dict(cfg), sort_keys=False))

@@ -1,0 +1,1 @@
+"""The data layer: where THINGS-EEG files enter the harness (readers, cache, dataset, features, synthetic data)."""

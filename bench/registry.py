@@ -1,0 +1,241 @@
+"""Registries: the table of contents of ThingsBench.
+
+One :class:`Registry` per kind of component (methods, EEG encoders, feature extractors, datasets,
+protocols). Components register with a decorator (``@register_method("nice", description=..., citation=...)``),
+are listed with glob patterns (``list_methods("nice*")``) and built by name
+(``create_method("nice", lr=1e-3)``), as in timm.
+
+Built-in methods are declared through the ``bench.methods`` entry-point group in ``pyproject.toml``, exactly as a
+third-party package declares its own, and a single file can be loaded with ``--plugin path/to/file.py``.
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import hashlib
+import importlib
+import importlib.metadata
+import importlib.util
+import inspect
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+
+class RegistryError(LookupError):
+    """A name is unknown, or a name is registered twice."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    obj: Any
+    description: str
+    citation: str
+    origin: str
+    extra: dict = field(default_factory=dict)
+
+
+def _origin(obj: Any) -> str:
+    try:
+        return f"{inspect.getsourcefile(obj)}:{inspect.getsourcelines(obj)[1]}"
+    except (TypeError, OSError):
+        return getattr(obj, "__module__", "?")
+
+
+def suggest(name: str, choices: list[str]) -> str:
+    """' Did you mean: a, b?' for the closest names, or '' when nothing is close."""
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
+    return f" Did you mean: {', '.join(close)}?" if close else ""
+
+
+class Registry:
+    """A named table of components.
+
+    ``group`` names the entry-point group scanned on first use (e.g. ``bench.methods``): each entry point is
+    loaded, which runs its module's ``@register_*`` decorators. An entry point may also name an unregistered class
+    or factory; it is then registered under the entry point's name, using its ``description``/``citation``
+    attributes.
+    """
+
+    def __init__(self, kind: str, group: str | None = None, builtin_modules: tuple[str, ...] = ()):
+        self.kind = kind
+        self.group = group
+        self.builtin_modules = builtin_modules
+        self._entries: dict[str, Entry] = {}
+        self._lock = threading.RLock()
+        self._discovered = False
+        self._discovering = False
+
+    # --- registration -----------------------------------------------------------------------------------------
+    def register(self, name: str, *, description: str, citation: str = "", **extra: Any) -> Callable:
+        if not name or name != name.strip():
+            raise ValueError(f"invalid {self.kind} name {name!r}")
+        if not description:
+            raise ValueError(f"{self.kind} {name!r} must declare a one-line description")
+
+        def decorator(obj: Any) -> Any:
+            self.add(Entry(name, obj, description.strip(), citation.strip(), _origin(obj), dict(extra)))
+            return obj
+
+        return decorator
+
+    def add(self, entry: Entry) -> None:
+        with self._lock:
+            old = self._entries.get(entry.name)
+            if old is not None and old.obj is not entry.obj:
+                raise RegistryError(
+                    f"{self.kind} {entry.name!r} is already registered (by {old.origin}); "
+                    f"cannot register it again from {entry.origin}. Choose another name."
+                )
+            self._entries[entry.name] = entry
+
+    # --- discovery --------------------------------------------------------------------------------------------
+    def discover(self) -> None:
+        """Import built-in modules and load entry points, once."""
+        with self._lock:
+            if self._discovered or self._discovering:
+                return
+            self._discovering = True
+            try:
+                for module in self.builtin_modules:
+                    try:
+                        importlib.import_module(module)
+                    except ModuleNotFoundError as exc:
+                        # TODO(integration): remove once every built-in module has landed.
+                        if exc.name != module:
+                            raise
+                if self.group:
+                    for ep in importlib.metadata.entry_points(group=self.group):
+                        self._load_entry_point(ep)
+                self._discovered = True
+            finally:
+                self._discovering = False
+
+    def _load_entry_point(self, ep: importlib.metadata.EntryPoint) -> None:
+        try:
+            obj = ep.load()
+        except Exception as exc:  # a broken third-party plugin must not hide the others
+            raise RegistryError(f"entry point {ep.name!r} = {ep.value!r} in group {self.group} failed to load: {exc}") from exc
+        if inspect.ismodule(obj) or any(e.obj is obj for e in self._entries.values()):
+            return
+        description = getattr(obj, "description", "") or (inspect.getdoc(obj) or "").split("\n")[0]
+        self.add(Entry(ep.name, obj, description or f"{ep.value} (no description)",
+                       getattr(obj, "citation", ""), _origin(obj)))
+
+    # --- lookup -----------------------------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        self.discover()
+        return sorted(self._entries)
+
+    def list(self, pattern: str = "*") -> list[str]:
+        return [n for n in self.names() if fnmatch.fnmatchcase(n, pattern)]
+
+    def get(self, name: str) -> Entry:
+        self.discover()
+        try:
+            return self._entries[name]
+        except KeyError:
+            known = sorted(self._entries)
+            raise RegistryError(
+                f"unknown {self.kind} {name!r}.{suggest(name, known)} Known: {', '.join(known) or '(none)'}"
+            ) from None
+
+    def create(self, name: str, **overrides: Any) -> Any:
+        """Build a component; ``None``-valued overrides are dropped so the component keeps its default (timm)."""
+        kwargs = {k: v for k, v in overrides.items() if v is not None}
+        return self.get(name).obj(**kwargs)
+
+    def __contains__(self, name: str) -> bool:
+        self.discover()
+        return name in self._entries
+
+
+_plugins_loaded: dict[Path, Any] = {}
+
+
+def load_plugin(path: str | Path) -> Any:
+    """Import a single Python file so that its ``@register_*`` decorators run. Loading the same file twice is a no-op."""
+    path = Path(path).expanduser().resolve()
+    if path in _plugins_loaded:
+        return _plugins_loaded[path]
+    if not path.is_file() or path.suffix != ".py":
+        raise RegistryError(f"plugin {path} is not a .py file")
+    module_name = "bench_plugin_" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception:
+        del sys.modules[module_name]
+        raise
+    _plugins_loaded[path] = module
+    return module
+
+
+# --- the five registries and their timm-style functions -----------------------------------------------------------
+METHODS = Registry("method", group="bench.methods")
+ENCODERS = Registry("encoder", group="bench.encoders", builtin_modules=("bench.encoders",))
+FEATURES = Registry("feature extractor", group="bench.features", builtin_modules=("bench.extract",))
+DATASETS = Registry("dataset", group="bench.datasets", builtin_modules=("bench.data.dataset",))
+PROTOCOLS = Registry("protocol", group="bench.protocols", builtin_modules=("bench.protocols",))
+
+REGISTRIES: dict[str, Registry] = {
+    "methods": METHODS, "encoders": ENCODERS, "features": FEATURES, "datasets": DATASETS, "protocols": PROTOCOLS,
+}
+
+
+def register_method(name: str, *, description: str, citation: str = "", **extra: Any) -> Callable:
+    return METHODS.register(name, description=description, citation=citation, **extra)
+
+
+def list_methods(pattern: str = "*") -> list[str]:
+    return METHODS.list(pattern)
+
+
+def create_method(name: str, **overrides: Any) -> Any:
+    return METHODS.create(name, **overrides)
+
+
+def register_encoder(name: str, *, description: str, citation: str = "", **extra: Any) -> Callable:
+    return ENCODERS.register(name, description=description, citation=citation, **extra)
+
+
+def list_encoders(pattern: str = "*") -> list[str]:
+    return ENCODERS.list(pattern)
+
+
+def create_encoder(name: str, **overrides: Any) -> Any:
+    return ENCODERS.create(name, **overrides)
+
+
+def register_feature_extractor(name: str, *, description: str, citation: str = "", **extra: Any) -> Callable:
+    return FEATURES.register(name, description=description, citation=citation, **extra)
+
+
+def list_feature_extractors(pattern: str = "*") -> list[str]:
+    return FEATURES.list(pattern)
+
+
+def register_dataset(name: str, *, description: str, citation: str = "", **extra: Any) -> Callable:
+    return DATASETS.register(name, description=description, citation=citation, **extra)
+
+
+def list_datasets(pattern: str = "*") -> list[str]:
+    return DATASETS.list(pattern)
+
+
+def register_protocol(name: str, *, description: str, citation: str = "", **extra: Any) -> Callable:
+    return PROTOCOLS.register(name, description=description, citation=citation, **extra)
+
+
+def list_protocols(pattern: str = "*") -> list[str]:
+    return PROTOCOLS.list(pattern)
+
+
+def create_protocol(name: str, **overrides: Any) -> Any:
+    return PROTOCOLS.create(name, **overrides)

@@ -1,0 +1,1 @@
+"""New methods (MCDB): one method per module, each registered by name."""
