@@ -81,6 +81,41 @@ def doctor(
         raise typer.Exit(1)
 
 
+@app.command()
+def train(
+    method: str = typer.Option(..., "--method", help="Registered method name (bench list methods)."),
+    subject: int = typer.Option(..., "--subject", help="Subject id (1-based; with --protocol inter, the held-out one)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of this run."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="intra | inter (default: the config's)."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Data root; default: the built-in synthetic dataset."),
+    results_dir: Path = typer.Option(None, "--results-dir", help="Where runs/ is written (default ./results)."),
+    config: List[Path] = typer.Option([], "--config", help="YAML config layered over the method's. Repeatable."),
+    set_: List[str] = typer.Option([], "--set", help="Override one key, e.g. --set train.lr=1e-3. Repeatable."),
+    force: bool = typer.Option(False, "--force", help="Recompute even if a completed record exists."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Train, select on validation and test one run; writes one record under <results-dir>/runs/."""
+    from bench.paths import default_results_dir
+    from bench.runner import train_one
+
+    outcome = train_one(method, subject, seed, protocol=protocol, data_root=data_root,
+                        results_dir=results_dir or default_results_dir(), config_files=config, sets=set_,
+                        force=force, progress=not quiet)
+    rec = outcome.record
+    where = (results_dir or default_results_dir()) / "runs" / f"{rec.spec_hash}.json"
+    if outcome.skipped:
+        console.print(f"already completed (use --force to recompute): {where}")
+    if rec.status != "completed":
+        err_console.print(f"[red]{rec.spec.label} failed:[/red] {rec.error['type']}: {rec.error['message']}\n"
+                          f"record: {where}")
+        raise typer.Exit(1)
+    m = rec.metrics
+    console.print(f"{rec.spec.label}: top-1 {m['top1']:.1f}%  top-5 {m['top5']:.1f}%  "
+                  f"(chance {m['chance_top1']:.1f}% / {m['chance_top5']:.1f}%, {m['n_test']}-way; "
+                  f"selected epoch {m['val']['selected_epoch']}, val top-1 {m['val']['best_top1']:.1f}%)")
+    console.print(f"record: {where}")
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     try:
         code = app(args=argv, standalone_mode=False)  # click returns an Exit's code instead of raising it here

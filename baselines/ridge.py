@@ -1,0 +1,54 @@
+"""Ridge: closed-form ridge regression from flattened, averaged EEG to the image features.
+
+The fastest sanity baseline and the first end-to-end user of the whole harness path. No gradient training:
+the Trainer calls :meth:`fit_closed_form` once with the training set.
+
+``alpha`` is relative: the penalty is ``alpha`` times the mean eigenvalue of the Gram matrix of the standardised
+inputs, so one value behaves alike across channel counts, window lengths and dataset sizes.
+"""
+from __future__ import annotations
+
+import torch
+
+from bench.method import DataInfo, Method
+from bench.registry import register_method
+
+
+@register_method("ridge", description="closed-form ridge regression from flattened EEG to image features "
+                                      "(sanity baseline)", citation="Hoerl & Kennard, Technometrics 1970")
+class Ridge(Method):
+    defaults = {"alpha": 1.0, "time_decimate": 1}
+    closed_form = True
+
+    def __init__(self, info: DataInfo, **hparams):
+        super().__init__(info, **hparams)
+        if self.hparams["alpha"] <= 0 or self.hparams["time_decimate"] < 1:
+            raise ValueError("ridge needs alpha > 0 and time_decimate >= 1")
+        d_in = info.n_chans * len(range(0, info.n_times, int(self.hparams["time_decimate"])))
+        self.register_buffer("mean", torch.zeros(d_in))
+        self.register_buffer("scale", torch.ones(d_in))
+        self.register_buffer("weight", torch.zeros(d_in, info.feature_dim))
+        self.register_buffer("bias", torch.zeros(info.feature_dim))
+
+    def _inputs(self, eeg: torch.Tensor) -> torch.Tensor:
+        return eeg[..., :: int(self.hparams["time_decimate"])].flatten(1)
+
+    def fit_closed_form(self, eeg: torch.Tensor, image: torch.Tensor, subject: torch.Tensor | None) -> None:
+        x = self._inputs(eeg.float()).double()
+        y = image.double()
+        self.mean.copy_(x.mean(0))
+        self.scale.copy_(x.std(0).clamp_min(1e-8))
+        x = (x - self.mean.double()) / self.scale.double()
+        y_mean = y.mean(0)
+        y = y - y_mean
+        n, d = x.shape
+        penalty = float(self.hparams["alpha"]) * max(n, d)  # mean Gram eigenvalue: trace = n·d over min(n, d) of them
+        if n >= d:  # primal: (XᵀX + λI) W = XᵀY
+            w = torch.linalg.solve(x.T @ x + penalty * torch.eye(d, dtype=x.dtype, device=x.device), x.T @ y)
+        else:       # dual: W = Xᵀ (XXᵀ + λI)⁻¹ Y, cheaper when there are fewer samples than inputs
+            w = x.T @ torch.linalg.solve(x @ x.T + penalty * torch.eye(n, dtype=x.dtype, device=x.device), y)
+        self.weight.copy_(w.float())
+        self.bias.copy_(y_mean.float())
+
+    def encode_eeg(self, eeg: torch.Tensor, subject: torch.Tensor | None) -> torch.Tensor:
+        return ((self._inputs(eeg) - self.mean) / self.scale) @ self.weight + self.bias

@@ -1,0 +1,126 @@
+"""The Method API: what a method supplies, and nothing else.
+
+A method is an ``nn.Module`` with
+
+* an EEG encoder: :meth:`Method.encode_eeg` ``(eeg (B, C, T), subject (B,) or None) -> (B, D)``;
+* optional heads/adapters over the frozen targets: :meth:`encode_image`, :meth:`encode_text` (identity by default);
+* a loss: :meth:`training_loss` on one :class:`Batch`;
+* optional hooks: :meth:`on_train_start`, :meth:`after_backward` (gradients are there, the optimiser has not
+  stepped), :meth:`on_epoch_end` (may return numbers to log into the run record's ``extras``).
+
+Methods without gradient training (closed-form ridge) set ``closed_form = True`` and implement
+:meth:`fit_closed_form`, which receives the training set and nothing else.
+
+The harness owns seeds, devices, data splits, validation, model selection, test evaluation and output. A method
+never receives a split, a path or a dataset: only batches of training data, and at evaluation time the EEG and
+targets it must embed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """Shapes and metadata a method may build itself from."""
+
+    n_chans: int
+    n_times: int
+    sfreq: float
+    ch_names: tuple[str, ...]
+    feature_dim: int
+    n_subjects: int
+    n_train_concepts: int
+    has_text: bool
+
+
+@dataclass
+class Batch:
+    """One training batch, already on the method's device. ``text`` rows are the batch rows' concept texts."""
+
+    eeg: torch.Tensor               # (B, C, T) float
+    image: torch.Tensor             # (B, D) target features of the seen images
+    concept: torch.Tensor           # (B,) training-concept index
+    subject: torch.Tensor | None    # (B,) 0-based subject index, None where the protocol hides it
+    text: torch.Tensor | None = None  # (B, D) or None when the data has no text features
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TrainState:
+    """What hooks may read: where training is, and the optimiser's parameters (for gradient hooks)."""
+
+    epoch: int
+    epochs: int
+    step: int
+    steps_per_epoch: int
+    last_logs: dict[str, float] = field(default_factory=dict)
+    rank: int = 0
+    world: int = 1
+    #: average a tensor over processes (identity in one process): hooks that derive numbers from the local batch
+    #: (e.g. balance coefficients) must agree across processes or the replicas drift apart
+    all_reduce_mean: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+
+
+class Method(nn.Module):
+    """Base class for registered methods. Subclasses declare ``defaults`` (their ``method:`` config section)."""
+
+    defaults: ClassVar[dict[str, Any]] = {}
+    requires_text: ClassVar[bool] = False
+    closed_form: ClassVar[bool] = False
+
+    def __init__(self, info: DataInfo, **hparams: Any):
+        super().__init__()
+        unknown = set(hparams) - set(self.defaults)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unknown hyper-parameters {sorted(unknown)}; "
+                            f"it declares {sorted(self.defaults)}")
+        if self.requires_text and not info.has_text:
+            raise ValueError(f"{type(self).__name__} needs text features, but the feature file has none "
+                             f"(extract them with an open_clip model: bench features --model open_clip:...)")
+        self.info = info
+        self.hparams = {**self.defaults, **hparams}
+
+    # --- the model ------------------------------------------------------------------------------------------------
+    def encode_eeg(self, eeg: torch.Tensor, subject: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode_image(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+    def encode_text(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+    # --- training -------------------------------------------------------------------------------------------------
+    def forward(self, batch: Batch, state: TrainState) -> tuple[torch.Tensor, dict]:
+        """The trainer calls the module (so DDP wrappers see a forward pass); this runs :meth:`training_loss`."""
+        out = self.training_loss(batch, state)
+        return out.loss, out.logs
+
+    def training_loss(self, batch: Batch, state: TrainState) -> LossOutput:
+        raise NotImplementedError
+
+    def fit_closed_form(self, eeg: torch.Tensor, image: torch.Tensor, subject: torch.Tensor | None) -> None:
+        raise NotImplementedError
+
+    def on_train_start(self, state: TrainState) -> None:
+        pass
+
+    def after_backward(self, state: TrainState) -> None:
+        pass
+
+    def on_epoch_end(self, state: TrainState) -> dict[str, float] | None:
+        return None
+
+    def param_groups(self) -> list[dict] | None:
+        """Optional optimiser parameter groups; None = all trainable parameters in one group."""
+        return None

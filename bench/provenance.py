@@ -1,0 +1,48 @@
+"""Provenance for run records (the lm-evaluation-harness environment block): code, packages, device, host."""
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import platform
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from bench.doctor import package_versions
+
+
+@functools.lru_cache(maxsize=1)
+def git_state() -> dict:
+    """Commit and dirty flag of the checkout this code runs from (None outside a git checkout)."""
+    repo = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": commit, "git_dirty": None if status is None else bool(status)}
+
+
+def device_description(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        index = torch.device(device).index or 0
+        return f"{device} ({torch.cuda.get_device_name(index)})"
+    return f"{device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def collect(device: str, data_fingerprint: str, num_processes: int = 1, mixed_precision: str = "no") -> dict:
+    return {**git_state(), "packages": package_versions(), "device": device_description(device),
+            "num_processes": num_processes, "mixed_precision": mixed_precision, "data_fingerprint": data_fingerprint,
+            "python": platform.python_version(), "host": socket.gethostname(), "command": " ".join(sys.argv)}
