@@ -73,7 +73,7 @@ class RunOutcome:
     skipped: bool = False
 
 
-def execute_spec(spec: RunSpec, ds, store: RunStore, progress: bool = True) -> RunRecord:
+def execute_spec(spec: RunSpec, ds, store: RunStore, progress: bool = True, on_epoch=None) -> RunRecord:
     """Train, select and test one spec; always returns a record (``failed`` with its traceback on error)."""
     cfg = spec.config
     started = provenance.now()
@@ -89,7 +89,8 @@ def execute_spec(spec: RunSpec, ds, store: RunStore, progress: bool = True) -> R
 
         method = METHODS.create(spec.method, info=data_info(ds, split), **cfg["method"])
         evaluator = ZeroShotEvaluator.from_config(cfg)
-        trainer = Trainer(cfg["train"], spec.seed, evaluator, progress=progress, log_prefix=f"{spec.label} ")
+        trainer = Trainer(cfg["train"], spec.seed, evaluator, progress=progress, log_prefix=f"{spec.label} ",
+                          on_epoch=on_epoch)
         fit = trainer.fit(method, split.train, split.val)
         accelerator = trainer.accelerator
         timings.update(train_s=fit.train_s, samples_per_s=fit.samples_per_s, epochs_run=fit.epochs_run)
@@ -122,7 +123,8 @@ def execute_spec(spec: RunSpec, ds, store: RunStore, progress: bool = True) -> R
     return record
 
 
-def run_spec(spec: RunSpec, ds, store: RunStore, force: bool = False, progress: bool = True) -> RunOutcome:
+def run_spec(spec: RunSpec, ds, store: RunStore, force: bool = False, progress: bool = True, on_epoch=None
+             ) -> RunOutcome:
     """Skip a spec that is already completed (unless ``force``); otherwise claim it and execute it."""
     if not force:
         done = store.read(spec.spec_hash)
@@ -136,7 +138,7 @@ def run_spec(spec: RunSpec, ds, store: RunStore, force: bool = False, progress: 
             done = store.read(spec.spec_hash)
             if done is not None and done.status == COMPLETED:
                 return RunOutcome(done, skipped=True)
-        return RunOutcome(execute_spec(spec, ds, store, progress))
+        return RunOutcome(execute_spec(spec, ds, store, progress, on_epoch))
 
 
 def train_one(method: str, subject: int, seed: int, protocol: str | None = None, data_root: str | Path | None = None,

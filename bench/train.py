@@ -16,7 +16,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -124,8 +124,9 @@ class DeviceData:
 
 class Trainer:
     def __init__(self, train_cfg: dict, seed: int, evaluator: ZeroShotEvaluator | None = None,
-                 progress: bool = True, log_prefix: str = ""):
+                 progress: bool = True, log_prefix: str = "", on_epoch: Callable[[dict], None] | None = None):
         self.cfg, self.seed = train_cfg, int(seed)
+        self.on_epoch = on_epoch  # e.g. a Ray Tune report of the epoch's validation score
         self.evaluator = evaluator or ZeroShotEvaluator(kway=(), galleries=("image",))
         self.progress, self.log_prefix = progress, log_prefix
         self.accelerator = None
@@ -213,6 +214,8 @@ class Trainer:
                 else:
                     since_best += int(cfg["val_every"])
             result.curve.append(entry)
+            if self.on_epoch is not None and acc.is_main_process:
+                self.on_epoch(entry)
             if bar is not None:
                 bar.set_postfix(loss=f"{entry['train_loss']:.3f}", val_top1=f"{entry.get('val_top1', float('nan')):.1f}")
                 bar.update(1)

@@ -1,0 +1,318 @@
+"""`bench run`: expand run specs, drop the completed ones, run the rest as Ray Tune trials.
+
+The harness's store decides what is left to do (Ray's experiment state cannot add grid points on restore): a spec
+with a ``completed`` record is never scheduled again, so a killed sweep restarted with the same command computes
+only what is missing. Each trial goes through the same code path as `bench train` (:func:`bench.runner.run_spec`),
+holds the spec's lock while computing it, and writes its record itself; Ray only schedules.
+
+Trials with ``gpus_per_trial > 1`` (or ``workers_per_trial > 1``) run as DDP: the Tune trial is a light driver that
+claims the spec and launches a Ray Train ``TorchTrainer`` whose workers each run Accelerate (which picks up the
+process group Ray Train created).
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.records import COMPLETED, FAILED, RunRecord, RunSpec, RunStore
+
+
+class OrchestrationError(RuntimeError):
+    """The sweep cannot be scheduled (resources, shared storage, Ray connection)."""
+
+
+@dataclass
+class RayOptions:
+    address: str | None = None          # None: start a local Ray; "auto" or "HOST:PORT": join a running cluster
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    workers_per_trial: int = 1          # DDP workers per trial (defaults to gpus_per_trial when that is > 1)
+    max_concurrent: int | None = None
+    num_cpus: int | None = None         # size of a local Ray (default: this machine's cores)
+    object_store_mb: int = 256
+
+    def ddp_workers(self) -> int:
+        if self.workers_per_trial > 1:
+            return self.workers_per_trial
+        return int(self.gpus_per_trial) if self.gpus_per_trial > 1 else 1
+
+
+@dataclass
+class GridResult:
+    records: list[RunRecord] = field(default_factory=list)
+    scheduled: int = 0
+    skipped: int = 0
+    busy: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+def plan(specs: list[RunSpec], store: RunStore, force: bool = False) -> tuple[list[RunSpec], list[RunSpec]]:
+    """(to run, already completed). Duplicate specs are run once."""
+    todo, done, seen = [], [], set()
+    for spec in specs:
+        if spec.spec_hash in seen:
+            continue
+        seen.add(spec.spec_hash)
+        (done if (not force and store.is_completed(spec)) else todo).append(spec)
+    return todo, done
+
+
+def ray_environment() -> dict[str, str]:
+    """Quiet, offline-safe defaults for the driver and every worker (set only where the user has not)."""
+    return {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_CHDIR_TO_TRIAL_DIR": "0",
+            "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_TRAIN_V2_ENABLED": "1"}
+
+
+def init_ray(opts: RayOptions) -> None:
+    import ray
+
+    for key, value in ray_environment().items():
+        os.environ.setdefault(key, value)
+    if ray.is_initialized():
+        return
+    try:
+        if opts.address:
+            ray.init(address=opts.address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=opts.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                     object_store_memory=opts.object_store_mb * 1024 ** 2)
+    except ConnectionError as exc:
+        raise OrchestrationError(f"cannot join the Ray cluster at {opts.address!r}: {exc}. Start one with "
+                                 f"`ray start --head` and pass its address (or 'auto' on a cluster node).") from exc
+
+
+def check_resources(opts: RayOptions) -> None:
+    """Refuse requests no node can meet: Tune would leave such trials PENDING forever."""
+    import ray
+
+    total = ray.cluster_resources()
+    workers = opts.ddp_workers()
+    need_cpu = opts.cpus_per_trial * (workers if workers > 1 else 1)
+    need_gpu = opts.gpus_per_trial
+    if need_cpu > total.get("CPU", 0):
+        raise OrchestrationError(f"a trial needs {need_cpu:g} CPUs; the Ray cluster has {total.get('CPU', 0):g}")
+    if need_gpu > total.get("GPU", 0):
+        raise OrchestrationError(f"a trial needs {need_gpu:g} GPUs; the Ray cluster has {total.get('GPU', 0):g} "
+                                 f"(use --gpus-per-trial 0 on a CPU-only cluster)")
+
+
+def check_shared_storage(results_dir: Path) -> None:
+    """On a multi-node cluster every node must see the results folder: write a token here, read it on each node."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) <= 1:
+        return
+    token = results_dir / "runs" / f".shared-storage-check-{os.getpid()}"
+    token.parent.mkdir(parents=True, exist_ok=True)
+    token.write_text("ok")
+    try:
+        @ray.remote(num_cpus=0)
+        def sees(path: str) -> bool:
+            return Path(path).is_file()
+
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        missing = []
+        for node in nodes:
+            strategy = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
+            if not ray.get(sees.options(scheduling_strategy=strategy).remote(str(token))):
+                missing.append(node.get("NodeManagerAddress", node["NodeID"]))
+        if missing:
+            raise OrchestrationError(f"results folder {results_dir} is not visible on node(s) {', '.join(missing)}; "
+                                     f"on a cluster --results-dir must be on storage every node mounts (e.g. NFS)")
+    finally:
+        token.unlink(missing_ok=True)
+
+
+# --- the trial -------------------------------------------------------------------------------------------------------
+def _failed_record(spec: RunSpec, exc: BaseException) -> RunRecord:
+    from bench import provenance
+
+    return RunRecord(spec, FAILED, error={"type": type(exc).__name__, "message": str(exc),
+                                          "traceback": traceback.format_exc()},
+                     provenance={**provenance.collect("cpu", spec.data_fingerprint), "finished_at": provenance.now()})
+
+
+def _report_epoch(entry: dict) -> None:
+    from ray import tune
+
+    tune.report({"epoch": entry["epoch"], "train_loss": entry["train_loss"],
+                 **({"val_top1": entry["val_top1"]} if "val_top1" in entry else {}), "status": "running"})
+
+
+def run_trial(config: dict) -> None:
+    """One Ray Tune trial = one run spec (module-level so Ray can import it in workers)."""
+    import torch
+    from ray import tune
+
+    from bench.runner import RunBusyError, open_dataset, run_spec
+
+    spec = RunSpec.from_dict(config["spec"])
+    store = RunStore(config["results_dir"])
+    if config.get("threads"):
+        torch.set_num_threads(max(1, int(config["threads"])))  # Ray's OMP_NUM_THREADS does not reach torch's pool
+    try:
+        if config.get("ddp_workers", 1) > 1:
+            record = _run_ddp_trial(spec, store, config)
+        else:
+            ds = open_dataset(spec.config)
+            record = run_spec(spec, ds, store, force=config["force"], progress=False, on_epoch=_report_epoch).record
+    except RunBusyError as exc:
+        tune.report({"status": "busy", "spec_hash": spec.spec_hash, "message": str(exc)})
+        return
+    except Exception as exc:  # outside the run itself (e.g. opening the data): still a record, never a lost run
+        record = _failed_record(spec, exc)
+        store.write(record)
+    tune.report({"status": record.status, "spec_hash": spec.spec_hash,
+                 "top1": record.metrics.get("top1", math.nan), "top5": record.metrics.get("top5", math.nan)})
+
+
+def _ddp_worker(config: dict) -> None:
+    from bench.runner import execute_spec, open_dataset
+
+    spec = RunSpec.from_dict(config["spec"])
+    execute_spec(spec, open_dataset(spec.config), RunStore(config["results_dir"]), progress=False)
+
+
+def _run_ddp_trial(spec: RunSpec, store: RunStore, config: dict) -> RunRecord:
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from bench.runner import RunBusyError
+
+    with store.claim(spec) as claimed:
+        if not claimed:
+            raise RunBusyError(f"{spec.label} is being computed by another process")
+        if not config["force"] and store.is_completed(spec):
+            return store.read(spec.spec_hash)
+        workers, gpus = config["ddp_workers"], config["gpus_per_trial"]
+        per_worker = {"CPU": config["cpus_per_trial"], **({"GPU": gpus / workers} if gpus else {})}
+        trainer = TorchTrainer(_ddp_worker, train_loop_config=config,
+                               scaling_config=ScalingConfig(num_workers=workers, use_gpu=bool(gpus),
+                                                            resources_per_worker=per_worker),
+                               run_config=RunConfig(name=f"ddp-{spec.spec_hash}",
+                                                    storage_path=str(Path(config["results_dir"]) / "ray")))
+        trainer.fit()
+        record = store.read(spec.spec_hash)
+        if record is None:
+            raise RuntimeError(f"DDP workers finished without writing the record of {spec.label}")
+        return record
+
+
+# --- the grid --------------------------------------------------------------------------------------------------------
+class _Progress:
+    """A Tune callback printing one line per event: counts of pending / running / done / failed, metric, ETA."""
+
+    def __new__(cls, total: int, labels: dict[str, str], concurrency: int, printer):
+        from ray import tune
+
+        class Progress(tune.Callback):
+            def __init__(self):
+                self.total, self.labels, self.concurrency, self.print = total, labels, max(1, concurrency), printer
+                self.running, self.done, self.failed, self.start = {}, 0, 0, time.time()
+                self.durations: list[float] = []
+
+            def _label(self, trial) -> str:
+                return self.labels.get(trial.config["spec_hash"], trial.trial_id)
+
+            def _line(self, msg: str) -> None:
+                pending = self.total - self.done - self.failed - len(self.running)
+                eta = ""
+                if self.durations:
+                    left = pending + len(self.running)
+                    secs = sum(self.durations) / len(self.durations) * math.ceil(left / self.concurrency)
+                    eta = f", ETA {int(secs // 60)}m{int(secs % 60):02d}s"
+                self.print(f"[{self.done} done, {self.failed} failed, {len(self.running)} running, "
+                           f"{pending} pending{eta}] {msg}")
+
+            def on_trial_start(self, iteration, trials, trial, **info):
+                self.running[trial.trial_id] = time.time()
+                self._line(f"start {self._label(trial)}")
+
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                if result.get("status") == "running" and "val_top1" in result:
+                    self._line(f"{self._label(trial)} epoch {result['epoch']}: val top-1 {result['val_top1']:.1f}%")
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                started = self.running.pop(trial.trial_id, time.time())
+                self.durations.append(time.time() - started)
+                result = trial.last_result or {}
+                if result.get("status") == COMPLETED:
+                    self.done += 1
+                    self._line(f"done  {self._label(trial)}: top-1 {result['top1']:.1f}%, top-5 {result['top5']:.1f}%")
+                else:
+                    self.failed += 1
+                    self._line(f"FAILED {self._label(trial)} ({result.get('status', 'error')})")
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                self.running.pop(trial.trial_id, None)
+                self.failed += 1
+                self._line(f"ERROR {self._label(trial)}")
+
+        return Progress()
+
+
+def run_grid(specs: list[RunSpec], results_dir: str | Path, opts: RayOptions, force: bool = False,
+             retries: int = 0, printer=print) -> GridResult:
+    """Run every spec that lacks a completed record; re-run failed ones up to ``retries`` times."""
+    from ray import tune
+
+    results_dir = Path(results_dir).resolve()  # trials run elsewhere (other cwd, other nodes)
+    store = RunStore(results_dir)
+    result = GridResult()
+    t0 = time.time()
+    todo, done = plan(specs, store, force)
+    result.skipped = len(done)
+    if done:
+        printer(f"{len(done)} of {len(done) + len(todo)} runs already completed; skipping them")
+    attempt = 0
+    while todo:
+        init_ray(opts)
+        check_resources(opts)
+        check_shared_storage(results_dir)
+        workers = opts.ddp_workers()
+        per_trial = {"cpu": 0.01} if workers > 1 else {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
+        import ray
+
+        cluster_cpus = ray.cluster_resources().get("CPU", 1)
+        concurrency = opts.max_concurrent or max(1, int(cluster_cpus // max(opts.cpus_per_trial * workers, 1e-9)))
+        base = {"results_dir": str(results_dir), "force": force or attempt > 0, "threads": opts.cpus_per_trial,
+                "ddp_workers": workers, "cpus_per_trial": opts.cpus_per_trial, "gpus_per_trial": opts.gpus_per_trial}
+        trial_configs = [{**base, "spec": s.to_dict(), "spec_hash": s.spec_hash} for s in todo]
+        labels = {s.spec_hash: s.label for s in todo}
+        tuner = tune.Tuner(
+            tune.with_resources(run_trial, per_trial),
+            param_space={"trial": tune.grid_search(trial_configs)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
+            run_config=tune.RunConfig(
+                name=f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}", storage_path=str(results_dir / "ray"),
+                verbose=0, failure_config=tune.FailureConfig(max_failures=0),
+                callbacks=[_Progress(len(todo), labels, concurrency, printer)]),
+        )
+        # Tune hands the trainable its sampled config; unwrap the one grid value back to the flat trial config
+        tuner._local_tuner._trainable = tune.with_resources(_unwrap_trial, per_trial)  # noqa: SLF001
+        result.scheduled += len(todo)
+        tuner.fit()
+        for spec in todo:
+            rec = store.read(spec.spec_hash)
+            if rec is None:
+                result.busy.append(spec.label)
+        failed = [s for s in todo if (r := store.read(s.spec_hash)) is not None and r.status == FAILED]
+        if not failed or attempt >= retries:
+            break
+        attempt += 1
+        printer(f"retrying {len(failed)} failed run(s) (attempt {attempt} of {retries})")
+        todo = failed
+    result.records = [r for s in specs if (r := store.read(s.spec_hash)) is not None]
+    result.wall_s = time.time() - t0
+    return result
+
+
+def _unwrap_trial(config: dict) -> None:
+    run_trial(config["trial"])
