@@ -1,0 +1,113 @@
+"""NICE's spatial front-ends, placed before TSConv as residual blocks on ``(batch, n_chans, n_times)``.
+
+Song et al., ICLR 2024 (arXiv 2308.13234), "NICE-SA" and "NICE-GA"; reference code
+github.com/eeyhsong/NICE-EEG ``spatial_modules.py`` and ``eeg_encoder.py``.
+
+- SA: ``x + Dropout(0.3)(ChannelSelfAttention(LayerNorm_time(x)))``.
+- GA: ``x + Dropout(0.3)(ChannelGraphAttention(x))``, a single-head GAT over a fully connected channel graph.
+
+Deviations from the reference code:
+
+- SA is sized by ``n_chans``; ``spatial_modules.py`` hard-codes 64 channels although the data have 63.
+- SA mixes channels with the attention weights, ``out[c] = Σ_m softmax(q_c·k_m / s)[m] · x[m]``. The reference
+  writes ``einsum('b o c s, b o c m -> b o c s', x, score)``, which sums each softmax row (= 1) and so returns
+  ``x`` unchanged: its query and key layers have no effect, and reference NICE-SA is LayerNorm + channel Linear.
+- GA is plain torch (no torch_geometric) with GATConv's semantics, and every sample in the batch gets the
+  fully connected graph. The reference flattens the batch to ``batch · C`` nodes but lists edges only among
+  nodes ``0 … C-1``, so only the first sample of each batch sees other channels.
+- GA's shared weight takes NICE's N(0, 0.02) init like every other linear layer; the attention vector keeps
+  GATConv's Glorot init and the bias starts at zero.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.encoders.base import check_probability, positive_int
+
+# NICE scales the channel-attention logits by sqrt(int(n_times / 30)) (sqrt(8) at 250 samples), a leftover of an
+# optional pooling of the time axis by 30 that the forward pass never applies.
+SA_TIME_GROUP = 30
+
+
+class Residual(nn.Module):
+    def __init__(self, fn: nn.Module) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fn(x)
+
+
+def _channel_linear(n_chans: int, dropout: float) -> nn.Sequential:
+    linear = nn.Linear(n_chans, n_chans)
+    nn.init.zeros_(linear.bias)  # NICE zeroes these biases; its global init then redraws only the weights
+    return nn.Sequential(linear, nn.LayerNorm(n_chans), nn.Dropout(dropout))
+
+
+class ChannelSelfAttention(nn.Module):
+    """C×C attention from per-time-point channel queries and keys, summed over time; returns ``(B, C, T)``."""
+
+    def __init__(self, n_chans: int, n_times: int, dropout: float = 0.3) -> None:
+        super().__init__()
+        positive_int("n_chans", n_chans)
+        positive_int("n_times", n_times)
+        dropout = check_probability("dropout", dropout)
+        self.query = _channel_linear(n_chans, dropout)
+        self.key = _channel_linear(n_chans, dropout)
+        self.projection = _channel_linear(n_chans, dropout)
+        self.scale = math.sqrt(max(n_times // SA_TIME_GROUP, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        per_time = x.transpose(1, 2)  # the channel layers act on the channel vector of each time point
+        query, key = self.query(per_time), self.key(per_time)
+        weights = torch.softmax(torch.einsum("btc,btm->bcm", query, key) / self.scale, dim=-1)
+        mixed = torch.einsum("bcm,bmt->bct", weights, x)
+        return self.projection(mixed.transpose(1, 2)).transpose(1, 2)
+
+
+class ChannelGraphAttention(nn.Module):
+    """Single-head GAT (Veličković et al. 2018; torch_geometric ``GATConv(heads=1)``) on the complete channel graph.
+
+    Node ``i`` (a channel, features = its ``n_features`` samples) receives
+    ``Σ_j α_ij W h_j + b`` over all channels ``j`` including itself (GATConv's added self-loop), with
+    ``α_ij = softmax_j LeakyReLU(aᵀ [W h_i ‖ W h_j])``.
+    """
+
+    def __init__(self, n_features: int, negative_slope: float = 0.2) -> None:
+        super().__init__()
+        self.n_features = positive_int("n_features", n_features)
+        self.negative_slope = negative_slope
+        self.weight = nn.Linear(n_features, n_features, bias=False)
+        # a = [a_target ‖ a_source], the attention vector of the GAT paper.
+        self.att = nn.Parameter(torch.empty(2 * n_features))
+        self.bias = nn.Parameter(torch.zeros(n_features))
+        bound = math.sqrt(6.0 / (1 + 2 * n_features))  # GATConv's glorot() on its (1, heads, 2F) attention tensor
+        nn.init.uniform_(self.att, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.weight(x)  # (B, C, F)
+        target_score = h @ self.att[: self.n_features]
+        source_score = h @ self.att[self.n_features:]
+        logits = F.leaky_relu(target_score.unsqueeze(2) + source_score.unsqueeze(1), self.negative_slope)
+        return torch.softmax(logits, dim=-1) @ h + self.bias
+
+
+SPATIAL_FRONT_ENDS = (None, "sa", "ga")
+
+
+def build_spatial_front_end(kind: str | None, n_chans: int, n_times: int, dropout: float = 0.3) -> nn.Module:
+    """NICE-SA / NICE-GA residual block, or identity for plain TSConv."""
+    if kind not in SPATIAL_FRONT_ENDS:
+        raise ValueError(f"spatial_front_end must be one of {SPATIAL_FRONT_ENDS}, got {kind!r}")
+    if kind is None:
+        return nn.Identity()
+    if kind == "sa":
+        body = nn.Sequential(nn.LayerNorm(n_times), ChannelSelfAttention(n_chans, n_times, dropout=dropout),
+                             nn.Dropout(dropout))
+    else:
+        body = nn.Sequential(ChannelGraphAttention(n_times), nn.Dropout(dropout))
+    return Residual(body)

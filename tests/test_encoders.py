@@ -1,0 +1,296 @@
+"""EEG encoders: every registered encoder builds, runs, back-propagates and has its hand-counted parameter count.
+
+Parametrized over the ENCODERS registry (braindecode/timm style): a new encoder without a case below fails
+``test_every_registered_encoder_has_a_case``.
+"""
+import json
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+
+from bench.encoders import (ATMSEncoder, ChannelGraphAttention, ChannelSelfAttention, ResidualProjector,
+                            ShortWindowError, TSConvEncoder, TSConvTrunk)
+from bench.encoders.atms import PostNormEncoderLayer
+from bench.registry import ENCODERS, create_encoder, list_encoders
+
+
+# --- parameter counts by hand, layer by layer ---------------------------------------------------------------------
+def tsconv_trunk_params(n_chans):
+    temporal_conv = 40 * 1 * 1 * 25 + 40      # Conv2d(1→40, kernel (1,25)): weight + bias
+    batch_norm = 40 + 40                      # BatchNorm2d(40): weight + bias
+    spatial_conv = 40 * 40 * n_chans * 1 + 40  # Conv2d(40→40, kernel (C,1))
+    pointwise_conv = 40 * 40 * 1 * 1 + 40     # Conv2d(40→40, kernel (1,1))
+    return temporal_conv + batch_norm + spatial_conv + batch_norm + pointwise_conv
+
+
+def projector_params(in_dim, out_dim):
+    first = in_dim * out_dim + out_dim        # Linear(in→out)
+    residual = out_dim * out_dim + out_dim    # Linear(out→out) inside the GELU/Dropout residual
+    norm = 2 * out_dim                        # LayerNorm(out)
+    return first + residual + norm
+
+
+def channel_linear_block(c):
+    return (c * c + c) + 2 * c                # Linear(C→C) + LayerNorm(C)
+
+
+T_PRIME_250 = (250 - 25 + 1 - 51) // 5 + 1   # 226 samples after the conv, 36 after the (51, stride 5) pool
+NICE_63x250 = tsconv_trunk_params(63) + projector_params(40 * T_PRIME_250, 768)
+SA_63x250 = (2 * 250                          # LayerNorm(n_times)
+             + 3 * channel_linear_block(63))  # query, key, output projection
+GA_63x250 = (250 * 250                        # shared W (n_times→n_times), no bias as in GATConv
+             + 2 * 250                        # attention vector a = [a_target ‖ a_source]
+             + 250)                           # output bias
+ATTN_INNER = 4 * (250 // 4)                   # 248: 4 heads of 62, as iTransformer's AttentionLayer
+ATMS_63x250 = (
+    (250 * 250 + 250)                         # channel-token embedding Linear(n_times→d_model)
+    + 10 * 250 + 250                          # subject table (10 subjects) + shared fallback token
+    + 3 * (250 * ATTN_INNER + ATTN_INNER)     # query, key, value projections
+    + (ATTN_INNER * 250 + 250)                # attention output projection
+    + (250 * 256 + 256) + (256 * 250 + 250)   # FFN 250→256→250
+    + 2 * (2 * 250)                           # the layer's two LayerNorms
+    + 2 * 250                                 # final LayerNorm
+    + tsconv_trunk_params(63)                 # TSConv over the 63 × 250 token matrix
+    + projector_params(40 * T_PRIME_250, 1024)
+)
+EEGPROJECT_17x250 = projector_params(17 * 250, 1024)
+
+
+@dataclass(frozen=True)
+class Case:
+    paper_shape: tuple    # (n_chans, n_times, n_outputs) of the paper
+    params: int           # pinned parameter count at the paper shape
+    by_hand: int          # the same count, derived above
+    min_times: int | None  # shortest window the encoder accepts; None = any
+
+
+CASES = {
+    "tsconv": Case((63, 250, 768), 1_802_496, NICE_63x250, 75),
+    "tsconv-sa": Case((63, 250, 768), 1_815_470, NICE_63x250 + SA_63x250, 75),
+    "tsconv-ga": Case((63, 250, 768), 1_865_746, NICE_63x250 + GA_63x250, 75),
+    "atms": Case((63, 250, 1024), 3_075_412, ATMS_63x250, 75),
+    "eegproject": Case((17, 250, 1024), 5_404_672, EEGPROJECT_17x250, None),
+}
+SHAPES = [(17, 100), (63, 250), (8, 64)]
+N_OUT = 16
+
+
+def count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_every_registered_encoder_has_a_case():
+    assert set(list_encoders()) == set(CASES)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_parameter_count_at_paper_shape(name):
+    case = CASES[name]
+    assert case.by_hand == case.params
+    n_chans, n_times, n_outputs = case.paper_shape
+    assert count(create_encoder(name, n_chans=n_chans, n_times=n_times, n_outputs=n_outputs)) == case.params
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_forward_backward(name, shape):
+    torch.manual_seed(0)
+    n_chans, n_times = shape
+    min_times = CASES[name].min_times
+    if min_times is not None and n_times < min_times:
+        with pytest.raises(ShortWindowError, match="Model may require longer chunks"):
+            create_encoder(name, n_chans=n_chans, n_times=n_times, n_outputs=N_OUT)
+        return
+    model = create_encoder(name, n_chans=n_chans, n_times=n_times, n_outputs=N_OUT)
+    out = model(torch.randn(2, n_chans, n_times), subject=torch.tensor([0, 1]))
+    assert out.shape == (2, N_OUT) and torch.isfinite(out).all()
+    out.square().mean().backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_config_round_trip(name):
+    n_chans, n_times, _ = CASES[name].paper_shape
+    model = create_encoder(name, n_chans=n_chans, n_times=100, n_outputs=N_OUT, sfreq=100.0,
+                           chs_info=[{"ch_name": f"E{i}", "loc": None} for i in range(n_chans)]).eval()
+    config = json.loads(json.dumps(model.get_config()))
+    assert config["chs_info"] == [f"E{i}" for i in range(n_chans)] and config["n_times"] == 100
+    clone = ENCODERS.get(name).obj.from_config(config).eval()
+    clone.load_state_dict(model.state_dict())
+    x = torch.randn(2, n_chans, 100)
+    torch.testing.assert_close(clone(x), model(x))
+
+
+def test_signal_argument_checks():
+    with pytest.raises(ValueError, match="n_chans=3 but chs_info lists 2"):
+        TSConvEncoder(n_chans=3, n_times=100, n_outputs=8, chs_info=["O1", "O2"])
+    assert TSConvEncoder(n_chans=None, n_times=100, n_outputs=8, chs_info=["O1", "O2"]).n_chans == 2
+    with pytest.raises(ValueError, match="give n_chans or chs_info"):
+        TSConvEncoder(n_chans=None, n_times=100, n_outputs=8)
+    with pytest.raises(ValueError, match="n_outputs must be a positive int"):
+        TSConvEncoder(n_chans=2, n_times=100, n_outputs=0)
+    with pytest.raises(ValueError, match="spatial_front_end"):
+        TSConvEncoder(n_chans=2, n_times=100, n_outputs=8, spatial_front_end="gat")
+    with pytest.raises(ValueError, match="proj_dropout"):
+        TSConvEncoder(n_chans=2, n_times=100, n_outputs=8, proj_dropout=1.0)
+    model = TSConvEncoder(n_chans=2, n_times=100, n_outputs=8)
+    with pytest.raises(ValueError, match=r"expects x of shape \(batch, 2, 100\), got \(4, 2, 99\)"):
+        model(torch.randn(4, 2, 99))
+
+
+def test_tsconv_window_boundary():
+    assert TSConvTrunk(4, 75).out_features == 40 * 1  # 75 - 24 = 51 samples: exactly one pooling window
+    assert TSConvTrunk(4, 250).out_features == 1440
+    with pytest.raises(ShortWindowError, match="longer chunks of signal in the input than 74 samples"):
+        TSConvTrunk(4, 74)
+
+
+def test_shared_pieces_are_reused():
+    """One projector class and one trunk class serve every encoder (MCDB builds on the same two)."""
+    for name in CASES:
+        model = create_encoder(name, n_chans=4, n_times=100, n_outputs=N_OUT)
+        kinds = [type(m) for m in model.modules()]
+        assert kinds.count(ResidualProjector) == 1
+        assert kinds.count(TSConvTrunk) == (0 if name == "eegproject" else 1)
+    adapter = ResidualProjector(1024, 256, dropout=0.3)
+    assert adapter(torch.randn(5, 1024)).shape == (5, 256)
+
+
+def test_nice_init():
+    model = TSConvEncoder(n_chans=63, n_times=250, n_outputs=768)
+    spatial_conv, spatial_bn = model.trunk.spatial[0], model.trunk.spatial[1]
+    assert abs(spatial_conv.weight.std().item() - 0.02) < 0.001  # 100,800 draws of N(0, 0.02)
+    assert abs(model.projector.linear.weight.std().item() - 0.02) < 0.001
+    assert (spatial_bn.bias == 0).all() and abs(spatial_bn.weight.mean().item() - 1.0) < 0.02
+    assert spatial_bn.weight.std().item() > 0  # drawn from N(1, 0.02), not left at 1
+
+
+# --- ATM-S --------------------------------------------------------------------------------------------------------
+def test_atms_subject_tokens():
+    torch.manual_seed(0)
+    model = ATMSEncoder(n_chans=8, n_times=100, n_outputs=N_OUT, n_subjects=3).eval()
+    x = torch.randn(1, 8, 100).expand(4, -1, -1)
+    out = model(x, subject=torch.tensor([0, 1, -1, 3]))  # -1 and 3 are unknown: the shared token
+    assert not torch.allclose(out[0], out[1])
+    shared = model(x[:1])  # subject=None
+    torch.testing.assert_close(out[2:], shared.expand(2, -1))
+    assert not torch.allclose(out[0], shared[0])
+    # the fallback is per sample: an unknown id does not move the known ones to the shared token
+    torch.testing.assert_close(out[:1], model(x[:1], subject=torch.tensor([0])))
+
+
+def test_atms_keeps_every_channel_token():
+    """The trunk sees the C channel tokens, not the subject token (the reference's [:, :63] drops O2 instead)."""
+    torch.manual_seed(0)
+    model = ATMSEncoder(n_chans=6, n_times=100, n_outputs=N_OUT).eval()
+    with torch.no_grad():  # switch off token mixing so each token reaches the trunk on its own
+        model.encoder_layer.attention.out.weight.zero_()
+        model.encoder_layer.attention.out.bias.zero_()
+    x = torch.randn(1, 6, 100)
+    moved = x.clone()
+    moved[0, -1] += 1.0
+    assert not torch.allclose(model(x), model(moved))
+    torch.testing.assert_close(model(x, subject=torch.tensor([0])), model(x, subject=torch.tensor([1])))
+
+
+def test_atms_short_window_is_about_token_width():
+    with pytest.raises(ShortWindowError):
+        ATMSEncoder(n_chans=8, n_times=64, n_outputs=N_OUT)
+    out = ATMSEncoder(n_chans=8, n_times=64, n_outputs=N_OUT, d_model=80)(torch.randn(2, 8, 64))
+    assert out.shape == (2, N_OUT)
+
+
+def test_post_norm_layer_matches_torch_encoder_layer():
+    """Where the width divides by the heads, ATM's layer is nn.TransformerEncoderLayer(norm_first=False, GELU)."""
+    torch.manual_seed(0)
+    d, heads, d_ff = 248, 4, 256
+    ours = PostNormEncoderLayer(d, heads, d_ff, dropout=0.25).eval()
+    ref = nn.TransformerEncoderLayer(d, heads, d_ff, dropout=0.25, activation="gelu", batch_first=True).eval()
+    attn = ours.attention
+    with torch.no_grad():
+        ref.self_attn.in_proj_weight.copy_(torch.cat([attn.query.weight, attn.key.weight, attn.value.weight]))
+        ref.self_attn.in_proj_bias.copy_(torch.cat([attn.query.bias, attn.key.bias, attn.value.bias]))
+        ref.self_attn.out_proj.load_state_dict(attn.out.state_dict())
+        ref.linear1.load_state_dict(ours.ffn[0].state_dict())
+        ref.linear2.load_state_dict(ours.ffn[3].state_dict())
+        ref.norm1.load_state_dict(ours.norm1.state_dict())
+        ref.norm2.load_state_dict(ours.norm2.state_dict())
+    x = torch.randn(2, 9, d)
+    torch.testing.assert_close(ours(x), ref(x), rtol=1e-4, atol=1e-5)
+
+
+# --- NICE-SA / NICE-GA --------------------------------------------------------------------------------------------
+def gat_brute_force(layer, x):
+    """GATConv(heads=1) on the complete graph with self-loops, one sample and one target node at a time."""
+    f = layer.n_features
+    w, a, bias = layer.weight.weight, layer.att, layer.bias
+    out = torch.empty_like(x)
+    for b in range(x.shape[0]):
+        wh = [w @ x[b, j] for j in range(x.shape[1])]
+        for i in range(x.shape[1]):
+            e = torch.stack([torch.nn.functional.leaky_relu(a @ torch.cat([wh[i], wh[j]]), 0.2)
+                             for j in range(x.shape[1])])
+            alpha = torch.softmax(e, dim=0)
+            out[b, i] = sum(alpha[j] * wh[j] for j in range(x.shape[1])) + bias
+    assert out.shape[-1] == f
+    return out
+
+
+def test_graph_attention_equals_brute_force_on_every_sample():
+    torch.manual_seed(0)
+    layer = ChannelGraphAttention(7)
+    with torch.no_grad():
+        layer.weight.weight.normal_(0, 0.5)  # sharper attention than the N(0, 0.02) init, so mixing is visible
+        layer.att.normal_(0, 1.0)
+        layer.bias.normal_(0, 0.1)
+    x = torch.randn(3, 5, 7)
+    out = layer(x)
+    torch.testing.assert_close(out, gat_brute_force(layer, x), rtol=1e-5, atol=1e-6)
+    # the last sample's channels see each other too (the reference wires edges for the first sample only)
+    moved = x.clone()
+    moved[2, 4] += 1.0
+    assert not torch.allclose(layer(moved)[2, 0], out[2, 0])
+    torch.testing.assert_close(layer(moved)[:2], out[:2])
+
+
+def test_self_attention_equals_formula():
+    torch.manual_seed(0)
+    n_chans, n_times = 5, 250
+    sa = ChannelSelfAttention(n_chans, n_times).eval()
+    x = torch.randn(2, n_chans, n_times)
+    q = sa.query(x.transpose(1, 2))  # (B, T, C)
+    k = sa.key(x.transpose(1, 2))
+    expected = torch.empty_like(x)
+    for b in range(2):
+        logits = q[b].T @ k[b] / math.sqrt(250 // 30)  # Σ_t q[t, c] k[t, m], NICE's sqrt(int(250 / 30))
+        weights = torch.softmax(logits, dim=1)
+        expected[b] = weights @ x[b]
+    expected = sa.projection(expected.transpose(1, 2)).transpose(1, 2)
+    torch.testing.assert_close(sa(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_self_attention_weights_matter():
+    """The reference's einsum reduces the attention to the identity; here query and key change the output."""
+    torch.manual_seed(0)
+    sa = ChannelSelfAttention(6, 100).eval()
+    x = torch.randn(2, 6, 100)
+    before = sa(x)
+    with torch.no_grad():
+        sa.query[0].weight.normal_(0, 1.0)
+    assert not torch.allclose(sa(x), before, atol=1e-4)
+
+
+@pytest.mark.parametrize("front_end", ["sa", "ga"])
+def test_front_end_changes_tsconv_output(front_end):
+    torch.manual_seed(0)
+    plain = TSConvEncoder(n_chans=6, n_times=100, n_outputs=N_OUT).eval()
+    spatial = TSConvEncoder(n_chans=6, n_times=100, n_outputs=N_OUT, spatial_front_end=front_end).eval()
+    spatial.trunk.load_state_dict(plain.trunk.state_dict())
+    spatial.projector.load_state_dict(plain.projector.state_dict())
+    x = torch.randn(2, 6, 100)
+    assert not torch.allclose(spatial(x), plain(x), atol=1e-4)
+    assert isinstance(plain.front_end, nn.Identity)
