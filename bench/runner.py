@@ -23,7 +23,7 @@ from bench.method import DataInfo
 from bench.protocols import Split
 from bench.records import COMPLETED, FAILED, RunRecord, RunSpec, RunStore
 from bench.registry import METHODS, PROTOCOLS
-from bench.train import Trainer
+from bench.train import Trainer, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ def execute_spec(spec: RunSpec, ds, store: RunStore, progress: bool = True, on_e
         split_info = split.info
         timings["load_s"] = time.perf_counter() - t
 
+        seed_everything(spec.seed)  # the initial weights belong to the run: draw them from its seed
         method = METHODS.create(spec.method, info=data_info(ds, split), **cfg["method"])
         evaluator = ZeroShotEvaluator.from_config(cfg)
         trainer = Trainer(cfg["train"], spec.seed, evaluator, progress=progress, log_prefix=f"{spec.label} ",
