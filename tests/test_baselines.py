@@ -288,3 +288,15 @@ def test_trains_end_to_end_above_chance(name, tiny_eeg, tmp_path):
     metrics = record.metrics
     assert metrics["top1"] > 2 * metrics["chance_top1"], metrics
     assert metrics["val"]["best_top1"] > 2 * 100 / 6
+
+
+def test_same_seed_same_run_whatever_ran_before(tiny_eeg, tmp_path):
+    """The initial weights come from the run's seed, not from the state other code left the global RNG in."""
+    cfg = resolve_config("nice", sets=["protocol.val_concepts=6", "train.epochs=2", "train.batch_size=32",
+                                       "train.num_threads=1", "eval.kway=[2]", "eval.kway_repeats=5"])
+    spec = make_spec("nice", cfg, 1, 0, tiny_eeg)
+    first = execute_spec(spec, tiny_eeg, RunStore(tmp_path / "a"), progress=False)
+    torch.rand(3)
+    second = execute_spec(spec, tiny_eeg, RunStore(tmp_path / "b"), progress=False)
+    assert first.status == second.status == "completed"
+    assert first.metrics == second.metrics
