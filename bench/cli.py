@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bench.config import ConfigError
+from bench.errors import UserError
 from bench.registry import REGISTRIES, RegistryError, load_plugin
 
 app = typer.Typer(
@@ -26,7 +26,7 @@ console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
 #: Exceptions whose message is the whole story for the user. Other modules add theirs with `user_error`.
-USER_ERRORS: list[type[BaseException]] = [ConfigError, RegistryError, FileNotFoundError]
+USER_ERRORS: list[type[BaseException]] = [UserError, FileNotFoundError]
 
 
 def user_error(exc_type: type[BaseException]) -> type[BaseException]:
@@ -114,6 +114,90 @@ def train(
                   f"(chance {m['chance_top1']:.1f}% / {m['chance_top5']:.1f}%, {m['n_test']}-way; "
                   f"selected epoch {m['val']['selected_epoch']}, val top-1 {m['val']['best_top1']:.1f}%)")
     console.print(f"record: {where}")
+
+
+def _ray_options(address, cpus_per_trial, gpus_per_trial, workers_per_trial, max_concurrent):
+    from bench.orchestrate import RayOptions
+
+    return RayOptions(address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                      workers_per_trial=workers_per_trial, max_concurrent=max_concurrent)
+
+
+ADDRESS_HELP = "Join a running Ray cluster ('auto' or HOST:PORT) instead of starting a local one."
+
+
+@app.command()
+def run(
+    method: str = typer.Option(..., "--method", help="Method name(s), comma-separated, e.g. mcdb,nice,atm."),
+    subjects: str = typer.Option("all", "--subjects", help="'all', '1,2,5' or '1-3'."),
+    seeds: str = typer.Option("0", "--seeds", help="Seeds, e.g. '0,1,2' or '0-4'."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="intra | inter (default: the config's)."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Data root; default: the built-in synthetic dataset."),
+    results_dir: Path = typer.Option(None, "--results-dir", help="Where runs/ is written (default ./results)."),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+    cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial", help="CPUs (and torch threads) per trial."),
+    gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="GPUs per trial; fractions share a GPU, N>1 runs DDP."),
+    workers_per_trial: int = typer.Option(1, "--workers-per-trial", help="DDP workers per trial (Ray Train); >1 also on CPU."),
+    max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", help="At most this many trials at once."),
+    retries: int = typer.Option(0, "--retries", help="Re-run failed trials up to N times."),
+    force: bool = typer.Option(False, "--force", help="Recompute runs that already have a completed record."),
+    ablation: bool = typer.Option(False, "--ablation", help="Also run the method's declared ablation variants."),
+    config: List[Path] = typer.Option([], "--config", help="YAML config layered over each method's. Repeatable."),
+    set_: List[str] = typer.Option([], "--set", help="Override one key for every method. Repeatable."),
+) -> None:
+    """Run methods × subjects × seeds as Ray Tune trials, skipping completed runs; print the leaderboard."""
+    from bench.paths import default_results_dir
+    from bench.sweep import SweepRequest, print_summary, run_sweep
+
+    req = SweepRequest(methods=[m.strip() for m in method.split(",") if m.strip()], subjects=subjects, seeds=seeds,
+                       protocol=protocol, data_root=data_root, results_dir=results_dir or default_results_dir(),
+                       config_files=tuple(config), sets=tuple(set_), ablation=ablation, force=force, retries=retries)
+    result = run_sweep(req, _ray_options(address, cpus_per_trial, gpus_per_trial, workers_per_trial, max_concurrent),
+                       printer=console.print)
+    print_summary(result, req, console)
+    if any(r.status != "completed" for r in result.records) or result.busy:
+        raise typer.Exit(1)
+
+
+@app.command()
+def tune(
+    method: str = typer.Option(..., "--method", help="Method to tune."),
+    search: Path = typer.Option(..., "--search", help="Search-space YAML (e.g. configs/search/<method>.yaml)."),
+    num_samples: int = typer.Option(8, "--num-samples", help="Samples drawn from the space (grid keys multiply)."),
+    scheduler: str = typer.Option("fifo", "--scheduler", help="fifo | asha (stops weak trials early on validation)."),
+    subjects: str = typer.Option("1", "--subjects", help="Subjects whose mean validation top-1 is maximised."),
+    seed: int = typer.Option(0, "--seed"),
+    protocol: Optional[str] = typer.Option(None, "--protocol"),
+    data_root: Optional[Path] = typer.Option(None, "--data-root"),
+    results_dir: Path = typer.Option(None, "--results-dir"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Best config YAML (default <results-dir>/tune/<method>-best.yaml)."),
+    final_test: bool = typer.Option(False, "--final-test", help="Then run and test the best config on these subjects."),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+    cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial"),
+    gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial"),
+    max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent"),
+    config: List[Path] = typer.Option([], "--config"),
+    set_: List[str] = typer.Option([], "--set"),
+) -> None:
+    """Search hyper-parameters on validation top-1 only; write the best config for `bench run --config`."""
+    from bench.paths import default_results_dir
+    from bench.tune import TuneRequest, run_tune
+
+    rdir = results_dir or default_results_dir()
+    ray_opts = _ray_options(address, cpus_per_trial, gpus_per_trial, 1, max_concurrent)
+    outcome = run_tune(TuneRequest(method=method, search=search, num_samples=num_samples, scheduler=scheduler,
+                                   subjects=subjects, seed=seed, protocol=protocol, data_root=data_root,
+                                   results_dir=rdir, config_files=tuple(config), sets=tuple(set_), out=out),
+                       ray_opts, printer=console.print)
+    console.print(f"best of {len(outcome.trials)} trial(s): mean validation top-1 {outcome.best_val_top1:.1f}% "
+                  f"with {outcome.best_overrides}")
+    console.print(f"best config: {outcome.config_path}")
+    if final_test:
+        from bench.sweep import SweepRequest, print_summary, run_sweep
+
+        req = SweepRequest(methods=[method], subjects=subjects, seeds=str(seed), protocol=protocol,
+                           data_root=data_root, results_dir=rdir, config_files=(outcome.config_path,))
+        print_summary(run_sweep(req, ray_opts, printer=console.print), req, console)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

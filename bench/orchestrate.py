@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.errors import UserError
 from bench.records import COMPLETED, FAILED, RunRecord, RunSpec, RunStore
 
 
-class OrchestrationError(RuntimeError):
+class OrchestrationError(UserError, RuntimeError):
     """The sweep cannot be scheduled (resources, shared storage, Ray connection)."""
 
 
@@ -153,6 +154,7 @@ def run_trial(config: dict) -> None:
 
     from bench.runner import RunBusyError, open_dataset, run_spec
 
+    load_plugins(config)
     spec = RunSpec.from_dict(config["spec"])
     store = RunStore(config["results_dir"])
     if config.get("threads"):
@@ -173,9 +175,18 @@ def run_trial(config: dict) -> None:
                  "top1": record.metrics.get("top1", math.nan), "top5": record.metrics.get("top5", math.nan)})
 
 
+def load_plugins(config: dict) -> None:
+    """Workers are fresh processes: load the driver's --plugin files so plugin methods resolve there too."""
+    from bench.registry import load_plugin
+
+    for path in config.get("plugins", ()):
+        load_plugin(path)
+
+
 def _ddp_worker(config: dict) -> None:
     from bench.runner import execute_spec, open_dataset
 
+    load_plugins(config)
     spec = RunSpec.from_dict(config["spec"])
     execute_spec(spec, open_dataset(spec.config), RunStore(config["results_dir"]), progress=False)
 
@@ -282,7 +293,10 @@ def run_grid(specs: list[RunSpec], results_dir: str | Path, opts: RayOptions, fo
 
         cluster_cpus = ray.cluster_resources().get("CPU", 1)
         concurrency = opts.max_concurrent or max(1, int(cluster_cpus // max(opts.cpus_per_trial * workers, 1e-9)))
+        from bench.registry import loaded_plugins
+
         base = {"results_dir": str(results_dir), "force": force or attempt > 0, "threads": opts.cpus_per_trial,
+                "plugins": loaded_plugins(),
                 "ddp_workers": workers, "cpus_per_trial": opts.cpus_per_trial, "gpus_per_trial": opts.gpus_per_trial}
         trial_configs = [{**base, "spec": s.to_dict(), "spec_hash": s.spec_hash} for s in todo]
         labels = {s.spec_hash: s.label for s in todo}

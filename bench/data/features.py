@@ -22,13 +22,14 @@ from typing import Literal
 
 import numpy as np
 
+from bench.errors import UserError
 from bench.io import atomic_path
 
 Partition = Literal["train", "test"]
 FORMAT_VERSION = 1
 
 
-class FeatureFileError(ValueError):
+class FeatureFileError(UserError, ValueError):
     """A feature file is missing, malformed or inconsistent; the message names the file."""
 
 
