@@ -23,6 +23,10 @@ from bench.errors import UserError
 from bench.records import COMPLETED, FAILED, RunRecord, RunSpec, RunStore
 
 
+#: a DDP trial's Tune function only launches and waits for its Ray Train workers; Tune needs a non-zero request
+DDP_DRIVER_CPU = 0.01
+
+
 class OrchestrationError(UserError, RuntimeError):
     """The sweep cannot be scheduled (resources, shared storage, Ray connection)."""
 
@@ -93,7 +97,7 @@ def check_resources(opts: RayOptions) -> None:
 
     total = ray.cluster_resources()
     workers = opts.ddp_workers()
-    need_cpu = opts.cpus_per_trial * (workers if workers > 1 else 1)
+    need_cpu = opts.cpus_per_trial * workers + (DDP_DRIVER_CPU if workers > 1 else 0)
     need_gpu = opts.gpus_per_trial
     if need_cpu > total.get("CPU", 0):
         raise OrchestrationError(f"a trial needs {need_cpu:g} CPUs; the Ray cluster has {total.get('CPU', 0):g}")
@@ -288,7 +292,8 @@ def run_grid(specs: list[RunSpec], results_dir: str | Path, opts: RayOptions, fo
         check_resources(opts)
         check_shared_storage(results_dir)
         workers = opts.ddp_workers()
-        per_trial = {"cpu": 0.01} if workers > 1 else {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
+        per_trial = ({"cpu": DDP_DRIVER_CPU} if workers > 1 else
+                     {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
         import ray
 
         cluster_cpus = ray.cluster_resources().get("CPU", 1)
