@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from bench.data.concepts import ThingsImages, make_prompts, scan_things_images
+from bench.data.concepts import make_prompts, scan_things_images
 from bench.data.features import FeatureFileError, FeatureSet, PartitionFeatures, read_meta, save_feature_set
 from bench.io import atomic_path, atomic_write_text
 from bench.paths import cache_dir
@@ -142,6 +142,7 @@ class Extractor:
 
     family = ""
     transform: Callable
+    input_size: tuple[int, int] = (224, 224)  # (height, width) after the transform
     num_layers: int | None = None
     has_text: bool = False
     has_cls_token: bool = False
@@ -278,7 +279,6 @@ class OpenClipExtractor(Extractor):
 
     def load(self, device: str, weights: Weights | None) -> "OpenClipExtractor":
         import open_clip
-        import torch
 
         cfg = self.tag_cfg
         checkpoint = None if weights is None or weights.path is None else str(weights.path)
@@ -297,6 +297,8 @@ class OpenClipExtractor(Extractor):
         self.model = model.to(device).eval() if device != "meta" else model.eval()
         self.transform = preprocess_eval
         visual = model.visual
+        size = getattr(visual, "image_size", 224)
+        self.input_size = (size, size) if isinstance(size, int) else tuple(size)
         if hasattr(visual, "transformer") and hasattr(visual.transformer, "resblocks"):
             self.num_layers, self.has_cls_token = len(visual.transformer.resblocks), True
         elif hasattr(visual, "trunk") and hasattr(visual.trunk, "feature_info"):
@@ -388,7 +390,6 @@ class TimmExtractor(Extractor):
 
     def load(self, device: str, weights: Weights | None) -> "TimmExtractor":
         import timm
-        import torch
 
         checkpoint = None if weights is None or weights.path is None else str(weights.path)
         try:
@@ -408,6 +409,7 @@ class TimmExtractor(Extractor):
         self.model = model.to(device).eval() if device != "meta" else model.eval()
         data_cfg = timm.data.resolve_model_data_config(model)
         self.transform = timm.data.create_transform(**data_cfg, is_training=False)
+        self.input_size = tuple(data_cfg["input_size"][1:])
         self.num_layers = len(model.feature_info) if hasattr(model, "forward_intermediates") else None
         self.has_cls_token = getattr(model, "cls_token", None) is not None
         return self
@@ -508,24 +510,13 @@ def _meta_dim(ex: Extractor, layer: int | None, pool: str) -> int | None:
     """Feature width from a forward pass on the meta device: no memory, no compute; None if an op has no meta kernel."""
     import torch
 
-    size = _input_size(ex.transform)
-    if size is None:
-        return None
     try:
         with torch.inference_mode():
-            return int(ex.encode_image(torch.empty(1, 3, *size, device="meta"), layer, pool).shape[-1])
+            return int(ex.encode_image(torch.empty(1, 3, *ex.input_size, device="meta"), layer, pool).shape[-1])
     except FeatureExtractionError:
         raise
     except Exception:
         return None
-
-
-def _input_size(transform) -> tuple[int, int] | None:
-    for t in getattr(transform, "transforms", []):
-        size = getattr(t, "size", None)
-        if type(t).__name__ == "CenterCrop" and size is not None:
-            return (size, size) if isinstance(size, int) else tuple(size)[-2:]
-    return None
 
 
 def extract_features(
@@ -648,8 +639,11 @@ def extract_features(
         except (OSError, ValueError):
             old_state = None
         if old_state != state:
-            why = (_diff(old_state["identity"], identity) or f"batch size {old_state.get('batch_size')} → {batch_size}"
-                   if isinstance(old_state, dict) and isinstance(old_state.get("identity"), dict) else "unreadable state")
+            if isinstance(old_state, dict) and isinstance(old_state.get("identity"), dict):
+                why = (_diff(old_state["identity"], identity)
+                       or f"batch size {old_state.get('batch_size')} → {batch_size}")
+            else:
+                why = "its state.json is unreadable"
             say(f"discarding {partial} from an interrupted run with other settings ({why})")
             shutil.rmtree(partial)
     partial.mkdir(parents=True, exist_ok=True)
@@ -709,6 +703,7 @@ def extract_features(
     meta["dim"] = int(parts["train"].image.shape[1])
     save_feature_set(out, FeatureSet(train=parts["train"], test=parts["test"], meta=meta), dtype=dtype)
     shutil.rmtree(partial, ignore_errors=True)
+    result.meta = read_meta(out)
     result.seconds = time.monotonic() - t0
     say(f"wrote {out}: train {parts['train'].image.shape}, test {parts['test'].image.shape}, "
         f"text {'yes' if with_text else 'no (' + text_note + ')'}, {dtype}, "
