@@ -119,6 +119,10 @@ def test_open_clip_prompts_and_float16(things, tiny_clip, tmp_path):
     assert meta["prompt_template"] == "This is a {concept}." and meta["underscores_to_spaces"] is True
     assert meta["dtype"] == "float16"
 
+    no_text = run(things, tiny_clip, ref.path, text=False)  # same file, text now unwanted: a recompute, not a hit
+    assert not no_text.cache_hit and load_partition(ref.path, "test").text is None
+    assert no_text.meta["text"] is False and no_text.meta["text_note"] == "disabled with --no-text"
+
 
 def test_open_clip_intermediate_layers(things, tiny_clip, tmp_path):
     scan = scan_things_images(things)
