@@ -200,6 +200,36 @@ def tune(
         print_summary(run_sweep(req, ray_opts, printer=console.print), req, console)
 
 
+@app.command()
+def features(
+    images: Path = typer.Option(..., "--images", help="Image root in the THINGS layout (training_images/, test_images/)."),
+    model: str = typer.Option(..., "--model", help="FAMILY:NAME, e.g. open_clip:ViT-H-14 or timm:resnet50.a1_in1k."),
+    out: Path = typer.Option(..., "--out", help="Output .npz feature file (atomic; reused when its metadata matches)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Local checkpoint file. Default: the local cache only."),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="open_clip tag (default: the model's first, "
+                                             "ViT-H-14 → laion2b_s32b_b79k); timm puts the tag in the name."),
+    random_init: bool = typer.Option(False, "--random-init", help="Seeded random weights, for tests and smoke runs."),
+    layer: Optional[int] = typer.Option(None, "--layer", help="Intermediate block N (0-based, -1 = last), pooled."),
+    pool: Optional[str] = typer.Option(None, "--pool", help="With --layer: mean (patch tokens / spatial; default) or cls."),
+    text: bool = typer.Option(True, "--text/--no-text", help="Text features of the concept prompts (open_clip, final layer)."),
+    prompt_template: str = typer.Option("This picture is {concept}", "--prompt-template"),
+    underscores_to_spaces: bool = typer.Option(False, "--underscores-to-spaces", help="aircraft_carrier → aircraft carrier."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 or float16 (storage; computed in float32)."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    workers: int = typer.Option(4, "--workers", help="Threads decoding images."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
+    force: bool = typer.Option(False, "--force", help="Recompute even when --out already matches."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Extract L2-normalised image (and text) features of a THINGS image folder with an open_clip or timm model."""
+    from bench.extract import extract_features
+
+    extract_features(images, model, out, weights=weights, pretrained=pretrained, random_init=random_init, layer=layer,
+                     pool=pool, text=text, prompt_template=prompt_template, underscores_to_spaces=underscores_to_spaces,
+                     dtype=dtype, batch_size=batch_size, workers=workers, device=device, force=force,
+                     progress=progress, log=lambda msg: err_console.print(msg, highlight=False, markup=False))
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     try:
         code = app(args=argv, standalone_mode=False)  # click returns an Exit's code instead of raising it here
