@@ -1,0 +1,5 @@
+"""The one error the leaderboard raises for things the user can fix (bad reported.csv, ambiguous records)."""
+
+
+class LeaderboardError(ValueError):
+    """A leaderboard cannot be built honestly from these inputs; the message says which file or run and why."""
