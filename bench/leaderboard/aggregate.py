@@ -149,7 +149,9 @@ def across_subjects(per_subject: pd.DataFrame, metrics: Sequence[str] = ("top1",
             row[f"{m}_mean"] = float(vals.mean()) if len(vals) else math.nan
             row[f"{m}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else math.nan
         rows.append(row)
-    return pd.DataFrame(rows)
+    cols = ["method", "protocol", "n_subjects", "n_seeds", "n_seeds_max", "n_runs", "n_failed",
+            *(f"{m}_{a}" for m in metrics for a in ("mean", "std"))]
+    return pd.DataFrame(rows, columns=cols)
 
 
 # ------------------------------------------------------------------------------------------------- completeness

@@ -19,6 +19,7 @@ th, td { padding: .28rem .6rem; border-bottom: 1px solid #e3e7ee; vertical-align
 th { background: #f2f5f9; text-align: left; font-weight: 600; }
 td.num, th.num { text-align: right; white-space: nowrap; }
 tr.reported td { background: #fbf7ec; color: #5b5340; } tr.reported td:nth-child(2) { font-style: italic; }
+tr.incomplete td:last-child { color: #a1331f; font-weight: 600; }
 tr.avg td, tr.chance td { border-top: 2px solid #c8cfda; font-style: italic; }
 table.matrix td strong { color: #0b6b2e; } table.stats td strong { color: #0b6b2e; }
 p.note { color: #5a6478; font-size: .85rem; margin: .15rem 0; max-width: 70rem; }

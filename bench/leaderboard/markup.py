@@ -47,7 +47,7 @@ def to_latex(table: Table) -> str:
              " & ".join(tex_escape(h) for h in table.headers) + r" \\", r"\midrule"]
     previous = ""
     for row, kind in zip(table.rows, table.row_kinds or [""] * len(table.rows)):
-        if kind and kind != previous:  # a rule sets reported, avg and chance rows apart from ours
+        if kind in ("reported", "avg", "chance") and kind != previous:  # a rule sets them apart from our rows
             lines.append(r"\midrule")
         previous = kind
         lines.append(" & ".join(_tex_cell(c) for c in row) + r" \\")

@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from bench.io import atomic_path  # noqa: E402
 
@@ -34,9 +35,14 @@ def subject_bars(per_subject: pd.DataFrame, methods: Sequence[str], protocol: st
         x = np.arange(len(subjects))
         for i, m in enumerate(methods):
             part = per_subject[(per_subject.method == m) & (per_subject.n_seeds > 0)].set_index("subject")
-            means = [part[f"{metric}_mean"].get(s, np.nan) for s in subjects]
-            stds = np.nan_to_num([part[f"{metric}_std"].get(s, np.nan) for s in subjects])  # one seed: no bar
-            ax.bar(x + (i - (len(methods) - 1) / 2) * width, means, width, yerr=stds, capsize=2, label=m)
+            means = np.array([part[f"{metric}_mean"].get(s, np.nan) for s in subjects], dtype=float)
+            stds = np.array([part[f"{metric}_std"].get(s, np.nan) for s in subjects], dtype=float)
+            pos = x + (i - (len(methods) - 1) / 2) * width
+            ax.bar(pos, means, width, label=m)
+            has_std = np.isfinite(stds)  # a single seed has no spread to draw, not a spread of zero
+            if has_std.any():
+                ax.errorbar(pos[has_std], means[has_std], yerr=stds[has_std], fmt="none", ecolor="black",
+                            capsize=2, linewidth=0.8)
         ax.set_xticks(x, [f"sub-{s:02d}" for s in subjects], rotation=45 if len(subjects) > 6 else 0)
         ax.set_ylabel(f"{_label(metric)} (%)")
         ax.set_title(f"{protocol}: per-subject {_label(metric)} (mean ± std over seeds)")
@@ -52,7 +58,7 @@ def paired_differences(per_subject: pd.DataFrame, methods: Sequence[str], refere
     ref = _values(per_subject, reference, metric)
     others = [m for m in methods if m != reference]
     with plt.rc_context(_RC):
-        fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(others) + 2), 3.6))
+        fig, ax = plt.subplots(figsize=(max(5.5, 1.1 * len(others) + 2), 3.6))
         for i, m in enumerate(others):
             vals = _values(per_subject, m, metric)
             common = sorted(set(vals.index) & set(ref.index))
@@ -67,7 +73,7 @@ def paired_differences(per_subject: pd.DataFrame, methods: Sequence[str], refere
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xticks(range(len(others)), others, rotation=30 if len(others) > 4 else 0)
         ax.set_ylabel(f"Δ {_label(metric)} vs {reference} (points)")
-        ax.set_title(f"{protocol}: paired differences to {reference} (points = subjects, bar = mean)")
+        ax.set_title(f"{protocol}: Δ to {reference} per subject")
         ax.grid(axis="y", alpha=0.3)
         fig.tight_layout()
     return fig
@@ -85,6 +91,7 @@ def validation_curves(curves: pd.DataFrame, methods: Sequence[str], protocol: st
             g = part.groupby("epoch")[col].agg(["mean", "min", "max"])
             ax.plot(g.index, g["mean"], label=f"{m} ({part.groupby(['subject', 'seed']).ngroups} runs)")
             ax.fill_between(g.index, g["min"], g["max"], alpha=0.15)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"validation {_label(metric)} (%)")
         ax.set_title(f"{protocol}: validation curves (mean over runs, band = min–max)")

@@ -174,7 +174,7 @@ def _select_methods(runs: pd.DataFrame, reported: pd.DataFrame | None, methods: 
         (set(reported.method.str.lower()) if reported is not None else set())
     unknown = sorted(wanted - known)
     if unknown:
-        names = sorted(set(runs.method)) + sorted(set(reported.method) if reported is not None else [])
+        names = sorted(set(runs.method) | (set(reported.method) if reported is not None else set()))
         raise LeaderboardError(f"no runs or reported rows for {', '.join(map(repr, unknown))}; known: "
                                f"{', '.join(names) or '(none)'}")
     return runs[run_hit], (reported[rep_hit] if reported is not None else None)

@@ -29,7 +29,7 @@ class Table:
     headers: list[str]
     rows: list[list[Cell]]
     align: list[str]  # "l" or "r" per column
-    row_kinds: list[str] = field(default_factory=list)  # "" | "reported" | "chance" | "avg", for styling
+    row_kinds: list[str] = field(default_factory=list)  # "" | incomplete | reported | chance | avg, for styling
     notes: list[str] = field(default_factory=list)
 
 
@@ -84,7 +84,7 @@ def main_table(protocol: str, summary: pd.DataFrame, reported: pd.DataFrame | No
                      Cell(pm(r.top5_mean, r.top5_std), _is_best(r.top5_mean, best5)),
                      Cell(f"{r.n_subjects}/{n_expected}" if n_expected else str(r.n_subjects)), Cell(seeds),
                      Cell(str(r.n_failed)), Cell(r.flag)])
-        kinds.append("")
+        kinds.append("" if r.complete else "incomplete")
     if reported is not None:
         avg = reported[reported.subject == "avg"].sort_values(["top1_mean", "method"], ascending=[False, True],
                                                              kind="stable")
@@ -109,7 +109,9 @@ def subjects_table(protocol: str, per_subject: pd.DataFrame, summary: pd.DataFra
     methods = list(summary.method)
     rep_methods = [] if reported is None else \
         list(dict.fromkeys(reported[reported.subject != "avg"].method))
-    subjects = sorted(set(grid.subjects if grid else ()) | set(per_subject.subject.astype(int)))
+    rep_subjects = set() if reported is None else \
+        {int(x) for x in reported[reported.method.isin(rep_methods) & (reported.subject != "avg")].subject}
+    subjects = sorted(set(grid.subjects if grid else ()) | set(per_subject.subject.astype(int)) | rep_subjects)
     n_seeds = len(grid.seeds) if grid else None
     rows, kinds = [], []
     incomplete = False
