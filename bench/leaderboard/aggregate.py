@@ -60,6 +60,8 @@ def runs_frame(records: Iterable[RunRecord]) -> pd.DataFrame:
             "device": rec.provenance.get("device") if completed else None,
         }
         for k, scores in (m.get("kway") or {}).items():
+            if not str(k).isdigit():
+                continue  # k-way keys are gallery sizes; anything else is not a k-way score
             for key in ("top1", "top5"):
                 if _is_number((scores or {}).get(key)):
                     row[f"k{int(k)}_{key}"] = float(scores[key])
