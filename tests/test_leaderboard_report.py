@@ -87,3 +87,19 @@ def test_html_report_renders_in_headless_chromium(board, tmp_path):
                    "intra: significance matrix (top-1)", "+10.6 (p=0.023)", "missing: sub-03 seed 1"):
         assert needle in text, needle
     assert dom.stdout.count("<img") == 6
+
+
+def test_write_leaderboard_writes_the_report_and_plots_beside_it(tmp_path):
+    from bench.leaderboard import write_leaderboard
+    from bench.records import RunStore
+
+    store = RunStore(tmp_path / "results")
+    for rec in fixed_records():
+        store.write(rec)
+    out = tmp_path / "site" / "board.html"
+    result = write_leaderboard(tmp_path / "results", "html", out, protocol="inter", use_reported=False,
+                               plots_dir=tmp_path / "site" / "img")
+    assert result.out == out and out.read_text() == result.text and "NICE" not in result.text
+    assert sorted(p.name for p in result.plots) == sorted(f"board_inter_{k}.{e}" for k in ("subjects", "paired",
+                                                                                           "validation")
+                                                          for e in ("png", "svg"))
