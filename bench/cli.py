@@ -230,6 +230,39 @@ def features(
                      progress=progress, log=lambda msg: err_console.print(msg, highlight=False, markup=False))
 
 
+@app.command()
+def leaderboard(
+    results_dir: Optional[Path] = typer.Option(None, "--results-dir", help="Results directory (default: $BENCH_RESULTS_DIR or ./results)."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="intra | inter (default: every protocol found)."),
+    methods: List[str] = typer.Option([], "--methods", help="Only these methods (comma-separated or repeated); a base name brings its ablation variants."),
+    fmt: str = typer.Option("md", "--format", help="md | csv | tex | html"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write here instead of printing."),
+    table: Optional[str] = typer.Option(None, "--table", help="all | main | subjects | kway | ablation | timings | stats (csv: one table, default main)."),
+    reported: Optional[Path] = typer.Option(None, "--reported", help="Literature numbers (default: <results-dir>/reported.csv if present)."),
+    no_reported: bool = typer.Option(False, "--no-reported", help="Leave reported rows out."),
+    expect_subjects: Optional[str] = typer.Option(None, "--expect-subjects", help="Subjects a complete row has, e.g. 1-10 (default: all subjects seen)."),
+    expect_seeds: Optional[str] = typer.Option(None, "--expect-seeds", help="Seeds a complete row has, e.g. 0,1,2 (default: all seeds seen)."),
+    metric: str = typer.Option("top1", "--metric", help="top1 | top5: the score the tests and plots compare."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="Method the paired-difference plot compares against (default: the best)."),
+    plots_dir: Optional[Path] = typer.Option(None, "--plots-dir", help="Also write the plots (PNG and SVG) here."),
+) -> None:
+    """Compare methods: tables, paired tests across subjects, plots and a self-contained HTML report."""
+    from bench.leaderboard import parse_int_list, write_leaderboard
+    from bench.paths import default_results_dir
+
+    result = write_leaderboard(
+        results_dir or default_results_dir(), fmt, out, table=table, reported=reported, use_reported=not no_reported,
+        protocol=protocol, methods=[m for item in methods for m in item.split(",") if m.strip()] or None,
+        expect_subjects=parse_int_list(expect_subjects), expect_seeds=parse_int_list(expect_seeds), metric=metric,
+        reference=reference, plots_dir=plots_dir)
+    if result.out is None:
+        typer.echo(result.text, nl=False)  # plain echo: rich would read "mcdb[+text]" as markup
+    else:
+        err_console.print(f"wrote {result.out}", highlight=False)
+    for path in result.plots:
+        err_console.print(f"wrote {path}", highlight=False)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     try:
         code = app(args=argv, standalone_mode=False)  # click returns an Exit's code instead of raising it here

@@ -97,37 +97,21 @@ def run_sweep(req: SweepRequest, ray: RayOptions, printer: Callable[[str], None]
 
 
 def print_summary(result: GridResult, req: SweepRequest, console) -> None:
-    """The leaderboard of the requested runs, and what is missing or failed."""
-    from rich.table import Table
+    """The leaderboard of the requested runs (with their ablation table), then what failed or was not run."""
+    from bench.leaderboard import build_leaderboard, rich_tables
 
-    table = Table(title=f"{len(result.records)} run(s) in {Path(req.results_dir).resolve()} "
-                        f"({result.skipped} reused, {result.scheduled} scheduled, {result.wall_s:.0f} s)")
-    for col in ("method", "protocol", "subjects", "seeds", "top-1 %", "top-5 %", "failed"):
-        table.add_column(col)
-    groups: dict[tuple, list] = {}
-    for rec in result.records:
-        name = f"{rec.spec.method}[{rec.spec.variant}]" if rec.spec.variant else rec.spec.method
-        groups.setdefault((name, rec.spec.protocol), []).append(rec)
-    import numpy as np
-
-    for (name, protocol), recs in groups.items():
-        ok = [r for r in recs if r.status == "completed"]
-        subj_means = {}
-        for r in ok:
-            subj_means.setdefault(r.spec.subject, []).append((r.metrics["top1"], r.metrics["top5"]))
-        per_subject = np.array([np.mean(v, axis=0) for v in subj_means.values()]) if subj_means else np.empty((0, 2))
-
-        def fmt(col: int) -> str:
-            if not len(per_subject):
-                return "–"
-            std = per_subject[:, col].std(ddof=1) if len(per_subject) > 1 else float("nan")
-            return f"{per_subject[:, col].mean():.1f} ± {std:.1f}" if std == std else f"{per_subject[:, col].mean():.1f}"
-
-        table.add_row(name, protocol, str(len(subj_means)), str(len({r.spec.seed for r in ok})), fmt(0), fmt(1),
-                      str(len(recs) - len(ok)))
-    console.print(table)
+    console.print(f"{len(result.records)} run(s) in {Path(req.results_dir).resolve()}: {result.skipped} reused, "
+                  f"{result.scheduled} scheduled, {result.wall_s:.0f} s")
+    if result.records:
+        board = build_leaderboard(result.records)
+        for table in rich_tables(board, "main"):
+            console.print(table)
+        if req.ablation:
+            for table in rich_tables(board, "ablation"):
+                console.print(table)
     for rec in result.records:
         if rec.status != "completed":
-            console.print(f"[red]failed[/red] {rec.spec.label}: {rec.error['type']}: {rec.error['message']}")
+            console.print(f"[red]failed[/red] {rec.spec.label}: {rec.error['type']}: {rec.error['message']}",
+                          highlight=False)
     for label in result.busy:
         console.print(f"[yellow]not run[/yellow] {label}: held by another `bench run` on this results folder")
