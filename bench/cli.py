@@ -263,6 +263,57 @@ def leaderboard(
         err_console.print(f"wrote {path}", highlight=False)
 
 
+# --- data: synthetic datasets and data-root checks ---------------------------------------------------------------
+data_app = typer.Typer(help="Inspect THINGS-EEG data roots.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@app.command()
+def synth(
+    out: Path = typer.Option(..., "--out", help="Folder to create (must not exist or be empty)."),
+    preset: str = typer.Option("default", "--preset", help="tiny | default | full"),
+    seed: int = typer.Option(0, "--seed", help="Everything is a deterministic function of the seed."),
+    subjects: Optional[int] = typer.Option(None, "--subjects", help="Write only the first N subjects."),
+) -> None:
+    """Write a synthetic THINGS-EEG dataset (250 Hz format, image/text features, concept names) to --out."""
+    from bench.data.synthetic import generate, get_preset
+
+    console.print(f"writing synthetic THINGS-EEG ({preset}: {get_preset(preset).describe()}) to {out}")
+    root = generate(out, preset=preset, seed=seed, n_subjects=subjects)
+    size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    console.print(f"done: {root} ({size / 2**20:.0f} MB); use it with --data-root {root}")
+
+
+@data_app.command("check")
+def data_check(
+    data_root: Path = typer.Option(..., "--data-root", help="The data root to check."),
+    features: Optional[Path] = typer.Option(None, "--features", help="Feature file or folder (default: searched)."),
+) -> None:
+    """Per subject: format, shapes, channels, sampling rate, time span, NaN/Inf; features and concepts vs EEG."""
+    from bench.data.check import check_data_root
+
+    report = check_data_root(data_root, features)
+    table = Table(title=f"bench data check: {report.eeg_dir}")
+    for col in ("subject", "format", "train", "test", "channels", "sfreq", "time span", "NaN/Inf", "status"):
+        table.add_column(col, overflow="fold")
+    for sub in report.subjects:
+        shape = lambda s: "×".join(map(str, s)) if s else "-"  # noqa: E731
+        span = f"{sub.span[0]:.3f}…{sub.span[1]:.3f} s" if sub.span else "-"
+        table.add_row(f"sub-{sub.subject:02d}", sub.format, shape(sub.train_shape), shape(sub.test_shape),
+                      str(sub.n_channels or "-"), f"{sub.sfreq:g} Hz" if sub.sfreq else "-", span, str(sub.nonfinite),
+                      "ok" if not sub.problems else f"[red]{len(sub.problems)} problem(s)[/red]")
+    console.print(table)
+    console.print(f"concepts: {report.n_train_concepts} train × {report.images_per_train_concept} images, "
+                  f"{report.n_test_concepts} test (from {report.concept_source})")
+    console.print(f"features: {report.features}; " + "; ".join(f"{k}: {v}" for k, v in report.feature_rows.items()))
+    problems = report.all_problems()
+    if problems:
+        for problem in problems:
+            err_console.print(f"[red]problem:[/red] {problem}", highlight=False)
+        raise typer.Exit(1)
+    console.print(f"[green]ok[/green]: {len(report.subjects)} subject(s) readable and consistent")
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     try:
         code = app(args=argv, standalone_mode=False)  # click returns an Exit's code instead of raising it here
