@@ -303,14 +303,9 @@ def test_bench_train_on_tiny_synthetic_data_beats_chance(name, tiny_root, tmp_pa
     assert metrics["top1"] > metrics["chance_top1"] and metrics["top5"] > 2 * metrics["chance_top5"], metrics
 
 
-@pytest.fixture(scope="module")
-def tiny_eeg():
-    """In-memory data (tests/fakes.py): 80 samples, just above TSConv's 75-sample minimum."""
-    return InMemoryThingsEEG(n_subjects=2, n_concepts=40, per_concept=3, n_test=20, n_chans=8, n_times=80, dim=16)
-
-
-def test_same_seed_same_run_whatever_ran_before(tiny_eeg, tmp_path):
+def test_same_seed_same_run_whatever_ran_before(tmp_path):
     """The initial weights come from the run's seed, not from the state other code left the global RNG in."""
+    tiny_eeg = InMemoryThingsEEG(n_concepts=30, n_chans=8, n_times=80)  # 80 samples: above TSConv's minimum of 75
     cfg = resolve_config("nice", sets=["protocol.val_concepts=6", "train.epochs=2", "train.batch_size=32",
                                        "train.num_threads=1", "eval.kway=[2]", "eval.kway_repeats=5"])
     spec = make_spec("nice", cfg, 1, 0, tiny_eeg)
