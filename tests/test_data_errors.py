@@ -184,3 +184,30 @@ def test_bad_options(tmp_path):
         ThingsEEG.open(fake.root, tmin=0.5, tmax=0.5)
     with pytest.raises(ConfigError, match="prompt_template"):
         ThingsEEG.open(fake.root, prompt_template="This is {name}")
+
+
+def test_data_check_reports_each_problem_and_exits_1(tmp_path, capsys):
+    from bench.cli import main
+
+    fake = make_root(tmp_path / "root", "nice-pickle")
+    main(["data", "check", "--data-root", str(fake.root)])
+    assert "ok: 2 subject(s) readable and consistent" in capsys.readouterr().out
+
+    bad = fake.train[1].copy()
+    bad[0, 0, 0, :3] = np.nan
+    _rewrite_train(fake, _nice_dict(bad))
+    rng = np.random.default_rng(1)
+    save_feature_set(fake.root / "features.npz", FeatureSet(
+        train=PartitionFeatures(image=rng.standard_normal((10, 4))),
+        test=PartitionFeatures(image=rng.standard_normal((3, 4)))))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["data", "check", "--data-root", str(fake.root)])
+    err = " ".join(capsys.readouterr().err.split())
+    assert exit_info.value.code == 1
+    assert "sub-01:" in err and "3 NaN/Inf value(s)" in err
+    assert "10 train image feature rows, but the EEG has 12 train images" in err
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["data", "check", "--data-root", str(tmp_path / "empty")])
+    assert exit_info.value.code == 1 and "no subject folders" in capsys.readouterr().err
