@@ -145,3 +145,30 @@ def make_root(base: Path, fmt: str, *, subjects=(1, 2), eeg_subfolder: str = "Pr
     write_features(base, rng)
     ch_names = list(OCCIPITAL_17) if fmt == "osf-npy" else list(THINGS_63)
     return FakeRoot(base, eeg_dir, trains, tests, ch_names, times)
+
+
+def write_atm_features(folder, seed, n_train=12, n_train_concepts=4, n_test=3, dim=32, model="ViT-H-14"):
+    """ATM's eegdatasets_leaveone.py: torch.save({'text_features': ..., 'img_features': ...}) per partition."""
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = {"train": (n_train, n_train_concepts), "test": (n_test, n_test)}
+    out = {}
+    for partition, (n_img, n_txt) in parts.items():
+        out[partition] = {"img_features": torch.randn(n_img, dim, generator=torch.Generator().manual_seed(seed)),
+                          "text_features": torch.randn(n_txt, dim, generator=torch.Generator().manual_seed(seed + 1))}
+        torch.save(out[partition], folder / f"{model}_features_{partition}.pt")
+    return out
+
+
+def write_nice_features(folder, rng, n_train=12, n_test=3, dim=24, centres=True):
+    """NICE's obtain_feature_maps_clip.py: np.save of (N, 1, 768) arrays; center_clip.npy (200, 768)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    train = rng.standard_normal((n_train, 1, dim)).astype(np.float32)
+    test = rng.standard_normal((n_test, 1, dim)).astype(np.float32)
+    np.save(folder / "clip_feature_maps_training.npy", train)
+    np.save(folder / "clip_feature_maps_test.npy", test)
+    centre = rng.standard_normal((n_test, dim)).astype(np.float32)
+    if centres:
+        np.save(folder / "center_clip.npy", centre)
+    return train, test, centre

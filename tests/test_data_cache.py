@@ -11,8 +11,7 @@ import bench.data.diskarray as diskarray
 from bench.data.cache import cached_eeg, eeg_cache_root, file_fingerprint
 from bench.data.channels import THINGS_63
 from bench.data.dataset import ThingsEEG
-from data_fakes import make_root
-from test_data_features_readers import write_atm
+from data_fakes import make_root, write_atm_features
 
 
 @pytest.fixture(autouse=True)
@@ -114,7 +113,7 @@ def test_training_calls_never_read_test_files(tmp_path):
     """The leak barrier: with every test file unreadable, the training side still loads."""
     fake = make_root(tmp_path / "root", "nice-pickle")
     (fake.root / "features.npz").unlink()
-    write_atm(fake.root, 0)
+    write_atm_features(fake.root, 0)
     for s in (1, 2):
         (fake.eeg_dir / f"sub-{s:02d}" / "preprocessed_eeg_test.npy").write_bytes(b"not an EEG file")
     (fake.root / "ViT-H-14_features_test.pt").write_bytes(b"not a feature file")

@@ -6,36 +6,11 @@ import torch
 from bench.data.dataset import ThingsEEG
 from bench.data.errors import FeatureFileError
 from bench.data.features import feature_files, find_feature_file, load_partition_any
-from data_fakes import make_root
-
-
-def write_atm(folder, rng, n_train=12, n_train_concepts=4, n_test=3, dim=32, model="ViT-H-14"):
-    """ATM's eegdatasets_leaveone.py: torch.save({'text_features': ..., 'img_features': ...}) per partition."""
-    folder.mkdir(parents=True, exist_ok=True)
-    parts = {"train": (n_train, n_train_concepts), "test": (n_test, n_test)}
-    out = {}
-    for partition, (n_img, n_txt) in parts.items():
-        out[partition] = {"img_features": torch.randn(n_img, dim, generator=torch.Generator().manual_seed(rng)),
-                          "text_features": torch.randn(n_txt, dim, generator=torch.Generator().manual_seed(rng + 1))}
-        torch.save(out[partition], folder / f"{model}_features_{partition}.pt")
-    return out
-
-
-def write_nice(folder, rng, n_train=12, n_test=3, dim=24, centres=True):
-    """NICE's obtain_feature_maps_clip.py: np.save of (N, 1, 768) arrays; center_clip.npy (200, 768)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    train = rng.standard_normal((n_train, 1, dim)).astype(np.float32)
-    test = rng.standard_normal((n_test, 1, dim)).astype(np.float32)
-    np.save(folder / "clip_feature_maps_training.npy", train)
-    np.save(folder / "clip_feature_maps_test.npy", test)
-    centre = rng.standard_normal((n_test, dim)).astype(np.float32)
-    if centres:
-        np.save(folder / "center_clip.npy", centre)
-    return train, test, centre
+from data_fakes import make_root, write_atm_features, write_nice_features
 
 
 def test_atm_pair(tmp_path):
-    written = write_atm(tmp_path / "feats", 0)
+    written = write_atm_features(tmp_path / "feats", 0)
     for name in ("ViT-H-14_features_train.pt", "ViT-H-14_features_test.pt"):
         train = load_partition_any(tmp_path / "feats" / name, "train")
         np.testing.assert_allclose(train.image, written["train"]["img_features"].numpy())
@@ -75,7 +50,7 @@ def test_atm_refuses_code_in_the_file(tmp_path):
 
 
 def test_nice_files_with_centres(tmp_path):
-    train, test, centre = write_nice(tmp_path / "dnn_feature", np.random.default_rng(0))
+    train, test, centre = write_nice_features(tmp_path / "dnn_feature", np.random.default_rng(0))
     loaded = load_partition_any(tmp_path, "train")  # found in the dnn_feature/ sub-folder
     np.testing.assert_array_equal(loaded.image, train[:, 0])
     assert loaded.centroid is None
@@ -88,7 +63,7 @@ def test_nice_files_with_centres(tmp_path):
 
 
 def test_nice_errors_name_the_file(tmp_path):
-    write_nice(tmp_path, np.random.default_rng(1), centres=False)
+    write_nice_features(tmp_path, np.random.default_rng(1), centres=False)
     assert load_partition_any(tmp_path, "test").centroid is None
     path = tmp_path / "clip_feature_maps_test.npy"
     path.write_bytes(path.read_bytes()[:150])
@@ -107,12 +82,12 @@ def test_nice_errors_name_the_file(tmp_path):
 def test_dataset_uses_atm_and_nice_files(tmp_path):
     fake = make_root(tmp_path / "root", "nice-pickle")
     (fake.root / "features.npz").unlink()
-    write_atm(fake.root, 3)
+    write_atm_features(fake.root, 3)
     ds = ThingsEEG.open(fake.root)
     assert ds.feature_path.name == "ViT-H-14_features_train.pt"
     assert ds.train_features().text.shape == (4, 32) and ds.test_features().image.shape == (3, 32)
     nice_dir = tmp_path / "nice"
-    write_nice(nice_dir, np.random.default_rng(2))
+    write_nice_features(nice_dir, np.random.default_rng(2))
     nice = ThingsEEG.open(fake.root, features=nice_dir)
     assert nice.test_features().centroid.shape == (3, 24)
     assert nice.fingerprint() != ds.fingerprint()
