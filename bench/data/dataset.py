@@ -94,7 +94,11 @@ class ThingsEEG:
 
     # --- EEG ---------------------------------------------------------------------------------------------------
     def load_train(self, subject: int, average: bool = True) -> np.ndarray:
-        """float32 (n_train_images, C, T) averaged over repetitions, or float16 (n_train_images, R, C, T)."""
+        """float32 (n_train_images, C, T) averaged over repetitions, or (n_train_images, R, C, T) single trials.
+
+        Single trials are float16: a read-only memory map of the cache when no selection is needed, else an array
+        (float32 for data far from unit scale, e.g. in volts, which float16 would truncate).
+        """
         cached = cached_eeg(self.layout.subject(subject).train)
         self._check_rows(cached.header, self.n_train_images, "training")
         channels, samples = self._selection(cached.header)

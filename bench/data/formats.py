@@ -116,7 +116,12 @@ def read_eeg_file(path: str | Path) -> EEGFile:
 
 
 def _read_ubp(path: Path) -> Any:
-    if zipfile.is_zipfile(path):
+    with open(path, "rb") as fh:
+        is_zip_start = fh.read(4) == b"PK\x03\x04"
+    if is_zip_start and not zipfile.is_zipfile(path):
+        raise DataFormatError(f"{path}: truncated or corrupt zip archive (a torch.save file whose directory at the "
+                              f"end is missing or damaged)")
+    if is_zip_start:
         offset = _zip_member_offset(path, "data.pkl")
         if offset is not None:
             try:
