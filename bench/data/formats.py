@@ -240,7 +240,8 @@ def _times(path: Path, raw: Any, n_samples: int) -> tuple[np.ndarray, float]:
 class ImageList:
     """THINGS images in label order: concept folder names (``00001_aardvark``) and one entry per image.
 
-    TODO(merge): use bench.data.concepts.ThingsImages once it lands on main.
+    The common form of both sources of a concept list: ``image_metadata.npy`` (read here) and the image folders
+    (``bench.data.layout.scan_image_folders``).
     """
 
     train_concepts: list[str]
