@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -132,6 +133,8 @@ def run_spec(spec: RunSpec, ds, store: RunStore, force: bool = False, progress: 
         done = store.read(spec.spec_hash)
         if done is not None and done.status == COMPLETED:
             return RunOutcome(done, skipped=True)
+    if _distributed_rank() > 0:  # under torchrun / accelerate launch, rank 0 holds the lock for the process group
+        return RunOutcome(execute_spec(spec, ds, store, progress, on_epoch))
     with store.claim(spec) as claimed:
         if not claimed:
             raise RunBusyError(f"{spec.label} ({spec.spec_hash}) is being computed by another process "
@@ -141,6 +144,10 @@ def run_spec(spec: RunSpec, ds, store: RunStore, force: bool = False, progress: 
             if done is not None and done.status == COMPLETED:
                 return RunOutcome(done, skipped=True)
         return RunOutcome(execute_spec(spec, ds, store, progress, on_epoch))
+
+
+def _distributed_rank() -> int:
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
 
 
 def train_one(method: str, subject: int, seed: int, protocol: str | None = None, data_root: str | Path | None = None,
