@@ -70,7 +70,7 @@ def plan(specs: list[RunSpec], store: RunStore, force: bool = False) -> tuple[li
 def ray_environment() -> dict[str, str]:
     """Quiet, offline-safe defaults for the driver and every worker (set only where the user has not)."""
     return {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_CHDIR_TO_TRIAL_DIR": "0",
-            "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_TRAIN_V2_ENABLED": "1"}
+            "RAY_TRAIN_V2_ENABLED": "1"}
 
 
 def init_ray(opts: RayOptions) -> None:
