@@ -319,6 +319,41 @@ def data_check(
     console.print(f"[green]ok[/green]: {len(report.subjects)} subject(s) readable and consistent")
 
 
+@app.command()
+def perf(
+    preset: str = typer.Option("tiny", "--preset", help="tiny (smoke test) | full (one subject at THINGS-EEG scale)."),
+    method: str = typer.Option("", "--method", help="Methods, comma-separated (default: nice, atm, mcdb if registered)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Use this one-subject data root of the preset's "
+                                                                       "shapes instead of writing one."),
+    workdir: Optional[Path] = typer.Option(None, "--workdir", help="Scratch parent (default: the system temp folder); "
+                                                                   "full needs ~8 GB free."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch of both loops (tiny 24, full 1000)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Measured steps per loop (tiny 3, full 10)."),
+    warmup: Optional[int] = typer.Option(None, "--warmup", help="Warm-up steps per loop, not measured (1)."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the method in our trainer."),
+    ray_trials: Optional[int] = typer.Option(None, "--ray-trials", help="Runs in the Ray comparison (tiny 2, full 4)."),
+    ray_trial_s: Optional[float] = typer.Option(None, "--ray-trial-s", help="Seconds per Ray run (tiny 2, full 30)."),
+    ray_concurrency: int = typer.Option(1, "--ray-concurrency", help="Ray trials at once (1 CPU each)."),
+    skip: List[str] = typer.Option([], "--skip", help="Leave out a section: data, train or ray. Repeatable."),
+) -> None:
+    """Measure data loading, training throughput (ours vs a reference-style loop), evaluation and Ray overhead."""
+    from bench.perf import PerfOptions, run_perf
+    from bench.perf.report import tables, write_json
+
+    opts = PerfOptions(preset=preset, methods=[m.strip() for m in method.split(",") if m.strip()], device=device,
+                       data_root=data_root, workdir=workdir, batch_size=batch_size, steps=steps, warmup_steps=warmup,
+                       compile=compile_, ray_trials=ray_trials, ray_trial_s=ray_trial_s,
+                       ray_concurrency=ray_concurrency, skip=tuple(skip))
+    report = run_perf(opts, say=_say)
+    for table in tables(report):
+        console.print(table)
+    if json_path is not None:
+        write_json(report, json_path)
+        console.print(f"report: {json_path}")
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     try:
         code = app(args=argv, standalone_mode=False)  # click returns an Exit's code instead of raising it here

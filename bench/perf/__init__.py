@@ -1,0 +1,175 @@
+"""`bench perf`: data, training, evaluation and Ray figures on one synthetic subject at a preset's scale.
+
+:func:`run_perf` writes one subject of the preset (or uses ``data_root``) and a float16 cache into a scratch folder,
+measures each section, removes the scratch folder and returns the report (see :mod:`bench.perf.report`).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bench.errors import UserError
+
+
+class PerfError(UserError, ValueError):
+    """A perf request that cannot run here (no CUDA, unknown preset or method)."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes per preset: ``tiny`` is a smoke test, ``full`` gives the README figures."""
+
+    batch_size: int
+    warmup_steps: int
+    steps: int
+    load_repeats: int
+    ray_trials: int
+    ray_trial_s: float
+
+
+PROFILES = {
+    "tiny": Profile(batch_size=24, warmup_steps=1, steps=3, load_repeats=2, ray_trials=2, ray_trial_s=2.0),
+    "full": Profile(batch_size=1000, warmup_steps=1, steps=10, load_repeats=3, ray_trials=4, ray_trial_s=30.0),
+}
+DEFAULT_METHODS = ("nice", "atm", "mcdb")
+
+
+@dataclass
+class PerfOptions:
+    preset: str = "tiny"
+    methods: list[str] = field(default_factory=list)  # empty: those of DEFAULT_METHODS that are registered
+    device: str | None = None                          # cpu | cuda; None: cuda when available
+    data_root: Path | None = None                      # a data root of the preset's shapes; None: generate one
+    workdir: Path | None = None                        # scratch parent folder; None: the system's temp folder
+    batch_size: int | None = None
+    steps: int | None = None
+    warmup_steps: int | None = None
+    compile: bool = False
+    ray_trials: int | None = None
+    ray_trial_s: float | None = None
+    ray_concurrency: int = 1
+    skip: tuple[str, ...] = ()                         # sections to leave out: data, train, ray
+
+
+@contextlib.contextmanager
+def _env(key: str, value: str):
+    before = os.environ.get(key)
+    os.environ[key] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
+def resolve_device(requested: str | None):
+    import torch
+
+    if requested not in (None, "cpu", "cuda"):
+        raise PerfError(f"--device must be cpu or cuda, not {requested!r}")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise PerfError(f"--device cuda: CUDA is not available here (torch {torch.__version__}, built for CUDA "
+                        f"{torch.version.cuda or 'none'}); run with --device cpu")
+    if requested == "cpu" and torch.cuda.is_available():
+        # the Trainer takes the GPU whenever torch sees one; hiding it is the only way to measure the CPU path
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        if torch.cuda.is_available():
+            raise PerfError("--device cpu: CUDA was initialised before bench perf could hide it; set "
+                            "CUDA_VISIBLE_DEVICES= in the environment instead")
+    cuda = requested == "cuda" or (requested is None and torch.cuda.is_available())
+    return torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+
+
+def resolve_methods(requested: list[str]) -> list[str]:
+    from bench.registry import METHODS
+
+    if requested:
+        for name in requested:
+            METHODS.get(name)  # unknown names fail here, with the registry's suggestion
+        return list(requested)
+    return [m for m in DEFAULT_METHODS if m in METHODS.names()]
+
+
+def run_perf(opts: PerfOptions, say=print) -> dict:
+    if opts.preset not in PROFILES:
+        raise PerfError(f"--preset must be one of {', '.join(PROFILES)}, not {opts.preset!r}")
+    unknown = set(opts.skip) - {"data", "train", "ray"}
+    if unknown:
+        raise PerfError(f"--skip takes data, train, ray; not {', '.join(sorted(unknown))}")
+    device = resolve_device(opts.device)
+    methods = resolve_methods(opts.methods)
+    profile = PROFILES[opts.preset]
+    from bench.perf.machine import describe_machine, load_average
+
+    report: dict = {"preset": opts.preset, "machine": describe_machine(device), "options": _jsonable(opts)}
+    t_start = time.perf_counter()
+    if opts.workdir is not None:
+        Path(opts.workdir).mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="bench-perf-", dir=opts.workdir))
+    try:
+        with _env("BENCH_CACHE_DIR", str(scratch / "cache")):
+            root = opts.data_root
+            if root is None:
+                root = _generate(scratch / "data", opts.preset, report, say)
+            if "data" not in opts.skip:
+                from bench.perf.data import measure_data
+
+                say("data: first conversion, then cached loads in fresh processes")
+                report["data"] = measure_data(Path(root), 1, profile.load_repeats, scratch / "cache")
+            if "train" not in opts.skip:
+                report["training"] = _training(Path(root), methods, device, profile, opts, say)
+            if "ray" not in opts.skip:
+                report["ray"] = _ray(Path(root), scratch, profile, opts, say)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    report["machine"]["load_average_end"] = load_average()
+    report["total_s"] = time.perf_counter() - t_start
+    return report
+
+
+def _jsonable(opts: PerfOptions) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+            for k, v in asdict(opts).items()}
+
+
+def _generate(out: Path, preset: str, report: dict, say) -> Path:
+    from bench.data.synthetic import generate
+
+    say(f"writing one subject of the {preset} synthetic preset to {out}")
+    t0 = time.perf_counter()
+    generate(out, preset=preset, seed=0, n_subjects=1)
+    report["generate_s"] = time.perf_counter() - t0
+    return out
+
+
+def _training(root: Path, methods: list[str], device, profile: Profile, opts: PerfOptions, say) -> list[dict]:
+    from bench.data.dataset import ThingsEEG
+    from bench.perf.throughput import TrainingRows, measure_method
+    from bench.runner import resolve_config
+
+    ds = ThingsEEG.open(root)
+    rows = TrainingRows(ds, subject=1)
+    batch = opts.batch_size or profile.batch_size
+    steps, warmup = opts.steps or profile.steps, opts.warmup_steps or profile.warmup_steps
+    out = []
+    for name in methods:
+        say(f"training: {name}, {warmup} warm-up + {steps} measured steps of {batch}, ours then reference")
+        cfg = resolve_config(name, overrides={"data.root": str(root)})
+        out.append(measure_method(name, cfg, ds, rows, device, batch, warmup, steps, opts.compile))
+    return out
+
+
+def _ray(root: Path, scratch: Path, profile: Profile, opts: PerfOptions, say) -> dict:
+    from bench.perf.ray_overhead import measure_ray
+
+    ray_root = root if opts.preset == "tiny" else _generate(scratch / "ray-data", "tiny", {}, say)
+    trials, trial_s = opts.ray_trials or profile.ray_trials, opts.ray_trial_s or profile.ray_trial_s
+    say(f"ray: {trials} runs of ~{trial_s:g} s, serially and as a Ray Tune grid (concurrency {opts.ray_concurrency})")
+    return {**measure_ray(ray_root, trials, trial_s, opts.ray_concurrency, scratch / "ray-runs"), "data": "tiny"}

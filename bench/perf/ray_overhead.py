@@ -1,0 +1,91 @@
+"""Ray overhead: K identical short runs as a Ray Tune grid (:func:`bench.orchestrate.run_grid`) against the same runs
+one after another in this process (:func:`bench.runner.run_spec`).
+
+Each trial is a real run (load, train, validate, test, record) whose epoch count is calibrated to last about
+``trial_s`` seconds. Overhead = (Ray wall − ideal) / ideal with ideal = serial wall / concurrency; reported with and
+without Ray's own start-up, which a long sweep pays once.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from bench.orchestrate import RayOptions, init_ray, run_grid
+from bench.records import COMPLETED, RunStore
+from bench.runner import make_spec, open_dataset, resolve_config, run_spec
+
+METHOD = "nice"
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Serial runs get the threads a Ray trial gets (``cpus_per_trial``), or the comparison is not like for like."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _specs(root: Path, epochs: int, seeds: range):
+    sets = [f"train.epochs={epochs}", "protocol.val_concepts=4", "train.batch_size=64"]
+    cfg = resolve_config(METHOD, sets=sets, overrides={"data.root": str(root)})
+    ds = open_dataset(cfg)
+    return [make_spec(METHOD, cfg, 1, seed, ds) for seed in seeds], ds
+
+
+def _serial(specs, ds, store: RunStore) -> float:
+    t0 = time.perf_counter()
+    for spec in specs:
+        record = run_spec(spec, ds, store, force=True, progress=False).record
+        if record.status != COMPLETED:
+            raise RuntimeError(f"serial perf run {spec.label} failed: {record.error['message']}")
+    return time.perf_counter() - t0
+
+
+def calibrate_epochs(root: Path, trial_s: float, scratch: Path, threads: int) -> tuple[int, float]:
+    """Epochs for a run of about ``trial_s`` seconds, from a 2-epoch run (its fixed cost and its time per epoch)."""
+    specs, ds = _specs(root, 2, range(1))
+    with torch_threads(threads):
+        wall = _serial(specs, ds, RunStore(scratch / "calibrate"))
+    record = RunStore(scratch / "calibrate").read(specs[0].spec_hash)
+    per_epoch = record.timings["train_s"] / 2
+    fixed = max(0.0, wall - record.timings["train_s"])
+    return max(1, math.ceil((trial_s - fixed) / max(per_epoch, 1e-6))), wall
+
+
+def measure_ray(root: Path, trials: int, trial_s: float, concurrency: int, scratch: Path,
+                cpus_per_trial: float = 1.0) -> dict:
+    import ray
+
+    threads = max(1, int(cpus_per_trial))
+    epochs, _ = calibrate_epochs(root, trial_s, scratch, threads)
+    specs, ds = _specs(root, epochs, range(trials))
+    with torch_threads(threads):
+        serial = _serial(specs, ds, RunStore(scratch / "serial"))
+
+    opts = RayOptions(cpus_per_trial=cpus_per_trial, max_concurrent=concurrency)
+    started_here = not ray.is_initialized()
+    t0 = time.perf_counter()
+    init_ray(opts)
+    t1 = time.perf_counter()
+    try:
+        grid = run_grid(specs, scratch / "ray", opts, force=True, printer=lambda _msg: None)
+    finally:
+        t2 = time.perf_counter()
+        if started_here:
+            ray.shutdown()
+    failed = [r.spec.label for r in grid.records if r.status != COMPLETED]
+    if failed or len(grid.records) != trials:
+        raise RuntimeError(f"Ray perf trials did not all complete: {failed or grid.busy}")
+    ideal = serial / concurrency
+    return {"method": METHOD, "trials": trials, "concurrency": concurrency, "cpus_per_trial": cpus_per_trial,
+            "epochs_per_trial": epochs, "trial_s": serial / trials, "serial_s": serial, "ideal_s": ideal,
+            "ray_init_s": t1 - t0, "ray_grid_s": t2 - t1, "ray_wall_s": t2 - t0,
+            "overhead_pct": 100 * ((t2 - t0) - ideal) / ideal,
+            "overhead_excl_init_pct": 100 * ((t2 - t1) - ideal) / ideal}

@@ -1,0 +1,121 @@
+"""Training throughput per method, our Trainer against the reference-style loop, plus the method's evaluation time.
+
+Both loops train the same freshly seeded model with the same loss, optimiser, batch size and number of measured
+samples on the same device; only the data path and step loop differ. Our figure comes from the real
+:class:`bench.train.Trainer` (its ``samples_per_s`` counts optimisation steps only): a warm-up fit of ``warmup``
+batches, then a one-epoch fit over exactly ``steps`` batches.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from bench.evaluate import ZeroShotEvaluator
+from bench.method import DataInfo
+from bench.perf.reference import reference_throughput
+from bench.protocols import EvalSet, SealedTest, TrainSet
+from bench.registry import METHODS
+from bench.train import Trainer, seed_everything
+
+#: validation rows the Trainer scores after its epoch: it must validate, but that is not what is measured here
+N_VAL_ROWS = 8
+
+
+class TrainingRows:
+    """Random training images of one subject as TrainSets, averaged or single-trial, loaded once per kind."""
+
+    def __init__(self, ds, subject: int, seed: int = 0):
+        self.ds, self.subject = ds, subject
+        self.rng = np.random.default_rng(seed)
+        self.features = ds.train_features()
+        self._averaged: np.ndarray | None = None
+
+    def full_epoch_rows(self, average: bool) -> int:
+        reps = 1 if average else self.ds.load_train(self.subject, average=False).shape[1]
+        return self.ds.n_train_images * reps
+
+    def sample(self, n_rows: int, average: bool) -> TrainSet:
+        trials = self.ds.load_train(self.subject, average=False)  # a memory map: rows are read when indexed
+        reps = 1 if average else trials.shape[1]
+        n_images = math.ceil(n_rows / reps)
+        if n_images > self.ds.n_train_images:
+            raise ValueError(f"{n_rows} rows need {n_images} training images; the data have {self.ds.n_train_images}")
+        images = np.sort(self.rng.choice(self.ds.n_train_images, size=n_images, replace=False))
+        if average:
+            if self._averaged is None:
+                self._averaged = self.ds.load_train(self.subject, average=True)
+            eeg = self._averaged[images].astype(np.float16)
+            row_image = images
+        else:
+            eeg = np.asarray(trials[images], dtype=np.float16).reshape(-1, *trials.shape[2:])
+            row_image = np.repeat(images, reps)
+        eeg, row_image = eeg[:n_rows], row_image[:n_rows]
+        concept = np.asarray(self.ds.train_image_concept, dtype=np.int64)[row_image]
+        return TrainSet(eeg=eeg, row_image=row_image, row_concept=concept,
+                        row_subject=np.zeros(len(row_image), dtype=np.int64), image=self.features.image,
+                        text=self.features.text)
+
+    def validation(self, train: TrainSet) -> EvalSet:
+        rows = np.arange(min(N_VAL_ROWS, len(train)))
+        return EvalSet(eeg=train.eeg[rows].astype(np.float32), gallery=train.image[train.row_image[rows]],
+                       fold=np.zeros(len(rows), dtype=np.int64), subject=train.row_subject[rows],
+                       concept=train.row_concept[rows], text=train.text)
+
+
+def build_method(name: str, cfg: dict, ds, train: TrainSet):
+    seed_everything(0)
+    info = DataInfo(n_chans=ds.n_chans, n_times=ds.n_times, sfreq=float(ds.sfreq), ch_names=tuple(ds.ch_names),
+                    feature_dim=int(train.image.shape[1]), n_subjects=len(ds.subjects),
+                    n_train_concepts=len(ds.train_concepts), has_text=train.text is not None)
+    return METHODS.create(name, info=info, **cfg["method"])
+
+
+def trainer_config(cfg: dict, batch_size: int, compile_model: bool) -> dict:
+    """The method's recipe with one epoch, no LR warm-up and no checkpoint copies (they are not step time)."""
+    return {**cfg["train"], "epochs": 1, "batch_size": batch_size, "grad_accum": 1, "warmup_epochs": 0,
+            "selection": "last", "patience": None, "val_every": 1, "compile": compile_model}
+
+
+def trainer_throughput(method, rows: TrainingRows, train_cfg: dict, average: bool, warmup: int, steps: int) -> dict:
+    batch = int(train_cfg["batch_size"])
+    warm = rows.sample(warmup * batch, average)
+    measured = rows.sample(steps * batch, average)
+    trainer = Trainer(train_cfg, seed=0, progress=False)
+    trainer.fit(method, warm, rows.validation(warm))
+    result = trainer.fit(method, measured, rows.validation(measured))
+    return {"samples_per_s": result.samples_per_s, "step_s": batch / result.samples_per_s,
+            "samples": steps * batch, "precision": result.mixed_precision, "device": result.device}
+
+
+def evaluation_time(method, ds, subject: int, cfg: dict, device: torch.device) -> dict:
+    """The test path of a run: open the sealed test partition (cached) and score it with the config's evaluator."""
+    t0 = time.perf_counter()
+    test = SealedTest(ds, subject, None, 0).open()
+    t1 = time.perf_counter()
+    ZeroShotEvaluator.from_config(cfg).score(method, test, device)
+    t2 = time.perf_counter()
+    return {"test_open_s": t1 - t0, "score_s": t2 - t1, "n_test": len(test)}
+
+
+def measure_method(name: str, cfg: dict, ds, rows: TrainingRows, device: torch.device, batch_size: int,
+                   warmup: int, steps: int, compile_model: bool) -> dict:
+    if METHODS.get(name).obj.closed_form:
+        raise ValueError(f"{name} is fitted in closed form: it has no training steps to measure")
+    average = bool(cfg["data"]["train_average"])
+    train_cfg = trainer_config(cfg, batch_size, compile_model)
+    probe = rows.sample(batch_size, average)
+
+    ours = trainer_throughput(build_method(name, cfg, ds, probe), rows, train_cfg, average, warmup, steps)
+    method = build_method(name, cfg, ds, probe)
+    ref = reference_throughput(method, rows.sample((warmup + steps) * batch_size, average), train_cfg, device,
+                               batch_size, warmup, steps)
+    full = rows.full_epoch_rows(average)
+    return {"method": name, "train_average": average, "batch_size": batch_size, "warmup_steps": warmup,
+            "measured_steps": steps, "epoch_rows": full,
+            "ours": {**ours, "epoch_s": full / ours["samples_per_s"]},
+            "reference": {**ref, "epoch_s": full / ref["samples_per_s"]},
+            "ratio": ours["samples_per_s"] / ref["samples_per_s"],
+            "eval": evaluation_time(method, ds, rows.subject, cfg, device)}
