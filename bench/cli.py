@@ -329,12 +329,13 @@ def perf(
                                                                        "shapes instead of writing one."),
     workdir: Optional[Path] = typer.Option(None, "--workdir", help="Scratch parent (default: the system temp folder); "
                                                                    "full needs ~8 GB free."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch of both loops (tiny 24, full 1000)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Measured steps per loop (tiny 3, full 10)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch of both loops (tiny 16, full 1000)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Measured steps per loop and round (tiny 1, full 2; more on a GPU)."),
+    rounds: Optional[int] = typer.Option(None, "--rounds", help="Alternating rounds of ours vs the reference (2)."),
     warmup: Optional[int] = typer.Option(None, "--warmup", help="Warm-up steps per loop, not measured (1)."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the method in our trainer."),
     ray_trials: Optional[int] = typer.Option(None, "--ray-trials", help="Runs in the Ray comparison (tiny 2, full 4)."),
-    ray_trial_s: Optional[float] = typer.Option(None, "--ray-trial-s", help="Seconds per Ray run (tiny 2, full 30)."),
+    ray_trial_s: Optional[float] = typer.Option(None, "--ray-trial-s", help="Seconds per Ray run (tiny 1, full 30)."),
     ray_concurrency: int = typer.Option(1, "--ray-concurrency", help="Ray trials at once (1 CPU each)."),
     skip: List[str] = typer.Option([], "--skip", help="Leave out a section: data, train or ray. Repeatable."),
 ) -> None:
@@ -343,7 +344,8 @@ def perf(
     from bench.perf.report import tables, write_json
 
     opts = PerfOptions(preset=preset, methods=[m.strip() for m in method.split(",") if m.strip()], device=device,
-                       data_root=data_root, workdir=workdir, batch_size=batch_size, steps=steps, warmup_steps=warmup,
+                       data_root=data_root, workdir=workdir, batch_size=batch_size, steps=steps, rounds=rounds,
+                       warmup_steps=warmup,
                        compile=compile_, ray_trials=ray_trials, ray_trial_s=ray_trial_s,
                        ray_concurrency=ray_concurrency, skip=tuple(skip))
     report = run_perf(opts, say=_say)

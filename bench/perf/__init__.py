@@ -22,19 +22,21 @@ class PerfError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class Profile:
-    """Sizes per preset: ``tiny`` is a smoke test, ``full`` gives the README figures."""
+    """Sizes per preset: ``tiny`` is a smoke test, ``full`` gives the README figures. ``full`` measures few steps
+    because a step of batch 1000 takes tens of seconds on a small CPU; on a GPU pass ``--steps 20`` or more."""
 
     batch_size: int
     warmup_steps: int
     steps: int
+    rounds: int
     load_repeats: int
     ray_trials: int
     ray_trial_s: float
 
 
 PROFILES = {
-    "tiny": Profile(batch_size=24, warmup_steps=1, steps=3, load_repeats=2, ray_trials=2, ray_trial_s=2.0),
-    "full": Profile(batch_size=1000, warmup_steps=1, steps=10, load_repeats=3, ray_trials=4, ray_trial_s=30.0),
+    "tiny": Profile(batch_size=16, warmup_steps=1, steps=1, rounds=2, load_repeats=2, ray_trials=2, ray_trial_s=1.0),
+    "full": Profile(batch_size=1000, warmup_steps=1, steps=2, rounds=2, load_repeats=3, ray_trials=4, ray_trial_s=30.0),
 }
 DEFAULT_METHODS = ("nice", "atm", "mcdb")
 
@@ -48,6 +50,7 @@ class PerfOptions:
     workdir: Path | None = None                        # scratch parent folder; None: the system's temp folder
     batch_size: int | None = None
     steps: int | None = None
+    rounds: int | None = None
     warmup_steps: int | None = None
     compile: bool = False
     ray_trials: int | None = None
@@ -90,11 +93,10 @@ def resolve_device(requested: str | None):
 def resolve_methods(requested: list[str]) -> list[str]:
     from bench.registry import METHODS
 
-    if requested:
-        for name in requested:
-            METHODS.get(name)  # unknown names fail here, with the registry's suggestion
-        return list(requested)
-    return [m for m in DEFAULT_METHODS if m in METHODS.names()]
+    for name in requested:
+        if METHODS.get(name).obj.closed_form:  # unknown names fail here, with the registry's suggestion
+            raise PerfError(f"{name} is fitted in closed form: it has no training steps to measure")
+    return list(requested) or [m for m in DEFAULT_METHODS if m in METHODS.names()]
 
 
 def run_perf(opts: PerfOptions, say=print) -> dict:
@@ -118,15 +120,22 @@ def run_perf(opts: PerfOptions, say=print) -> dict:
             root = opts.data_root
             if root is None:
                 root = _generate(scratch / "data", opts.preset, report, say)
+            sections = report["section_s"] = {}
             if "data" not in opts.skip:
                 from bench.perf.data import measure_data
 
                 say("data: first conversion, then cached loads in fresh processes")
+                t0 = time.perf_counter()
                 report["data"] = measure_data(Path(root), 1, profile.load_repeats, scratch / "cache")
+                sections["data"] = time.perf_counter() - t0
             if "train" not in opts.skip:
+                t0 = time.perf_counter()
                 report["training"] = _training(Path(root), methods, device, profile, opts, say)
+                sections["training"] = time.perf_counter() - t0
             if "ray" not in opts.skip:
+                t0 = time.perf_counter()
                 report["ray"] = _ray(Path(root), scratch, profile, opts, say)
+                sections["ray"] = time.perf_counter() - t0
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     report["machine"]["load_average_end"] = load_average()
@@ -158,11 +167,13 @@ def _training(root: Path, methods: list[str], device, profile: Profile, opts: Pe
     rows = TrainingRows(ds, subject=1)
     batch = opts.batch_size or profile.batch_size
     steps, warmup = opts.steps or profile.steps, opts.warmup_steps or profile.warmup_steps
+    rounds = opts.rounds or profile.rounds
     out = []
     for name in methods:
-        say(f"training: {name}, {warmup} warm-up + {steps} measured steps of {batch}, ours then reference")
+        say(f"training: {name}, {warmup} warm-up step(s), then {rounds} rounds of {steps} steps of {batch}, ours and "
+            f"the reference alternating")
         cfg = resolve_config(name, overrides={"data.root": str(root)})
-        out.append(measure_method(name, cfg, ds, rows, device, batch, warmup, steps, opts.compile))
+        out.append(measure_method(name, cfg, ds, rows, device, batch, warmup, steps, rounds, opts.compile))
     return out
 
 

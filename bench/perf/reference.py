@@ -41,32 +41,33 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def reference_throughput(method: Method, train: TrainSet, train_cfg: dict, device: torch.device, batch_size: int,
-                         warmup: int, steps: int) -> dict:
-    """Samples/s over ``steps`` batches after ``warmup`` batches; ``train`` must hold (warmup + steps) batches."""
-    loader = DataLoader(PerSampleDataset(train), batch_size=batch_size, shuffle=True, num_workers=0, drop_last=True)
-    if len(loader) < warmup + steps:
-        raise ValueError(f"{len(train)} rows make {len(loader)} batches of {batch_size}; need {warmup + steps}")
-    method.to(device).train()
-    optimizer = build_optimizer(method, train_cfg)
-    state = TrainState(epoch=1, epochs=1, step=0, steps_per_epoch=len(loader))
-    has_text = train.text is not None
-    t0, seen = time.perf_counter(), 0
-    for i, (eeg, image, text, concept, subject) in enumerate(loader):
-        if i == warmup:
-            _sync(device)
-            t0, seen = time.perf_counter(), 0
-        if i == warmup + steps:
-            break
-        batch = Batch(eeg=eeg.to(device), image=image.to(device), concept=concept.to(device),
-                      subject=subject.to(device), text=text.to(device) if has_text else None)
-        loss, _ = method(batch, state)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        loss.item()  # both references accumulate the epoch loss this way: one device sync per step
-        state.step += 1
-        seen += len(eeg)
-    _sync(device)
-    elapsed = time.perf_counter() - t0
-    return {"samples_per_s": seen / elapsed, "step_s": elapsed / steps, "samples": seen, "precision": "fp32"}
+class ReferenceLoop:
+    """The reference loop over ``train``, advanced ``steps`` batches at a time so it can alternate with ours."""
+
+    def __init__(self, method: Method, train: TrainSet, train_cfg: dict, device: torch.device, batch_size: int):
+        self.loader = DataLoader(PerSampleDataset(train), batch_size=batch_size, shuffle=True, num_workers=0,
+                                 drop_last=True)
+        self.method, self.device, self.batch_size = method.to(device).train(), device, batch_size
+        self.optimizer = build_optimizer(method, train_cfg)
+        self.state = TrainState(epoch=1, epochs=1, step=0, steps_per_epoch=len(self.loader))
+        self.has_text = train.text is not None
+        self.batches = iter(self.loader)
+        self.precision = "fp32"
+
+    def run(self, steps: int) -> float:
+        """Seconds for the next ``steps`` batches, from the DataLoader's first fetch to the last step's sync."""
+        _sync(self.device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            eeg, image, text, concept, subject = next(self.batches)
+            d = self.device
+            batch = Batch(eeg=eeg.to(d), image=image.to(d), concept=concept.to(d), subject=subject.to(d),
+                          text=text.to(d) if self.has_text else None)
+            loss, _ = self.method(batch, self.state)
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            loss.item()  # both references accumulate the epoch loss this way: one device sync per step
+            self.state.step += 1
+        _sync(self.device)
+        return time.perf_counter() - t0

@@ -1,0 +1,65 @@
+"""`bench perf --preset tiny` end to end: every section is there with positive figures (no speed thresholds: those
+belong to the benchmark, never to timed tests), and requests that cannot run fail with one clear line."""
+import json
+import subprocess
+
+import pytest
+import torch
+
+from conftest import BENCH
+
+
+def bench(*args):
+    return subprocess.run([BENCH, *args], capture_output=True, text=True, timeout=600)
+
+
+def positive(section: dict, *keys: str) -> None:
+    for key in keys:
+        value = section[key]
+        assert isinstance(value, (int, float)) and value > 0, (key, value)
+
+
+def test_tiny_preset_reports_every_section(tmp_path):
+    out = bench("perf", "--preset", "tiny", "--method", "nice,atm", "--device", "cpu", "--json",
+                str(tmp_path / "perf.json"), "--workdir", str(tmp_path / "scratch"))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    report = json.loads((tmp_path / "perf.json").read_text())
+
+    m = report["machine"]
+    assert m["device"] == "cpu" and m["cores"] > 0 and m["torch"] == torch.__version__ and m["torch_threads"] > 0
+
+    data = report["data"]
+    for key in ("train_first", "train_cached", "test_first", "test_cached"):
+        positive(data[key], "wall_s", "peak_rss_mb")
+    assert data["train_cached"]["shape"] == [120, 63, 250] and data["test_cached"]["shape"] == [40, 63, 250]
+    positive(data, "source_gb", "cache_gb")
+
+    assert [r["method"] for r in report["training"]] == ["nice", "atm"]
+    for r in report["training"]:
+        for loop in ("ours", "reference"):
+            positive(r[loop], "samples_per_s", "step_s", "epoch_s")
+            assert len(r[loop]["round_samples_per_s"]) == r["rounds"] == 2
+        assert r["ratio"] == pytest.approx(r["ours"]["samples_per_s"] / r["reference"]["samples_per_s"])
+        positive(r["eval"], "score_s", "test_open_s")
+    nice, atm = report["training"]
+    assert nice["epoch_rows"] == 120 and atm["epoch_rows"] == 240  # averaged vs single trials, as each recipe
+
+    ray = report["ray"]
+    positive(ray, "serial_s", "ideal_s", "ray_init_s", "ray_grid_s", "trial_s", "epochs_per_trial")
+    assert ray["overhead_pct"] == pytest.approx(100 * (ray["ray_wall_s"] - ray["ideal_s"]) / ray["ideal_s"])
+
+    for title in ("data: one subject", "training:", "ray:"):
+        assert title in out.stdout
+    assert not list((tmp_path / "scratch").iterdir())  # data, cache and Ray runs are removed
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error shown where there is no GPU")
+def test_cuda_without_a_gpu_is_one_line_error():
+    out = bench("perf", "--preset", "tiny", "--device", "cuda")
+    assert out.returncode == 1 and "CUDA is not available" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_closed_form_method_is_refused(tmp_path):
+    out = bench("perf", "--preset", "tiny", "--method", "ridge", "--skip", "data", "--skip", "ray",
+                "--workdir", str(tmp_path))
+    assert out.returncode == 1 and "closed form" in out.stderr and "Traceback" not in out.stderr
