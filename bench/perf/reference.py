@@ -54,16 +54,19 @@ class ReferenceLoop:
         self.batches = iter(self.loader)
         self.precision = "fp32"
 
+    def fetch(self) -> Batch:
+        """One batch as the reference assembles it: per-sample reads, collate, copies to the device."""
+        eeg, image, text, concept, subject = next(self.batches)
+        d = self.device
+        return Batch(eeg=eeg.to(d), image=image.to(d), concept=concept.to(d), subject=subject.to(d),
+                     text=text.to(d) if self.has_text else None)
+
     def run(self, steps: int) -> float:
         """Seconds for the next ``steps`` batches, from the DataLoader's first fetch to the last step's sync."""
         _sync(self.device)
         t0 = time.perf_counter()
         for _ in range(steps):
-            eeg, image, text, concept, subject = next(self.batches)
-            d = self.device
-            batch = Batch(eeg=eeg.to(d), image=image.to(d), concept=concept.to(d), subject=subject.to(d),
-                          text=text.to(d) if self.has_text else None)
-            loss, _ = self.method(batch, self.state)
+            loss, _ = self.method(self.fetch(), self.state)
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()

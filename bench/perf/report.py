@@ -48,13 +48,15 @@ def tables(report: dict) -> list[Table]:
     if report.get("training"):
         t = Table(title="training: forward + backward + step, same model / loss / optimiser / batch")
         for col in ("method", "rows/epoch", "batch × steps × rounds", "ours samples/s", "ref samples/s", "ratio",
-                    "ours epoch s", "ref epoch s", "precision", "eval s"):
+                    "ours epoch s", "ref epoch s", "batch ms ours/ref", "precision", "eval s"):
             t.add_column(col)
         for r in report["training"]:
             o, ref = r["ours"], r["reference"]
             t.add_row(r["method"], f"{r['epoch_rows']:,}", f"{r['batch_size']} × {r['measured_steps']} × {r['rounds']}",
                       _f(o["samples_per_s"], 0), _f(ref["samples_per_s"], 0), f"{r['ratio']:.2f}×",
-                      _f(o["epoch_s"], 1), _f(ref["epoch_s"], 1), f"{o['precision']} / {ref['precision']}",
+                      _f(o["epoch_s"], 1), _f(ref["epoch_s"], 1),
+                      f"{_f(r['batch_ms']['ours'], 1)} / {_f(r['batch_ms']['reference'], 1)}",
+                      f"{o['precision']} / {ref['precision']}",
                       _f(r["eval"]["score_s"]))
         out.append(t)
 

@@ -5,7 +5,8 @@ samples on the same device; only the data path and step loop differ. Our figure 
 :class:`bench.train.Trainer` (its ``samples_per_s`` counts optimisation steps only): one-epoch fits over exactly
 ``steps`` batches each. After ``warmup`` unmeasured batches of each loop, the two alternate for ``rounds`` rounds
 (ours first in odd rounds, the reference first in even ones), so load from other tenants of a shared machine falls
-on both; the ratio is that of the median rounds.
+on both. The ratio is the median of the per-round ratios: load drifts over minutes, and a round's two halves see
+nearly the same load where the two loops' medians may not.
 """
 from __future__ import annotations
 
@@ -97,6 +98,27 @@ class TrainerLoop:
         return steps * batch / result.samples_per_s
 
 
+def batch_assembly_ms(rows: TrainingRows, ref: ReferenceLoop, average: bool, batch_size: int, device: torch.device,
+                      repeats: int = 3) -> dict:
+    """Milliseconds to assemble one batch, without the model: the only part of a step in which the loops differ.
+
+    On a CPU the model's step takes seconds and hides this difference; this figure says what is left for a GPU.
+    """
+    from bench.train import DeviceData
+
+    data = DeviceData(rows.sample(batch_size * repeats, average), device)
+    order = torch.randperm(len(data))
+    ours, reference = [], []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        data.batch(order[i * batch_size:(i + 1) * batch_size]).eeg.sum().item()  # .item(): wait for the device
+        ours.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        ref.fetch().eeg.sum().item()
+        reference.append(time.perf_counter() - t0)
+    return {"ours": 1000 * statistics.median(ours), "reference": 1000 * statistics.median(reference)}
+
+
 def evaluation_time(method, ds, subject: int, cfg: dict, device: torch.device) -> dict:
     """The test path of a run: open the sealed test partition (cached) and score it with the config's evaluator."""
     t0 = time.perf_counter()
@@ -114,7 +136,8 @@ def measure_method(name: str, cfg: dict, ds, rows: TrainingRows, device: torch.d
     probe = rows.sample(batch_size, average)
     ours = TrainerLoop(build_method(name, cfg, ds, probe), rows, train_cfg, average)
     method = build_method(name, cfg, ds, probe)
-    ref = ReferenceLoop(method, rows.sample((warmup + rounds * steps) * batch_size, average), train_cfg, device,
+    # the reference's DataLoader also feeds batch_assembly_ms's three fetches
+    ref = ReferenceLoop(method, rows.sample((warmup + rounds * steps + 3) * batch_size, average), train_cfg, device,
                         batch_size)
     ours.run(warmup)
     ref.run(warmup)
@@ -131,6 +154,8 @@ def measure_method(name: str, cfg: dict, ds, rows: TrainingRows, device: torch.d
         rate = samples / statistics.median(times[key])
         out[key] = {"samples_per_s": rate, "step_s": batch_size / rate, "epoch_s": full / rate,
                     "round_samples_per_s": [round(samples / t, 2) for t in times[key]], "precision": loop.precision}
-    out["ratio"] = out["ours"]["samples_per_s"] / out["reference"]["samples_per_s"]
+    out["round_ratios"] = [round(r / o, 3) for o, r in zip(times["ours"], times["reference"])]
+    out["ratio"] = statistics.median(out["round_ratios"])
+    out["batch_ms"] = batch_assembly_ms(rows, ref, average, batch_size, device)
     out["eval"] = evaluation_time(method, ds, rows.subject, cfg, device)
     return out
