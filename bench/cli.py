@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bench.config import ConfigError
+from bench.errors import UserError
 from bench.registry import REGISTRIES, RegistryError, load_plugin
 
 app = typer.Typer(
@@ -26,7 +26,7 @@ console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
 #: Exceptions whose message is the whole story for the user. Other modules add theirs with `user_error`.
-USER_ERRORS: list[type[BaseException]] = [ConfigError, RegistryError, FileNotFoundError]
+USER_ERRORS: list[type[BaseException]] = [UserError, FileNotFoundError]
 
 
 def user_error(exc_type: type[BaseException]) -> type[BaseException]:
@@ -114,6 +114,204 @@ def train(
                   f"(chance {m['chance_top1']:.1f}% / {m['chance_top5']:.1f}%, {m['n_test']}-way; "
                   f"selected epoch {m['val']['selected_epoch']}, val top-1 {m['val']['best_top1']:.1f}%)")
     console.print(f"record: {where}")
+
+
+def _ray_options(address, cpus_per_trial, gpus_per_trial, workers_per_trial, max_concurrent):
+    from bench.orchestrate import RayOptions
+
+    return RayOptions(address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                      workers_per_trial=workers_per_trial, max_concurrent=max_concurrent)
+
+
+ADDRESS_HELP = "Join a running Ray cluster ('auto' or HOST:PORT) instead of starting a local one."
+
+
+@app.command()
+def run(
+    method: str = typer.Option(..., "--method", help="Method name(s), comma-separated, e.g. mcdb,nice,atm."),
+    subjects: str = typer.Option("all", "--subjects", help="'all', '1,2,5' or '1-3'."),
+    seeds: str = typer.Option("0", "--seeds", help="Seeds, e.g. '0,1,2' or '0-4'."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="intra | inter (default: the config's)."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Data root; default: the built-in synthetic dataset."),
+    results_dir: Path = typer.Option(None, "--results-dir", help="Where runs/ is written (default ./results)."),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+    cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial", help="CPUs (and torch threads) per trial."),
+    gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="GPUs per trial; fractions share a GPU, N>1 runs DDP."),
+    workers_per_trial: int = typer.Option(1, "--workers-per-trial", help="DDP workers per trial (Ray Train); >1 also on CPU."),
+    max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", help="At most this many trials at once."),
+    retries: int = typer.Option(0, "--retries", help="Re-run failed trials up to N times."),
+    force: bool = typer.Option(False, "--force", help="Recompute runs that already have a completed record."),
+    ablation: bool = typer.Option(False, "--ablation", help="Also run the method's declared ablation variants."),
+    config: List[Path] = typer.Option([], "--config", help="YAML config layered over each method's. Repeatable."),
+    set_: List[str] = typer.Option([], "--set", help="Override one key for every method. Repeatable."),
+) -> None:
+    """Run methods × subjects × seeds as Ray Tune trials, skipping completed runs; print the leaderboard."""
+    from bench.paths import default_results_dir
+    from bench.sweep import SweepRequest, print_summary, run_sweep
+
+    req = SweepRequest(methods=[m.strip() for m in method.split(",") if m.strip()], subjects=subjects, seeds=seeds,
+                       protocol=protocol, data_root=data_root, results_dir=results_dir or default_results_dir(),
+                       config_files=tuple(config), sets=tuple(set_), ablation=ablation, force=force, retries=retries)
+    result = run_sweep(req, _ray_options(address, cpus_per_trial, gpus_per_trial, workers_per_trial, max_concurrent),
+                       printer=console.print)
+    print_summary(result, req, console)
+    if any(r.status != "completed" for r in result.records) or result.busy:
+        raise typer.Exit(1)
+
+
+@app.command()
+def tune(
+    method: str = typer.Option(..., "--method", help="Method to tune."),
+    search: Path = typer.Option(..., "--search", help="Search-space YAML (e.g. configs/search/<method>.yaml)."),
+    num_samples: int = typer.Option(8, "--num-samples", help="Samples drawn from the space (grid keys multiply)."),
+    scheduler: str = typer.Option("fifo", "--scheduler", help="fifo | asha (stops weak trials early on validation)."),
+    subjects: str = typer.Option("1", "--subjects", help="Subjects whose mean validation top-1 is maximised."),
+    seed: int = typer.Option(0, "--seed"),
+    protocol: Optional[str] = typer.Option(None, "--protocol"),
+    data_root: Optional[Path] = typer.Option(None, "--data-root"),
+    results_dir: Path = typer.Option(None, "--results-dir"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Best config YAML (default <results-dir>/tune/<method>-best.yaml)."),
+    final_test: bool = typer.Option(False, "--final-test", help="Then run and test the best config on these subjects."),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+    cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial"),
+    gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial"),
+    max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent"),
+    config: List[Path] = typer.Option([], "--config"),
+    set_: List[str] = typer.Option([], "--set"),
+) -> None:
+    """Search hyper-parameters on validation top-1 only; write the best config for `bench run --config`."""
+    from bench.paths import default_results_dir
+    from bench.tune import TuneRequest, run_tune
+
+    rdir = results_dir or default_results_dir()
+    ray_opts = _ray_options(address, cpus_per_trial, gpus_per_trial, 1, max_concurrent)
+    outcome = run_tune(TuneRequest(method=method, search=search, num_samples=num_samples, scheduler=scheduler,
+                                   subjects=subjects, seed=seed, protocol=protocol, data_root=data_root,
+                                   results_dir=rdir, config_files=tuple(config), sets=tuple(set_), out=out),
+                       ray_opts, printer=console.print)
+    console.print(f"best of {len(outcome.trials)} trial(s): mean validation top-1 {outcome.best_val_top1:.1f}% "
+                  f"with {outcome.best_overrides}")
+    console.print(f"best config: {outcome.config_path}")
+    if final_test:
+        from bench.sweep import SweepRequest, print_summary, run_sweep
+
+        req = SweepRequest(methods=[method], subjects=subjects, seeds=str(seed), protocol=protocol,
+                           data_root=data_root, results_dir=rdir, config_files=(outcome.config_path,))
+        print_summary(run_sweep(req, ray_opts, printer=console.print), req, console)
+
+
+@app.command()
+def features(
+    images: Path = typer.Option(..., "--images", help="Image root in the THINGS layout (training_images/, test_images/)."),
+    model: str = typer.Option(..., "--model", help="FAMILY:NAME, e.g. open_clip:ViT-H-14 or timm:resnet50.a1_in1k."),
+    out: Path = typer.Option(..., "--out", help="Output .npz feature file (atomic; reused when its metadata matches)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Local checkpoint file. Default: the local cache only."),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="open_clip tag (default: the model's first, "
+                                             "ViT-H-14 → laion2b_s32b_b79k); timm puts the tag in the name."),
+    random_init: bool = typer.Option(False, "--random-init", help="Seeded random weights, for tests and smoke runs."),
+    layer: Optional[int] = typer.Option(None, "--layer", help="Intermediate block N (0-based, -1 = last), pooled."),
+    pool: Optional[str] = typer.Option(None, "--pool", help="With --layer: mean (patch tokens / spatial; default) or cls."),
+    text: bool = typer.Option(True, "--text/--no-text", help="Text features of the concept prompts (open_clip, final layer)."),
+    prompt_template: str = typer.Option("This picture is {concept}", "--prompt-template"),
+    underscores_to_spaces: bool = typer.Option(False, "--underscores-to-spaces", help="aircraft_carrier → aircraft carrier."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 or float16 (storage; computed in float32)."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    workers: int = typer.Option(4, "--workers", help="Threads decoding images."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
+    force: bool = typer.Option(False, "--force", help="Recompute even when --out already matches."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Extract L2-normalised image (and text) features of a THINGS image folder with an open_clip or timm model."""
+    from bench.extract import extract_features
+
+    extract_features(images, model, out, weights=weights, pretrained=pretrained, random_init=random_init, layer=layer,
+                     pool=pool, text=text, prompt_template=prompt_template, underscores_to_spaces=underscores_to_spaces,
+                     dtype=dtype, batch_size=batch_size, workers=workers, device=device, force=force,
+                     progress=progress, log=lambda msg: err_console.print(msg, highlight=False, markup=False))
+
+
+@app.command()
+def leaderboard(
+    results_dir: Optional[Path] = typer.Option(None, "--results-dir", help="Results directory (default: $BENCH_RESULTS_DIR or ./results)."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="intra | inter (default: every protocol found)."),
+    methods: List[str] = typer.Option([], "--methods", help="Only these methods (comma-separated or repeated); a base name brings its ablation variants."),
+    fmt: str = typer.Option("md", "--format", help="md | csv | tex | html"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write here instead of printing."),
+    table: Optional[str] = typer.Option(None, "--table", help="all | main | subjects | kway | ablation | timings | stats (csv: one table, default main)."),
+    reported: Optional[Path] = typer.Option(None, "--reported", help="Literature numbers (default: <results-dir>/reported.csv if present)."),
+    no_reported: bool = typer.Option(False, "--no-reported", help="Leave reported rows out."),
+    expect_subjects: Optional[str] = typer.Option(None, "--expect-subjects", help="Subjects a complete row has, e.g. 1-10 (default: all subjects seen)."),
+    expect_seeds: Optional[str] = typer.Option(None, "--expect-seeds", help="Seeds a complete row has, e.g. 0,1,2 (default: all seeds seen)."),
+    metric: str = typer.Option("top1", "--metric", help="top1 | top5: the score the tests and plots compare."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="Method the paired-difference plot compares against (default: the best)."),
+    plots_dir: Optional[Path] = typer.Option(None, "--plots-dir", help="Also write the plots (PNG and SVG) here."),
+) -> None:
+    """Compare methods: tables, paired tests across subjects, plots and a self-contained HTML report."""
+    from bench.leaderboard import parse_int_list, write_leaderboard
+    from bench.paths import default_results_dir
+
+    result = write_leaderboard(
+        results_dir or default_results_dir(), fmt, out, table=table, reported=reported, use_reported=not no_reported,
+        protocol=protocol, methods=[m for item in methods for m in item.split(",") if m.strip()] or None,
+        expect_subjects=parse_int_list(expect_subjects), expect_seeds=parse_int_list(expect_seeds), metric=metric,
+        reference=reference, plots_dir=plots_dir)
+    if result.out is None:
+        typer.echo(result.text, nl=False)  # plain echo: rich would read "mcdb[+text]" as markup
+    else:
+        err_console.print(f"wrote {result.out}", highlight=False)
+    for path in result.plots:
+        err_console.print(f"wrote {path}", highlight=False)
+
+
+# --- data: synthetic datasets and data-root checks ---------------------------------------------------------------
+data_app = typer.Typer(help="Inspect THINGS-EEG data roots.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@app.command()
+def synth(
+    out: Path = typer.Option(..., "--out", help="Folder to create (must not exist or be empty)."),
+    preset: str = typer.Option("default", "--preset", help="tiny | default | full"),
+    seed: int = typer.Option(0, "--seed", help="Everything is a deterministic function of the seed."),
+    subjects: Optional[int] = typer.Option(None, "--subjects", help="Write only the first N subjects."),
+) -> None:
+    """Write a synthetic THINGS-EEG dataset (250 Hz format, image/text features, concept names) to --out."""
+    from bench.data.synthetic import generate, get_preset
+
+    console.print(f"writing synthetic THINGS-EEG ({preset}: {get_preset(preset).describe()}) to {out}")
+    root = generate(out, preset=preset, seed=seed, n_subjects=subjects)
+    size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    console.print(f"done: {root} ({size / 2**20:.0f} MB); use it with --data-root {root}")
+
+
+@data_app.command("check")
+def data_check(
+    data_root: Path = typer.Option(..., "--data-root", help="The data root to check."),
+    features: Optional[Path] = typer.Option(None, "--features", help="Feature file or folder (default: searched)."),
+) -> None:
+    """Per subject: format, shapes, channels, sampling rate, time span, NaN/Inf; features and concepts vs EEG."""
+    from bench.data.check import check_data_root
+
+    report = check_data_root(data_root, features)
+    table = Table(title=f"bench data check: {report.eeg_dir}")
+    for col in ("subject", "format", "train", "test", "channels", "sfreq", "time span", "NaN/Inf", "status"):
+        table.add_column(col, overflow="fold")
+    for sub in report.subjects:
+        shape = lambda s: "×".join(map(str, s)) if s else "-"  # noqa: E731
+        span = f"{sub.span[0]:.3f}…{sub.span[1]:.3f} s" if sub.span else "-"
+        table.add_row(f"sub-{sub.subject:02d}", sub.format, shape(sub.train_shape), shape(sub.test_shape),
+                      str(sub.n_channels or "-"), f"{sub.sfreq:g} Hz" if sub.sfreq else "-", span, str(sub.nonfinite),
+                      "ok" if not sub.problems else f"[red]{len(sub.problems)} problem(s)[/red]")
+    console.print(table)
+    console.print(f"concepts: {report.n_train_concepts} train × {report.images_per_train_concept} images, "
+                  f"{report.n_test_concepts} test (from {report.concept_source})")
+    console.print(f"features: {report.features}; " + "; ".join(f"{k}: {v}" for k, v in report.feature_rows.items()))
+    problems = report.all_problems()
+    if problems:
+        for problem in problems:
+            err_console.print(f"[red]problem:[/red] {problem}", highlight=False)
+        raise typer.Exit(1)
+    console.print(f"[green]ok[/green]: {len(report.subjects)} subject(s) readable and consistent")
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -22,8 +22,10 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from bench.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config file or override is invalid; the message names the source and the key."""
 
 
@@ -96,6 +98,17 @@ def merge(base: dict, override: Mapping, source: str, *, schema: Mapping | None 
         else:
             out[key] = _coerce(full, schema[key], copy.deepcopy(value), source)
     return out
+
+
+def check_key(cfg: Mapping, dotted: str, source: str) -> None:
+    """Raise the unknown-key error (with a suggestion) unless ``dotted`` names a key of ``cfg``."""
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            close = difflib.get_close_matches(dotted, _flat_keys(cfg), n=1, cutoff=0.4)
+            hint = f" Did you mean {close[0]}?" if close else ""
+            raise ConfigError(f"{source}: unknown config key {dotted!r}.{hint}")
+        node = node[part]
 
 
 def parse_set(item: str) -> dict:

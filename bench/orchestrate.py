@@ -19,10 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.errors import UserError
 from bench.records import COMPLETED, FAILED, RunRecord, RunSpec, RunStore
 
 
-class OrchestrationError(RuntimeError):
+#: a DDP trial's Tune function only launches and waits for its Ray Train workers; Tune needs a non-zero request
+DDP_DRIVER_CPU = 0.01
+
+
+class OrchestrationError(UserError, RuntimeError):
     """The sweep cannot be scheduled (resources, shared storage, Ray connection)."""
 
 
@@ -92,7 +97,7 @@ def check_resources(opts: RayOptions) -> None:
 
     total = ray.cluster_resources()
     workers = opts.ddp_workers()
-    need_cpu = opts.cpus_per_trial * (workers if workers > 1 else 1)
+    need_cpu = opts.cpus_per_trial * workers + (DDP_DRIVER_CPU if workers > 1 else 0)
     need_gpu = opts.gpus_per_trial
     if need_cpu > total.get("CPU", 0):
         raise OrchestrationError(f"a trial needs {need_cpu:g} CPUs; the Ray cluster has {total.get('CPU', 0):g}")
@@ -153,6 +158,7 @@ def run_trial(config: dict) -> None:
 
     from bench.runner import RunBusyError, open_dataset, run_spec
 
+    load_plugins(config)
     spec = RunSpec.from_dict(config["spec"])
     store = RunStore(config["results_dir"])
     if config.get("threads"):
@@ -173,9 +179,18 @@ def run_trial(config: dict) -> None:
                  "top1": record.metrics.get("top1", math.nan), "top5": record.metrics.get("top5", math.nan)})
 
 
+def load_plugins(config: dict) -> None:
+    """Workers are fresh processes: load the driver's --plugin files so plugin methods resolve there too."""
+    from bench.registry import load_plugin
+
+    for path in config.get("plugins", ()):
+        load_plugin(path)
+
+
 def _ddp_worker(config: dict) -> None:
     from bench.runner import execute_spec, open_dataset
 
+    load_plugins(config)
     spec = RunSpec.from_dict(config["spec"])
     execute_spec(spec, open_dataset(spec.config), RunStore(config["results_dir"]), progress=False)
 
@@ -277,12 +292,16 @@ def run_grid(specs: list[RunSpec], results_dir: str | Path, opts: RayOptions, fo
         check_resources(opts)
         check_shared_storage(results_dir)
         workers = opts.ddp_workers()
-        per_trial = {"cpu": 0.01} if workers > 1 else {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
+        per_trial = ({"cpu": DDP_DRIVER_CPU} if workers > 1 else
+                     {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
         import ray
 
         cluster_cpus = ray.cluster_resources().get("CPU", 1)
         concurrency = opts.max_concurrent or max(1, int(cluster_cpus // max(opts.cpus_per_trial * workers, 1e-9)))
+        from bench.registry import loaded_plugins
+
         base = {"results_dir": str(results_dir), "force": force or attempt > 0, "threads": opts.cpus_per_trial,
+                "plugins": loaded_plugins(),
                 "ddp_workers": workers, "cpus_per_trial": opts.cpus_per_trial, "gpus_per_trial": opts.gpus_per_trial}
         trial_configs = [{**base, "spec": s.to_dict(), "spec_hash": s.spec_hash} for s in todo]
         labels = {s.spec_hash: s.label for s in todo}

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from bench.errors import UserError
 from bench.registry import register_protocol
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 MAX_VAL_SHARE = 0.2
 
 
-class ProtocolError(ValueError):
+class ProtocolError(UserError, ValueError):
     """A protocol cannot be applied (unknown subject, too few subjects or concepts)."""
 
 

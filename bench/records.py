@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from bench.config import canonical_json
+from bench.errors import UserError
 from bench.io import atomic_write_text
 
 SCHEMA = "thingsbench-run/1"
 COMPLETED, FAILED = "completed", "failed"
 
 
-class RecordError(ValueError):
+class RecordError(UserError, ValueError):
     """A run record is unreadable or not of this schema; the message names the file."""
 
 

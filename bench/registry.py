@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from bench.errors import UserError
 
-class RegistryError(LookupError):
+
+class RegistryError(UserError, LookupError):
     """A name is unknown, or a name is registered twice."""
 
 
@@ -175,6 +177,11 @@ def load_plugin(path: str | Path) -> Any:
         raise
     _plugins_loaded[path] = module
     return module
+
+
+def loaded_plugins() -> list[str]:
+    """Plugin files loaded in this process: Ray workers load the same files before building a method."""
+    return [str(p) for p in _plugins_loaded]
 
 
 # --- the five registries and their timm-style functions -----------------------------------------------------------

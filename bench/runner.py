@@ -17,6 +17,7 @@ import numpy as np
 
 from bench import provenance
 from bench.config import resolve
+from bench.errors import UserError
 from bench.evaluate import ZeroShotEvaluator
 from bench.io import atomic_path
 from bench.method import DataInfo
@@ -28,7 +29,7 @@ from bench.train import Trainer
 log = logging.getLogger(__name__)
 
 
-class RunBusyError(RuntimeError):
+class RunBusyError(UserError, RuntimeError):
     """Another process holds the lock of this run spec."""
 
 

@@ -16,7 +16,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -130,15 +130,26 @@ class Trainer:
         self.evaluator = evaluator or ZeroShotEvaluator(kway=(), galleries=("image",))
         self.progress, self.log_prefix = progress, log_prefix
         self.accelerator = None
+        self.result: FitResult | None = None
 
     def fit(self, method: Method, train: TrainSet, val: EvalSet) -> FitResult:
+        for _ in self.epochs(method, train, val):
+            pass
+        return self.result
+
+    def epochs(self, method: Method, train: TrainSet, val: EvalSet) -> Iterator[dict]:
+        """Train epoch by epoch, yielding each epoch's curve entry; ``self.result`` is final once exhausted.
+
+        Lets a caller advance several runs in lockstep (``bench tune`` over several subjects) or stop early.
+        """
         cfg = self.cfg
         if cfg.get("num_threads"):
             torch.set_num_threads(int(cfg["num_threads"]))
         seed_everything(self.seed)
         acc = self.accelerator = make_accelerator(cfg["mixed_precision"])
         device = acc.device
-        result = FitResult(device=str(device), num_processes=acc.num_processes, mixed_precision=acc.mixed_precision)
+        result = self.result = FitResult(device=str(device), num_processes=acc.num_processes,
+                                         mixed_precision=acc.mixed_precision)
         method.to(device)
         data = DeviceData(train, device)
         t0 = time.perf_counter()
@@ -150,11 +161,12 @@ class Trainer:
             result.best_val_top1 = scores["top1"]
             result.train_s = time.perf_counter() - t0
             result.samples_per_s = len(data) / max(result.train_s, 1e-9)
-            return result
-        return self._fit_gradient(method, data, val, acc, result, t0)
+            yield result.curve[0]
+            return
+        yield from self._fit_gradient(method, data, val, acc, result, t0)
 
     def _fit_gradient(self, method: Method, data: DeviceData, val: EvalSet, acc, result: FitResult, t0: float
-                      ) -> FitResult:
+                      ) -> Iterator[dict]:
         cfg = self.cfg
         device, world, rank = acc.device, acc.num_processes, acc.process_index
         n, batch_size, accum = len(data), int(cfg["batch_size"]), int(cfg["grad_accum"])
@@ -220,6 +232,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{entry['train_loss']:.3f}", val_top1=f"{entry.get('val_top1', float('nan')):.1f}")
                 bar.update(1)
             result.epochs_run = epoch
+            yield entry
             if cfg["patience"] is not None and since_best >= int(cfg["patience"]):
                 result.stopped_early = True
                 break
@@ -237,7 +250,6 @@ class Trainer:
         result.train_s = time.perf_counter() - t0
         result.samples_per_s = seen / max(step_s, 1e-9)  # optimisation steps only, validation excluded
         method.eval()
-        return result
 
     def _progress_bar(self, epochs: int, main_process: bool):
         if not (self.progress and main_process):

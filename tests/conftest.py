@@ -6,3 +6,32 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("BENCH_CACHE_DIR", tempfile.mkdtemp(prefix="bench-test-cache-"))
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = str(Path(sys.executable).with_name("bench"))
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    """The tiny synthetic THINGS-EEG, written once per test session through the real CLI."""
+    root = tmp_path_factory.mktemp("tiny-synth")
+    out = subprocess.run([BENCH, "synth", "--out", str(root), "--preset", "tiny", "--seed", "0"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return root
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray with 2 CPUs for the whole session; its address lets subprocess CLIs join it."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=150 * 1024 ** 2)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()

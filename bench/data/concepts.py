@@ -9,12 +9,14 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.errors import UserError
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 #: (training, test) folder names: the OSF image set, then UBP/NeuroBridge's resized copy.
 FOLDER_NAMES = (("training_images", "test_images"), ("train_images", "test_images"))
 
 
-class ImageFolderError(ValueError):
+class ImageFolderError(UserError, ValueError):
     """An image folder is missing, empty or not in the THINGS layout."""
 
 

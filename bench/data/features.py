@@ -15,6 +15,7 @@ test array: the leak barrier starts here.
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,14 +23,11 @@ from typing import Literal
 
 import numpy as np
 
+from bench.data.errors import FeatureFileError  # light module: no numpy needed to recognise it
 from bench.io import atomic_path
 
 Partition = Literal["train", "test"]
 FORMAT_VERSION = 1
-
-
-class FeatureFileError(ValueError):
-    """A feature file is missing, malformed or inconsistent; the message names the file."""
 
 
 @dataclass
@@ -136,3 +134,146 @@ def load_feature_set(path: str | Path) -> FeatureSet:
     """Both partitions (for tools such as `bench data check`; training code uses :func:`load_partition`)."""
     train, test = load_partition(path, "train"), load_partition(path, "test")
     return FeatureSet(train=train, test=test, meta=train.meta)
+
+
+# --- the feature files users already have: ATM .pt and NICE .npy -------------------------------------------------
+#
+#   ATM   <model>_features_train.pt / _test.pt   torch.save'd dict: img_features (16540×1024 / 200×1024) and
+#                                                text_features (1654×1024 / 200×1024); some copies hold a bare tensor
+#   NICE  clip_feature_maps_training.npy / _test.npy  (16540×1×768 / 200×1×768), center_clip.npy (200×768) concept
+#         centres (NICE's labelled gallery, read into the test partition's `centroid`)
+#   ours  features.npz (see the top of this module)
+
+ATM_FEATURE_FILE = re.compile(r"^(?P<model>.+)_features_(?P<partition>train|test)\.pt$")
+NICE_FEATURE_FILES = {"train": "clip_feature_maps_training.npy", "test": "clip_feature_maps_test.npy"}
+NICE_CENTROID_FILE = "center_clip.npy"
+DEFAULT_FEATURE_FILE = "features.npz"
+FEATURE_SUBFOLDERS = ("", "dnn_feature", "features")
+
+
+def feature_files(path_or_dir: str | Path, partition: Partition) -> tuple[str, list[Path]]:
+    """(kind, files) that reading ``partition`` from ``path_or_dir`` opens; kind is thingsbench, atm or nice.
+
+    A directory is searched for our ``features.npz``, then an ATM pair, then NICE's files. Naming either file of an
+    ATM or NICE pair selects the pair.
+    """
+    if partition not in ("train", "test"):
+        raise ValueError(f"partition must be 'train' or 'test', not {partition!r}")
+    path = Path(path_or_dir)
+    if path.is_dir():
+        found = _feature_file_in(path)
+        if found is None:
+            raise FeatureFileError(f"{path}: no feature file; looked for {DEFAULT_FEATURE_FILE}, "
+                                   f"<model>_features_train.pt (ATM) and {NICE_FEATURE_FILES['train']} (NICE) in it "
+                                   f"and in {', '.join(f for f in FEATURE_SUBFOLDERS if f)}/")
+        path = found
+    if path.suffix == ".npz":
+        return "thingsbench", [path]
+    atm = ATM_FEATURE_FILE.match(path.name)
+    if atm:
+        return "atm", [path.with_name(f"{atm['model']}_features_{partition}.pt")]
+    if path.name in NICE_FEATURE_FILES.values():
+        files = [path.with_name(NICE_FEATURE_FILES[partition])]
+        centroid = path.with_name(NICE_CENTROID_FILE)
+        if partition == "test" and centroid.is_file():
+            files.append(centroid)
+        return "nice", files
+    if path.name == NICE_CENTROID_FILE:
+        raise FeatureFileError(f"{path}: concept centres alone are not a feature set; name "
+                               f"{NICE_FEATURE_FILES['train']} (the centres beside it are read with the test part)")
+    raise FeatureFileError(f"{path}: unrecognised feature file name; expected a ThingsBench .npz, "
+                           f"<model>_features_train.pt / _test.pt (ATM) or {NICE_FEATURE_FILES['train']} / "
+                           f"{NICE_FEATURE_FILES['test']} (NICE)")
+
+
+def _feature_file_in(folder: Path) -> Path | None:
+    for sub in FEATURE_SUBFOLDERS:
+        base = folder / sub
+        if not base.is_dir():
+            continue
+        if (base / DEFAULT_FEATURE_FILE).is_file():
+            return base / DEFAULT_FEATURE_FILE
+        atm = sorted(base.glob("*_features_train.pt"))
+        if len(atm) > 1:
+            raise FeatureFileError(f"{base}: several ATM feature sets ({', '.join(p.name for p in atm)}); "
+                                   f"name the one to use (data.features)")
+        if atm:
+            return atm[0]
+        if (base / NICE_FEATURE_FILES["train"]).is_file():
+            return base / NICE_FEATURE_FILES["train"]
+    return None
+
+
+def find_feature_file(folders: list[Path]) -> Path | None:
+    """The first feature file found in ``folders`` (see :func:`feature_files` for the search order)."""
+    for folder in folders:
+        found = _feature_file_in(Path(folder)) if Path(folder).is_dir() else None
+        if found is not None:
+            return found
+    return None
+
+
+def load_partition_any(path_or_dir: str | Path, partition: Partition) -> PartitionFeatures:
+    """One partition's features from our .npz, an ATM .pt pair or NICE .npy files (dispatched by file name)."""
+    kind, files = feature_files(path_or_dir, partition)
+    if kind == "thingsbench":
+        return load_partition(files[0], partition)
+    if kind == "atm":
+        return _read_atm(files[0])
+    return _read_nice(files[0], files[1] if len(files) > 1 else None)
+
+
+def _as_rows(path: Path, key: str, value) -> np.ndarray:
+    """A (rows, dim) float32 array; the singleton middle axis of NICE's (N, 1, D) files is dropped."""
+    arr = value.detach().cpu().float().numpy() if hasattr(value, "detach") else np.asarray(value, dtype=np.float32)
+    if arr.ndim == 3 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    _check_array(path, key, arr, None)
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _read_atm(path: Path) -> PartitionFeatures:
+    if not path.is_file():
+        raise FeatureFileError(f"feature file {path} does not exist (ATM files come in _train.pt/_test.pt pairs)")
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for refused or broken files
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        raise FeatureFileError(f"{path}: torch.load(weights_only=True) could not read it "
+                               f"({lines[0] if lines else type(exc).__name__})") from exc
+    if isinstance(obj, torch.Tensor):
+        image, text = obj, None
+    elif isinstance(obj, dict) and "img_features" in obj:
+        image, text = obj["img_features"], obj.get("text_features")
+    else:
+        found = ", ".join(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
+        raise FeatureFileError(f"{path}: expected a dict with img_features (and text_features) as ATM writes, "
+                               f"found {found}")
+    image_rows = _as_rows(path, "img_features", image)
+    text_rows = None if text is None else _as_rows(path, "text_features", text)
+    if text_rows is not None and text_rows.shape[1] != image_rows.shape[1]:
+        raise FeatureFileError(f"{path}: text_features has dimension {text_rows.shape[1]}, img_features "
+                               f"{image_rows.shape[1]}")
+    return PartitionFeatures(image=image_rows, text=text_rows, meta={"source": "atm", "file": str(path)})
+
+
+def _read_nice(path: Path, centroid_path: Path | None) -> PartitionFeatures:
+    image = _as_rows(path, "image features", _load_plain_npy(path))
+    centroid = None
+    if centroid_path is not None:
+        centroid = _as_rows(centroid_path, "concept centres", _load_plain_npy(centroid_path))
+        if centroid.shape[1] != image.shape[1]:
+            raise FeatureFileError(f"{centroid_path}: dimension {centroid.shape[1]}, but {path.name} has "
+                                   f"{image.shape[1]}")
+    return PartitionFeatures(image=image, centroid=centroid, meta={"source": "nice", "file": str(path)})
+
+
+def _load_plain_npy(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise FeatureFileError(f"feature file {path} does not exist")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise FeatureFileError(f"{path}: not a readable numeric .npy file ({exc})") from exc

@@ -1,0 +1,380 @@
+"""Run records → one long DataFrame → the leaderboard's tables, each a pure function of the records.
+
+Two levels of averaging, kept apart because they measure different things: seeds (optimisation noise) are averaged
+within a subject first, then subjects (population variability) are averaged. A failed run contributes to the
+failure counts and the completeness flag, never to a mean.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from bench.config import canonical_json
+from bench.records import COMPLETED, FAILED, RunRecord
+
+from .errors import LeaderboardError
+
+#: Ablation rows of a method, in the order its components are added.
+VARIANT_ORDER = ("base", "+text", "+adapter", "+mcdb")
+#: The label of the full method (variant None) as the last ablation row.
+FULL_LABELS = {"mcdb": "+spr (full)"}
+TIMING_COLUMNS = ("load_s", "train_s", "eval_s", "samples_per_s", "epochs_run")
+
+
+def display_name(method: str, variant: str | None) -> str:
+    return method if variant is None else f"{method}[{variant}]"
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The subjects × seeds a protocol is expected to have for every method."""
+
+    subjects: tuple[int, ...]
+    seeds: tuple[int, ...]
+
+
+# --------------------------------------------------------------------------------------------------------- runs
+
+
+def runs_frame(records: Iterable[RunRecord]) -> pd.DataFrame:
+    """One row per run record; metrics of failed runs are dropped here so that nothing downstream can average them."""
+    rows = []
+    for rec in records:
+        s = rec.spec
+        completed = rec.status == COMPLETED
+        m = rec.metrics if completed else {}
+        if completed and not _is_number(m.get("top1")):
+            raise LeaderboardError(f"completed run {s.label} ({rec.spec_hash}.json) has no numeric metrics.top1")
+        row = {
+            "method": display_name(s.method, s.variant), "base": s.method, "variant": s.variant,
+            "protocol": s.protocol, "subject": int(s.subject), "seed": int(s.seed), "status": rec.status,
+            "spec_hash": rec.spec_hash, "config_hash": _short_hash(s.config),
+            "top1": _num(m.get("top1")), "top5": _num(m.get("top5")), "n_test": _num(m.get("n_test")),
+            "chance_top1": _num(m.get("chance_top1")), "chance_top5": _num(m.get("chance_top5")),
+            "error": (rec.error or {}).get("type") if rec.status == FAILED else None,
+            "device": rec.provenance.get("device") if completed else None,
+        }
+        for k, scores in (m.get("kway") or {}).items():
+            if not str(k).isdigit():
+                continue  # k-way keys are gallery sizes; anything else is not a k-way score
+            for key in ("top1", "top5"):
+                if _is_number((scores or {}).get(key)):
+                    row[f"k{int(k)}_{key}"] = float(scores[key])
+        for key in TIMING_COLUMNS:
+            row[key] = _num(rec.timings.get(key)) if completed else math.nan
+        rows.append(row)
+    base_cols = ["method", "base", "variant", "protocol", "subject", "seed", "status", "spec_hash", "config_hash",
+                 "top1", "top5", "n_test", "chance_top1", "chance_top5", "error", "device", *TIMING_COLUMNS]
+    runs = pd.DataFrame(rows, columns=base_cols + sorted({c for r in rows for c in r} - set(base_cols), key=_kway_key))
+    runs = _split_mixed_configs(runs)
+    _reject_duplicate_cells(runs)
+    return runs.sort_values(["protocol", "method", "subject", "seed"], kind="stable").reset_index(drop=True)
+
+
+def kway_columns(runs: pd.DataFrame) -> list[str]:
+    return sorted((c for c in runs.columns if c.startswith("k") and c[1:].split("_")[0].isdigit()), key=_kway_key)
+
+
+def _split_mixed_configs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs of one method under different configs are different entries (``name@confighash``), never one mean."""
+    runs = runs.copy()
+    n_configs = runs.groupby(["method", "protocol"])["config_hash"].transform("nunique")
+    mixed = n_configs > 1
+    runs.loc[mixed, "method"] = runs.loc[mixed, "method"] + "@" + runs.loc[mixed, "config_hash"]
+    return runs
+
+
+def _reject_duplicate_cells(runs: pd.DataFrame) -> None:
+    dup = runs[runs.duplicated(["method", "protocol", "subject", "seed"], keep=False)]
+    if len(dup):
+        first = dup.iloc[0]
+        same = dup[(dup.method == first.method) & (dup.protocol == first.protocol) & (dup.subject == first.subject)
+                   & (dup.seed == first.seed)]
+        files = ", ".join(f"{h}.json" for h in same.spec_hash)
+        raise LeaderboardError(
+            f"{first.method} {first.protocol} sub-{first.subject:02d} seed {first.seed} has {len(same)} records with the "
+            f"same config but different data ({files}); keep one results directory per dataset")
+
+
+# ----------------------------------------------------------------------------------------------------- the grid
+
+
+def expected_grids(runs: pd.DataFrame, subjects: Sequence[int] | None = None,
+                   seeds: Sequence[int] | None = None) -> dict[str, Grid]:
+    """Per protocol, the union of subjects and seeds seen across all methods, unless the caller names them."""
+    grids = {}
+    for protocol, part in runs.groupby("protocol", sort=True):
+        grids[protocol] = Grid(tuple(sorted(subjects)) if subjects else tuple(sorted(part.subject.unique().tolist())),
+                               tuple(sorted(seeds)) if seeds is not None and len(seeds) else
+                               tuple(sorted(part.seed.unique().tolist())))
+    return grids
+
+
+# ---------------------------------------------------------------------------------------- per subject, averaged
+
+
+def subject_means(runs: pd.DataFrame, metrics: Sequence[str] = ("top1", "top5")) -> pd.DataFrame:
+    """Per (method, protocol, subject): the mean and std (ddof=1) over completed seeds of each metric, and counts.
+
+    A subject whose runs all failed keeps a row (n_seeds 0, NaN means) so that it shows as failed, not absent.
+    """
+    keys = ["method", "protocol", "subject"]
+    done = runs[runs.status == COMPLETED]
+    counts = runs.groupby(keys).agg(n_seeds=("status", lambda s: int((s == COMPLETED).sum())),
+                                    n_failed=("status", lambda s: int((s == FAILED).sum())))
+    stats = done.groupby(keys)[list(metrics)].agg(["mean", "std"])
+    stats.columns = [f"{m}_{agg}" for m, agg in stats.columns]
+    out = counts.join(stats, how="left").reset_index()
+    for m in metrics:  # a metric no completed run of the group reported stays NaN rather than a missing column
+        for agg in ("mean", "std"):
+            if f"{m}_{agg}" not in out:
+                out[f"{m}_{agg}"] = math.nan
+    return out
+
+
+def across_subjects(per_subject: pd.DataFrame, metrics: Sequence[str] = ("top1", "top5")) -> pd.DataFrame:
+    """Per (method, protocol): the mean and std (ddof=1) over subjects of the per-subject means."""
+    rows = []
+    for (method, protocol), part in per_subject.groupby(["method", "protocol"], sort=False):
+        ok = part[part.n_seeds > 0]
+        row = {"method": method, "protocol": protocol, "n_subjects": int(len(ok)),
+               "n_seeds": int(ok.n_seeds.min()) if len(ok) else 0,
+               "n_seeds_max": int(ok.n_seeds.max()) if len(ok) else 0,
+               "n_runs": int(part.n_seeds.sum()), "n_failed": int(part.n_failed.sum())}
+        for m in metrics:
+            vals = ok[f"{m}_mean"].dropna()
+            row[f"{m}_mean"] = float(vals.mean()) if len(vals) else math.nan
+            row[f"{m}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else math.nan
+        rows.append(row)
+    cols = ["method", "protocol", "n_subjects", "n_seeds", "n_seeds_max", "n_runs", "n_failed",
+            *(f"{m}_{a}" for m in metrics for a in ("mean", "std"))]
+    return pd.DataFrame(rows, columns=cols)
+
+
+# ------------------------------------------------------------------------------------------------- completeness
+
+
+def completeness(runs: pd.DataFrame, grids: dict[str, Grid]) -> pd.DataFrame:
+    """Per (method, protocol): whether every expected (subject, seed) completed, and a flag naming the gaps."""
+    rows = []
+    for (method, protocol), part in runs.groupby(["method", "protocol"], sort=False):
+        grid = grids[protocol]
+        done = set(zip(part[part.status == COMPLETED].subject, part[part.status == COMPLETED].seed))
+        failed = set(zip(part[part.status == FAILED].subject, part[part.status == FAILED].seed)) - done
+        expected = [(s, seed) for s in grid.subjects for seed in grid.seeds]
+        missing = [c for c in expected if c not in done and c not in failed]
+        failed_expected = [c for c in expected if c in failed]
+        failed_extra = sorted(failed - set(expected))  # a failure outside the grid is still a failure to report
+        parts = []
+        if missing:
+            parts.append("missing: " + _describe_cells(missing, grid.seeds))
+        if failed_expected or failed_extra:
+            parts.append("failed: " + _describe_cells(failed_expected + failed_extra, grid.seeds))
+        rows.append({"method": method, "protocol": protocol, "complete": not parts,
+                     "flag": "; ".join(parts) if parts else "complete", "n_missing": len(missing),
+                     "n_expected": len(expected)})
+    return pd.DataFrame(rows, columns=["method", "protocol", "complete", "flag", "n_missing", "n_expected"])
+
+
+def _describe_cells(cells: Sequence[tuple[int, int]], all_seeds: Sequence[int]) -> str:
+    by_subject: dict[int, list[int]] = {}
+    for subject, seed in cells:
+        by_subject.setdefault(int(subject), []).append(int(seed))
+    out = []
+    for subject in sorted(by_subject):
+        seeds = sorted(by_subject[subject])
+        if len(all_seeds) > 1 and seeds == sorted(all_seeds):
+            out.append(f"sub-{subject:02d} all seeds")
+        else:
+            out.append(f"sub-{subject:02d} seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}")
+    return ", ".join(out)
+
+
+# ------------------------------------------------------------------------------------------------------- tables
+
+
+def summary_table(runs: pd.DataFrame, grids: dict[str, Grid]) -> pd.DataFrame:
+    """One row per (method, protocol): across-subject mean ± std, counts and completeness; best top-1 first."""
+    per_subject = subject_means(runs)
+    summary = across_subjects(per_subject).merge(completeness(runs, grids), on=["method", "protocol"], how="left")
+    if summary.empty:
+        return summary
+    summary["_p"] = summary.protocol.map(protocol_rank)
+    return summary.sort_values(["_p", "top1_mean", "method"], ascending=[True, False, True], na_position="last",
+                               kind="stable").drop(columns="_p").reset_index(drop=True)
+
+
+def protocol_rank(protocol: str) -> tuple:
+    """intra before inter (the order papers report them), any other protocol after, by name."""
+    return ({"intra": 0, "inter": 1}.get(protocol, 2), protocol)
+
+
+def long_table(runs: pd.DataFrame, grids: dict[str, Grid], reported: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The CSV form: per-subject rows then an ``avg`` row for each reproduced method, then the reported rows."""
+    per_subject = subject_means(runs)
+    summary = summary_table(runs, grids)
+    rows = []
+    for _, s in summary.iterrows():
+        subj = per_subject[(per_subject.method == s.method) & (per_subject.protocol == s.protocol)]
+        for _, r in subj.sort_values("subject").iterrows():
+            rows.append({"method": s.method, "protocol": s.protocol, "subject": str(int(r.subject)),
+                         "n_seeds": int(r.n_seeds), "n_subjects": 1, "n_failed": int(r.n_failed),
+                         **{c: r[c] for c in ("top1_mean", "top1_std", "top5_mean", "top5_std")},
+                         "source": "reproduced", "complete": None, "flag": None, "reference": None, "caveat": None})
+        rows.append({"method": s.method, "protocol": s.protocol, "subject": "avg", "n_seeds": int(s.n_seeds),
+                     "n_subjects": int(s.n_subjects), "n_failed": int(s.n_failed),
+                     **{c: s[c] for c in ("top1_mean", "top1_std", "top5_mean", "top5_std")},
+                     "source": "reproduced", "complete": bool(s.complete), "flag": s.flag, "reference": None,
+                     "caveat": None})
+    if reported is not None:
+        for _, r in reported_rows(reported).iterrows():
+            rows.append({**r.to_dict(), "n_seeds": None, "n_failed": None, "complete": None, "flag": None})
+    cols = ["method", "protocol", "subject", "n_seeds", "top1_mean", "top1_std", "top5_mean", "top5_std", "source",
+            "n_subjects", "n_failed", "complete", "flag", "reference", "caveat"]
+    out = pd.DataFrame(rows, columns=cols)
+    return out.astype({"n_seeds": "Int64", "n_subjects": "Int64", "n_failed": "Int64", "complete": "boolean"})
+
+
+def reported_rows(reported: pd.DataFrame) -> pd.DataFrame:
+    """Reported numbers in the long layout: the paper's per-subject rows, then its average.
+
+    The paper's own ``avg`` is used verbatim when given (papers' averages do not always equal the mean of their
+    per-subject numbers); without one, the mean ± std over the reported subjects stands in.
+    """
+    rows = []
+    for (method, protocol), part in reported.groupby(["method", "protocol"], sort=False):
+        subj = part[part.subject != "avg"]
+        avg = part[part.subject == "avg"]
+        meta = (avg if len(avg) else part).iloc[0]
+        common = {"method": method, "protocol": protocol, "source": "reported", "reference": meta.source,
+                  "caveat": meta.caveat}
+        for _, r in subj.sort_values("subject", key=lambda s: s.astype(int)).iterrows():
+            rows.append({**common, "subject": str(r.subject), "n_subjects": 1, "top1_mean": r.top1,
+                         "top1_std": math.nan, "top5_mean": r.top5, "top5_std": math.nan})
+        if len(avg):
+            a = avg.iloc[0]
+            # The paper's average may cover subjects not listed here, so its subject count is unknown.
+            rows.append({**common, "subject": "avg", "n_subjects": math.nan,
+                         "top1_mean": a.top1, "top1_std": math.nan, "top5_mean": a.top5, "top5_std": math.nan})
+        elif len(subj):
+            rows.append({**common, "subject": "avg", "n_subjects": len(subj),
+                         "top1_mean": float(subj.top1.mean()),
+                         "top1_std": float(subj.top1.std(ddof=1)) if len(subj) > 1 else math.nan,
+                         "top5_mean": float(subj.top5.mean()) if subj.top5.notna().all() else math.nan,
+                         "top5_std": float(subj.top5.std(ddof=1)) if len(subj) > 1 and subj.top5.notna().all()
+                         else math.nan})
+    return pd.DataFrame(rows, columns=["method", "protocol", "subject", "n_subjects", "top1_mean", "top1_std",
+                                       "top5_mean", "top5_std", "source", "reference", "caveat"])
+
+
+def kway_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, protocol): across-subject mean ± std of every k-way score, and of the full n_test-way top-1/5."""
+    cols = kway_columns(runs)
+    metrics = [*cols, "top1", "top5"]
+    per_subject = subject_means(runs, metrics)
+    return across_subjects(per_subject, metrics)
+
+
+def chance_levels(runs: pd.DataFrame) -> dict[str, float]:
+    """Chance for each k-way column (k-way top-k = 100·k'/k %) and for the full gallery (from the records)."""
+    out = {}
+    for col in kway_columns(runs):
+        k, metric = col[1:].split("_")
+        out[col] = 100.0 * (5 if metric == "top5" else 1) / int(k)
+    for metric in ("top1", "top5"):
+        vals = runs[f"chance_{metric}"].dropna().unique()
+        out[metric] = float(vals[0]) if len(vals) == 1 else math.nan
+    return out
+
+
+def ablation_table(runs: pd.DataFrame, grids: dict[str, Grid]) -> pd.DataFrame:
+    """For each method with variant runs: its variants in canonical order, then the full method, with deltas.
+
+    Δ is the difference of the across-subject means to the previous row (what adding that component bought).
+    """
+    summary = summary_table(runs, grids)
+    names = runs.drop_duplicates("method")[["method", "base", "variant"]]
+    summary = summary.merge(names, on="method", how="left")
+    rows = []
+    for (protocol, base), part in summary.groupby(["protocol", "base"], sort=True):
+        if part.variant.isna().all():
+            continue
+        part = part.assign(_order=part.variant.map(_variant_rank)).sort_values(["_order", "method"], kind="stable")
+        prev = None
+        for _, r in part.iterrows():
+            suffix = r.method.split("@", 1)[1] if "@" in r.method else None
+            label = FULL_LABELS.get(base, "full") if r.variant is None or pd.isna(r.variant) else r.variant
+            rows.append({"method": base, "protocol": protocol, "variant": f"{label}@{suffix}" if suffix else label,
+                         "entry": r.method, "top1_mean": r.top1_mean, "top1_std": r.top1_std,
+                         "top5_mean": r.top5_mean, "top5_std": r.top5_std,
+                         "delta_top1": r.top1_mean - prev.top1_mean if prev is not None else math.nan,
+                         "delta_top5": r.top5_mean - prev.top5_mean if prev is not None else math.nan,
+                         "n_subjects": r.n_subjects, "complete": r.complete, "flag": r.flag})
+            prev = r
+    return pd.DataFrame(rows, columns=["method", "protocol", "variant", "entry", "top1_mean", "top1_std", "top5_mean",
+                                       "top5_std", "delta_top1", "delta_top5", "n_subjects", "complete", "flag"])
+
+
+def timings_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, protocol), over completed runs: time and throughput per run, and the total training time."""
+    rows = []
+    done = runs[runs.status == COMPLETED]
+    for (method, protocol), part in done.groupby(["method", "protocol"], sort=True):
+        row = {"method": method, "protocol": protocol, "n_runs": int(len(part))}
+        for key in TIMING_COLUMNS:
+            vals = part[key].dropna()
+            row[f"{key}_mean"] = float(vals.mean()) if len(vals) else math.nan
+            row[f"{key}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else math.nan
+        row["train_s_total"] = float(part.train_s.sum(min_count=1))
+        row["devices"] = ", ".join(sorted({str(d) for d in part.device.dropna()})) or None
+        rows.append(row)
+    cols = ["method", "protocol", "n_runs", *(f"{k}_{a}" for k in TIMING_COLUMNS for a in ("mean", "std")),
+            "train_s_total", "devices"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def validation_curves(records: Iterable[RunRecord], runs: pd.DataFrame) -> pd.DataFrame:
+    """Long frame (method, protocol, subject, seed, epoch, train_loss, val_top1, val_top5) of completed runs."""
+    names = dict(zip(runs.spec_hash, runs.method))
+    rows = []
+    for rec in records:
+        if rec.status != COMPLETED or rec.spec_hash not in names:
+            continue
+        for point in ((rec.metrics.get("val") or {}).get("curve") or []):
+            rows.append({"method": names[rec.spec_hash], "protocol": rec.spec.protocol,
+                         "subject": int(rec.spec.subject), "seed": int(rec.spec.seed),
+                         "epoch": int(point["epoch"]), "train_loss": _num(point.get("train_loss")),
+                         "val_top1": _num(point.get("val_top1")), "val_top5": _num(point.get("val_top5"))})
+    return pd.DataFrame(rows, columns=["method", "protocol", "subject", "seed", "epoch", "train_loss", "val_top1",
+                                       "val_top5"])
+
+
+# -------------------------------------------------------------------------------------------------------- helpers
+
+
+def _variant_rank(variant) -> int:
+    if variant is None or (isinstance(variant, float) and math.isnan(variant)):
+        return len(VARIANT_ORDER) + 1
+    return VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER)
+
+
+def _kway_key(col: str):
+    head = col[1:].split("_")[0] if col.startswith("k") else ""
+    return (0, int(head), col) if head.isdigit() else (1, 0, col)
+
+
+def _short_hash(obj) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:7]
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float, np.number)) and not isinstance(x, bool) and math.isfinite(float(x))
+
+
+def _num(x) -> float:
+    return float(x) if _is_number(x) else math.nan

@@ -1,0 +1,73 @@
+"""`bench leaderboard` as one library call: read a results directory, render, write the files atomically."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from bench.io import atomic_write_text
+from bench.records import RunStore
+
+from .errors import LeaderboardError
+from .report import build_leaderboard, render, write_plots
+from .reported import load_reported
+
+
+@dataclass
+class LeaderboardOutput:
+    text: str
+    out: Path | None = None  # where the text went; None: the caller prints it
+    plots: list[Path] = field(default_factory=list)
+
+
+def write_leaderboard(results_dir: str | Path, fmt: str = "md", out: str | Path | None = None, *,
+                      table: str | None = None, reported: str | Path | None = None, use_reported: bool = True,
+                      protocol: str | None = None, methods: Sequence[str] | None = None,
+                      expect_subjects: Sequence[int] | None = None, expect_seeds: Sequence[int] | None = None,
+                      metric: str = "top1", reference: str | None = None,
+                      plots_dir: str | Path | None = None) -> LeaderboardOutput:
+    """Build the leaderboard of ``results_dir``'s runs; write it to ``out`` (and plots to ``plots_dir``) if given.
+
+    Reported numbers come from ``reported`` if given (it must exist), else from ``results_dir/reported.csv`` when
+    present; ``use_reported=False`` leaves them out.
+    """
+    results_dir = Path(results_dir)
+    records = RunStore(results_dir).records()
+    rep = None
+    if use_reported:
+        path = Path(reported) if reported is not None else results_dir / "reported.csv"
+        if reported is not None and not path.is_file():
+            raise LeaderboardError(f"reported results file {path} does not exist")
+        rep = load_reported(path) if path.is_file() else None
+    if not records and rep is None:
+        raise LeaderboardError(f"no run records in {results_dir / 'runs'} and no reported.csv to show")
+    board = build_leaderboard(records, rep, protocol=protocol, methods=methods, expect_subjects=expect_subjects,
+                              expect_seeds=expect_seeds, metric=metric, reference=reference)
+    text = render(board, fmt, table)
+    result = LeaderboardOutput(text)
+    if out is not None:
+        result.out = Path(out)
+        atomic_write_text(result.out, text)
+    if plots_dir is not None:
+        result.plots = write_plots(board, plots_dir, stem=result.out.stem if result.out else "leaderboard")
+    return result
+
+
+def parse_int_list(text: str | None) -> list[int] | None:
+    """'1-10' → 1..10, '0,1,2' → [0, 1, 2], '1-3,5' → [1, 2, 3, 5]; None or '' → None."""
+    if not text:
+        return None
+    values: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                if hi < lo:
+                    raise ValueError
+                values.extend(range(lo, hi + 1))
+            else:
+                values.append(int(part))
+        except ValueError:
+            raise LeaderboardError(f"cannot read {text!r} as integers: use e.g. 1-10 or 0,1,2") from None
+    return sorted(set(values))

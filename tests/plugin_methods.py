@@ -1,0 +1,42 @@
+"""Methods for harness tests, loaded as a --plugin file (so Ray workers and subprocesses load them the same way)."""
+import os
+import time
+
+import torch
+from torch import nn
+
+from baselines.ridge import Ridge
+from bench.losses import clip_loss
+from bench.method import LossOutput, Method
+from bench.registry import register_method
+
+
+@register_method("ridge-flaky", description="ridge that fails on sub-02 with seed 1 (tests)")
+class FlakyRidge(Ridge):
+    def fit_closed_form(self, eeg, image, subject):
+        if int(subject[0]) == 1 and torch.initial_seed() == 1:  # the harness seeded torch with the run's seed
+            raise RuntimeError("deliberate failure on sub-02 seed 1")
+        super().fit_closed_form(eeg, image, subject)
+
+
+@register_method("ridge-slow", description="ridge that takes a few seconds (tests)")
+class SlowRidge(Ridge):
+    def fit_closed_form(self, eeg, image, subject):
+        time.sleep(float(os.environ.get("SLOW_RIDGE_S", "4")))
+        super().fit_closed_form(eeg, image, subject)
+
+
+@register_method("linear-contrastive", description="a linear EEG encoder with a symmetric InfoNCE loss (tests)")
+class LinearContrastive(Method):
+    defaults = {"scale": 10.0}
+
+    def __init__(self, info, **hp):
+        super().__init__(info, **hp)
+        self.proj = nn.Linear(info.n_chans * info.n_times, info.feature_dim)
+
+    def encode_eeg(self, eeg, subject):
+        return self.proj(eeg.flatten(1))
+
+    def training_loss(self, batch, state):
+        e = nn.functional.normalize(self.encode_eeg(batch.eeg, batch.subject), dim=-1)
+        return LossOutput(clip_loss(e, batch.image, self.hparams["scale"]))
