@@ -1,6 +1,8 @@
 """MCDB: losses, balance coefficients, SPR noise, every switch's effect on the gradients, DDP safety, ablation
 variants, the hand-counted parameter count, and one end-to-end run through the harness."""
+import json
 import math
+import subprocess
 
 import pytest
 import torch
@@ -13,6 +15,8 @@ from bench.method import Batch, DataInfo, TrainState
 from bench.records import RunStore
 from bench.registry import METHODS
 from bench.runner import execute_spec, make_spec, resolve_config
+from bench.sweep import SweepRequest, expand_specs
+from conftest import BENCH
 from fakes import InMemoryThingsEEG
 from methods.mcdb import DEFAULTS, MCDB
 from methods.mcdb.adapters import BottleneckAdapter
@@ -227,7 +231,7 @@ def test_feature_noise_std_follows_its_schedule():
 
 
 def test_feature_noise_is_drawn_in_the_training_loss_only():
-    no_dropout = {"adapter_dropout": 0.0, "encoder_args": {"trunk_dropout": 0.0, "proj_dropout": 0.0}}
+    no_dropout = {"adapter_dropout": 0.0, "encoder_kwargs": {"trunk_dropout": 0.0, "proj_dropout": 0.0}}
     noisy, clean, batch = make(spr="feature", spr_feature_sigma=0.5, **no_dropout), make(spr="none", **no_dropout), make_batch()
 
     def loss(model, seed):
@@ -308,7 +312,7 @@ def test_adapters_and_encoder_follow_the_switches():
     assert torch.equal(raw.encode_image(x), x) and torch.equal(raw.encode_text(x), x)
     no_text = make(use_text=False, mcdb="none")
     assert no_text.text_adapter is None
-    atms = make(encoder="atms", encoder_args={"d_ff": 32})
+    atms = make(encoder="atms", encoder_kwargs={"d_ff": 32})
     assert atms.eeg_encoder.n_subjects == INFO.n_subjects and atms.eeg_encoder.encoder_layer.ffn[0].out_features == 32
     out = atms.encode_eeg(torch.randn(2, 4, 80), torch.tensor([0, 1]))
     assert out.shape == (2, 16)
@@ -335,7 +339,6 @@ def test_parameter_count_at_the_paper_shape():
 # --- ablations ------------------------------------------------------------------------------------------------------
 def variant_config(label):
     overrides = MCDB.ablations[label] if label else {}
-    import json
     return resolve_config("mcdb", sets=[f"{k}={json.dumps(v)}" for k, v in overrides.items()])["method"]
 
 
@@ -355,6 +358,13 @@ def test_ablation_variants_build_and_add_one_component_each():
     assert all(configs[label][k] == configs[None][k] for label in configs for k in others)
 
 
+def test_bench_run_expands_the_ablation_into_five_variants(tiny_root):
+    specs, _ = expand_specs(SweepRequest(methods=["mcdb"], subjects="1", data_root=tiny_root, ablation=True))
+    assert [s.variant for s in specs] == ["base", "+text", "+adapter", "+mcdb", None]
+    assert len({s.spec_hash for s in specs}) == 5
+    assert [s.config["method"]["spr"] for s in specs] == ["none"] * 4 + ["grad"]
+
+
 # --- end to end -----------------------------------------------------------------------------------------------------
 def test_end_to_end_run_beats_chance_and_records_k_per_epoch(tmp_path):
     ds = InMemoryThingsEEG(n_times=80, dim=16, n_concepts=60, per_concept=4, n_test=20, n_subjects=1)
@@ -372,3 +382,20 @@ def test_end_to_end_run_beats_chance_and_records_k_per_epoch(tmp_path):
     assert all(0 < s < 1 for s in extras["s_img"] + extras["s_txt"])
     curve = rec.metrics["val"]["curve"]
     assert all({"k_img", "k_txt", "l_img", "l_txt", "l_cos"} <= set(entry) for entry in curve)
+
+
+def test_bench_train_cli_on_tiny_synthetic_data(tiny_root, tmp_path):
+    """The real path: `bench synth --preset tiny` (session fixture), then `bench train --method mcdb`."""
+    out = subprocess.run([BENCH, "train", "--method", "mcdb", "--subject", "1", "--seed", "0", "--data-root",
+                          str(tiny_root), "--results-dir", str(tmp_path), "--quiet", "--set", "train.epochs=10",
+                          "--set", "train.batch_size=32", "--set", "train.num_threads=1"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (path,) = (tmp_path / "runs").glob("*.json")
+    rec = json.loads(path.read_text())
+    assert rec["status"] == "completed", rec.get("error")
+    m = rec["metrics"]
+    # 40 test queries make top-1 a coin of a few hits; the mean rank and 2-way accuracy use every comparison
+    assert m["mean_rank"] < 0.8 * (m["n_test"] + 1) / 2 and m["kway"]["2"]["top1"] > 60  # 13.2 and 67 % by run
+    assert len(rec["extras"]["k_txt"]) == rec["timings"]["epochs_run"] == 10
+    assert rec["extras"]["mcdb_active"] == [1.0] * 5 + [0.0] * 5

@@ -35,7 +35,7 @@ COS_TARGETS = ("img", "txt", "img+txt")
 DEFAULTS: dict[str, Any] = {
     # model
     "encoder": "tsconv",            # any registered EEG encoder (bench list encoders)
-    "encoder_args": {},             # extra constructor arguments of that encoder
+    "encoder_kwargs": {},           # extra constructor arguments of that encoder
     "adapter": "residual",          # residual | bottleneck | none
     "adapter_dropout": 0.3,
     "adapter_shared": False,        # one adapter for image and text instead of one per modality
@@ -103,7 +103,7 @@ class MCDB(Method):
         hp = self.hparams
         self._validate(hp)
         dim = info.feature_dim
-        self.eeg_encoder = build_eeg_encoder(hp["encoder"], info, dim, hp["encoder_args"])
+        self.eeg_encoder = build_eeg_encoder(hp["encoder"], info, dim, hp["encoder_kwargs"])
 
         def adapter() -> nn.Module:
             module = build_adapter(hp["adapter"], dim, hp["adapter_dropout"], hp["bottleneck_ratio"],
