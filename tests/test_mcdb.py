@@ -3,6 +3,8 @@ variants, the hand-counted parameter count, and one end-to-end run through the h
 import json
 import math
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -399,3 +401,17 @@ def test_bench_train_cli_on_tiny_synthetic_data(tiny_root, tmp_path):
     assert m["mean_rank"] < 0.8 * (m["n_test"] + 1) / 2 and m["kway"]["2"]["top1"] > 60  # 13.2 and 67 % by run
     assert len(rec["extras"]["k_txt"]) == rec["timings"]["epochs_run"] == 10
     assert rec["extras"]["mcdb_active"] == [1.0] * 5 + [0.0] * 5
+
+
+@pytest.mark.parametrize("mode", [["method.mcdb=grad", "method.spr=grad"], ["method.mcdb=loss", "method.spr=grad"]],
+                         ids=["grad-mode", "loss-mode"])
+def test_ddp_replicas_stay_identical_with_balance_and_gradient_noise(mode):
+    """Two real DDP processes (gloo, CPU): k from all-reduced confidences and (seed, step)-seeded noise keep them equal."""
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    worker = str(Path(__file__).with_name("mcdb_ddp_worker.py"))
+    out = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", worker, *mode],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    result = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    assert result["processes"] == 2 and result["max_diff"] == 0.0
+    assert min(result["k_txt"] + result["k_img"]) < 1  # the balance was active, so k had to agree across ranks

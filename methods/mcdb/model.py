@@ -180,8 +180,7 @@ class MCDB(Method):
         l_img = sum(directional_clip_losses(eeg, img, scale))
         with torch.no_grad():
             s_img = positive_mass(scale * eeg @ img.t(), torch.eye(len(eeg), dtype=torch.bool, device=eeg.device))
-        zero = l_img.new_zeros(())
-        l_txt, txt, s_txt = zero, None, None
+        l_txt, txt, s_txt = l_img.new_zeros(()), None, None
         if hp["use_text"]:
             if batch.text is None:
                 raise ValueError("mcdb: use_text=true but the batch carries no text features")
