@@ -116,6 +116,11 @@ def train(
     console.print(f"record: {where}")
 
 
+def _say(message: str) -> None:
+    """Progress lines from sweeps; a module-level function because Ray pickles the callbacks that call it."""
+    console.print(message, highlight=False)
+
+
 def _ray_options(address, cpus_per_trial, gpus_per_trial, workers_per_trial, max_concurrent):
     from bench.orchestrate import RayOptions
 
@@ -153,7 +158,7 @@ def run(
                        protocol=protocol, data_root=data_root, results_dir=results_dir or default_results_dir(),
                        config_files=tuple(config), sets=tuple(set_), ablation=ablation, force=force, retries=retries)
     result = run_sweep(req, _ray_options(address, cpus_per_trial, gpus_per_trial, workers_per_trial, max_concurrent),
-                       printer=console.print)
+                       printer=_say)
     print_summary(result, req, console)
     if any(r.status != "completed" for r in result.records) or result.busy:
         raise typer.Exit(1)
@@ -188,7 +193,7 @@ def tune(
     outcome = run_tune(TuneRequest(method=method, search=search, num_samples=num_samples, scheduler=scheduler,
                                    subjects=subjects, seed=seed, protocol=protocol, data_root=data_root,
                                    results_dir=rdir, config_files=tuple(config), sets=tuple(set_), out=out),
-                       ray_opts, printer=console.print)
+                       ray_opts, printer=_say)
     console.print(f"best of {len(outcome.trials)} trial(s): mean validation top-1 {outcome.best_val_top1:.1f}% "
                   f"with {outcome.best_overrides}")
     console.print(f"best config: {outcome.config_path}")
@@ -197,7 +202,7 @@ def tune(
 
         req = SweepRequest(methods=[method], subjects=subjects, seeds=str(seed), protocol=protocol,
                            data_root=data_root, results_dir=rdir, config_files=(outcome.config_path,))
-        print_summary(run_sweep(req, ray_opts, printer=console.print), req, console)
+        print_summary(run_sweep(req, ray_opts, printer=_say), req, console)
 
 
 @app.command()

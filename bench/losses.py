@@ -28,9 +28,10 @@ def multi_positive_losses(eeg: torch.Tensor, targets: torch.Tensor, labels: torc
                           logit_scale: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
     """Label-aware InfoNCE, (eeg→target, target→eeg): rows that share a label are all positives of each other.
 
-    Needed when several batch rows carry the same target (e.g. one text per concept): plain InfoNCE would treat
-    identical texts as negatives. The target distribution spreads uniformly over a row's positives. With all labels
-    distinct it equals :func:`directional_clip_losses`.
+    The target distribution spreads uniformly over a row's positives; with all labels distinct it equals
+    :func:`directional_clip_losses`. When rows sharing a label also share an identical target vector (one text per
+    concept), plain InfoNCE over the copies gives the same value and gradient, because the copies tie; the two differ
+    when same-label rows carry different targets (e.g. the images of one concept as positives of each other).
     """
     logits = logit_scale * eeg @ targets.t()
     positives = (labels[:, None] == labels[None, :]).to(logits.dtype)

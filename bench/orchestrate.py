@@ -70,7 +70,7 @@ def plan(specs: list[RunSpec], store: RunStore, force: bool = False) -> tuple[li
 def ray_environment() -> dict[str, str]:
     """Quiet, offline-safe defaults for the driver and every worker (set only where the user has not)."""
     return {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_CHDIR_TO_TRIAL_DIR": "0",
-            "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_TRAIN_V2_ENABLED": "1"}
+            "RAY_TRAIN_V2_ENABLED": "1"}
 
 
 def init_ray(opts: RayOptions) -> None:
@@ -153,6 +153,7 @@ def _report_epoch(entry: dict) -> None:
 
 def run_trial(config: dict) -> None:
     """One Ray Tune trial = one run spec (module-level so Ray can import it in workers)."""
+    config = config["trial"]  # the grid's one value: this trial's spec and settings
     import torch
     from ray import tune
 
@@ -234,7 +235,7 @@ class _Progress:
                 self.durations: list[float] = []
 
             def _label(self, trial) -> str:
-                return self.labels.get(trial.config["spec_hash"], trial.trial_id)
+                return self.labels.get(trial.config["trial"]["spec_hash"], trial.trial_id)
 
             def _line(self, msg: str) -> None:
                 pending = self.total - self.done - self.failed - len(self.running)
@@ -314,8 +315,6 @@ def run_grid(specs: list[RunSpec], results_dir: str | Path, opts: RayOptions, fo
                 verbose=0, failure_config=tune.FailureConfig(max_failures=0),
                 callbacks=[_Progress(len(todo), labels, concurrency, printer)]),
         )
-        # Tune hands the trainable its sampled config; unwrap the one grid value back to the flat trial config
-        tuner._local_tuner._trainable = tune.with_resources(_unwrap_trial, per_trial)  # noqa: SLF001
         result.scheduled += len(todo)
         tuner.fit()
         for spec in todo:
@@ -331,7 +330,3 @@ def run_grid(specs: list[RunSpec], results_dir: str | Path, opts: RayOptions, fo
     result.records = [r for s in specs if (r := store.read(s.spec_hash)) is not None]
     result.wall_s = time.time() - t0
     return result
-
-
-def _unwrap_trial(config: dict) -> None:
-    run_trial(config["trial"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from bench.method import DataInfo
 from bench.protocols import Split
 from bench.records import COMPLETED, FAILED, RunRecord, RunSpec, RunStore
 from bench.registry import METHODS, PROTOCOLS
-from bench.train import Trainer
+from bench.train import Trainer, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ def execute_spec(spec: RunSpec, ds, store: RunStore, progress: bool = True, on_e
         split_info = split.info
         timings["load_s"] = time.perf_counter() - t
 
+        seed_everything(spec.seed)  # the initial weights belong to the run: draw them from its seed
         method = METHODS.create(spec.method, info=data_info(ds, split), **cfg["method"])
         evaluator = ZeroShotEvaluator.from_config(cfg)
         trainer = Trainer(cfg["train"], spec.seed, evaluator, progress=progress, log_prefix=f"{spec.label} ",
@@ -131,6 +133,8 @@ def run_spec(spec: RunSpec, ds, store: RunStore, force: bool = False, progress: 
         done = store.read(spec.spec_hash)
         if done is not None and done.status == COMPLETED:
             return RunOutcome(done, skipped=True)
+    if _distributed_rank() > 0:  # under torchrun / accelerate launch, rank 0 holds the lock for the process group
+        return RunOutcome(execute_spec(spec, ds, store, progress, on_epoch))
     with store.claim(spec) as claimed:
         if not claimed:
             raise RunBusyError(f"{spec.label} ({spec.spec_hash}) is being computed by another process "
@@ -140,6 +144,10 @@ def run_spec(spec: RunSpec, ds, store: RunStore, force: bool = False, progress: 
             if done is not None and done.status == COMPLETED:
                 return RunOutcome(done, skipped=True)
         return RunOutcome(execute_spec(spec, ds, store, progress, on_epoch))
+
+
+def _distributed_rank() -> int:
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
 
 
 def train_one(method: str, subject: int, seed: int, protocol: str | None = None, data_root: str | Path | None = None,

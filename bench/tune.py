@@ -174,12 +174,15 @@ def run_tune(req: TuneRequest, ray: RayOptions, printer=print) -> TuneOutcome:
         if result.error:
             printer(f"trial failed: {result.error}")
             continue
+        history = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []
+        if not any("val_top1" in h for h in history):
+            printer(f"trial with {result.config['overrides']} reported no validation score")
+            continue
         trials.append({"overrides": result.config["overrides"], "metrics": dict(result.metrics or {}),
-                       "history": result.metrics_dataframe.to_dict("records")
-                       if result.metrics_dataframe is not None else []})
+                       "history": history})
     if not trials:
-        raise TuneError("every trial failed; see the errors above")
-    best = max(trials, key=lambda t: max(h["val_top1"] for h in t["history"]) if t["history"] else -1)
+        raise TuneError("no trial reported a validation score; see the messages above")
+    best = max(trials, key=lambda t: max(h["val_top1"] for h in t["history"]))
     best_val = max(h["val_top1"] for h in best["history"])
     best_cfg = resolve_config(req.method, req.config_files, [*req.sets, *overrides_to_sets(best["overrides"])],
                               flag_overrides)

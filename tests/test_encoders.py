@@ -294,3 +294,28 @@ def test_front_end_changes_tsconv_output(front_end):
     x = torch.randn(2, 6, 100)
     assert not torch.allclose(spatial(x), plain(x), atol=1e-4)
     assert isinstance(plain.front_end, nn.Identity)
+
+
+def test_self_attention_reference_mode_is_the_released_function():
+    """NICE's released einsum returns x unchanged, so its SA block is x + Drop(Proj(LN(x))); no query/key exist."""
+    torch.manual_seed(0)
+    n_chans, n_times = 5, 80
+    ref = TSConvEncoder(n_chans=n_chans, n_times=n_times, n_outputs=N_OUT, spatial_front_end="sa",
+                        sa_mode="reference").eval()
+    attention = ChannelSelfAttention(n_chans, n_times, mode="attention")
+    sa = ref.front_end.fn[1]
+    assert not hasattr(sa, "query") and not hasattr(sa, "key")
+    assert count(attention) - count(sa) == 2 * channel_linear_block(n_chans)
+    x = torch.randn(2, n_chans, n_times)
+    norm = ref.front_end.fn[0]
+    expected = x + sa.projection(norm(x).transpose(1, 2)).transpose(1, 2)
+    torch.testing.assert_close(ref.front_end(x), expected)
+    paper = create_encoder("tsconv-sa", n_chans=63, n_times=250, n_outputs=768, sa_mode="reference")
+    assert count(paper) == 1_807_154 == NICE_63x250 + 2 * 250 + channel_linear_block(63)
+
+
+def test_sa_mode_is_checked():
+    with pytest.raises(ValueError, match="sa_mode must be one of"):
+        create_encoder("tsconv-sa", n_chans=4, n_times=100, n_outputs=N_OUT, sa_mode="identity")
+    with pytest.raises(ValueError, match="applies to spatial_front_end='sa' only"):
+        create_encoder("tsconv", n_chans=4, n_times=100, n_outputs=N_OUT, sa_mode="reference")

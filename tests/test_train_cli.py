@@ -42,7 +42,8 @@ def test_bad_method_and_bad_key_are_one_line_errors(tiny_root, tmp_path):
 
 def test_accelerate_launch_two_processes_on_cpu(tiny_root, tmp_path):
     accelerate = str(Path(sys.executable).with_name("accelerate"))
-    out = subprocess.run([accelerate, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+    # on a machine without GPUs `--multi_gpu` launches gloo processes (MULTI_CPU); `--cpu` would force one process
+    out = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                           "--mixed_precision", "no", "--dynamo_backend", "no", BENCH, "--plugin", PLUGIN, "train",
                           "--method", "linear-contrastive", "--subject", "1", "--seed", "0",
                           "--data-root", str(tiny_root), "--results-dir", str(tmp_path), "--quiet",

@@ -106,13 +106,17 @@ class CachedEEG:
         return out
 
     def trials(self, channels: np.ndarray | None = None, samples: slice = slice(None)) -> np.ndarray:
-        """float16 (images, repetitions, channels, samples); a read-only memory map when nothing needs selecting."""
+        """float16 (images, repetitions, channels, samples); a read-only memory map when nothing needs selecting.
+
+        Data far from unit scale (e.g. in volts, ``scale != 1``) come back as float32: in float16 they would lose
+        their precision.
+        """
         full_samples = samples.indices(self.shape[3]) == (0, self.shape[3], 1)
         if channels is None and full_samples and self.scale == 1.0:
             return self.array.memmap()
         n_ch = self.shape[2] if channels is None else len(channels)
         n_t = len(range(*samples.indices(self.shape[3])))
-        out = np.empty(self.shape[:2] + (n_ch, n_t), dtype=np.float16)
+        out = np.empty(self.shape[:2] + (n_ch, n_t), dtype=np.float16 if self.scale == 1.0 else np.float32)
         for start, stop in self.array.row_blocks():
             block = self.array.read_rows(start, stop)
             if channels is not None:
@@ -199,8 +203,10 @@ def _first_block(eeg: EEGFile) -> np.ndarray:
 
 def _choose_scale(eeg: EEGFile, sample: np.ndarray) -> float:
     """1 for data already near unit scale (whitened EEG); else the power of two that brings the RMS near 1."""
-    finite = sample[np.isfinite(sample)].astype(np.float64)
-    rms = float(np.sqrt(np.mean(finite**2))) if finite.size else 0.0
+    flat = sample.reshape(-1)
+    values = flat[:: max(1, flat.size // 2**20)].astype(np.float64)  # ~1M values are plenty for an RMS
+    values = values[np.isfinite(values)]
+    rms = float(np.sqrt(np.mean(values**2))) if values.size else 0.0
     if rms == 0.0 or 2.0**-6 <= rms <= 2.0**8:
         return 1.0
     return float(2.0 ** round(-math.log2(rms)))
@@ -210,15 +216,14 @@ def _validate_blocks(eeg: EEGFile, scale: float, write) -> float:
     """Stream the source once: count NaN/Inf, write scaled float16 blocks if asked; return the largest |value|."""
     bad, first_bad, peak = 0, None, 0.0
     for start, block in _blocks(eeg):
-        finite = np.isfinite(block)
+        finite, block_peak = _finite_and_peak(block)
         n_bad = int(finite.size - np.count_nonzero(finite))
         if n_bad:
             bad += n_bad
             if first_bad is None:
                 first_bad = start + int(np.argwhere(~finite)[0][0])
             block = np.where(finite, block, 0)
-        if block.size:
-            peak = max(peak, float(np.max(np.abs(block))))
+        peak = max(peak, block_peak)
         if write is not None and not bad:
             scaled = block if scale == 1.0 else block * scale
             write(scaled.astype(np.float16))
@@ -226,6 +231,21 @@ def _validate_blocks(eeg: EEGFile, scale: float, write) -> float:
         raise NonFiniteDataError(f"{eeg.path}: {bad} NaN/Inf value(s) in the EEG data (first in image row "
                                  f"{first_bad}); the file is corrupt or was preprocessed wrongly", bad)
     return peak
+
+
+def _finite_and_peak(block: np.ndarray) -> tuple[np.ndarray, float]:
+    """Finite mask and largest finite |value| of a block."""
+    if block.dtype == np.float16:
+        # float16 arithmetic is emulated and slow; on the bit pattern, |x| is the low 15 bits and ±Inf/NaN are the
+        # patterns with all exponent bits set, and the order of finite magnitudes is that of their bits.
+        magnitude = block.view(np.uint16) & np.uint16(0x7FFF)
+        finite = magnitude < 0x7C00
+        finite_magnitudes = np.where(finite, magnitude, 0)
+        top = int(finite_magnitudes.max()) if block.size else 0
+        return finite, float(np.array(top, dtype=np.uint16).view(np.float16))
+    finite = np.isfinite(block)
+    values = np.abs(block, where=finite, out=np.zeros_like(block))
+    return finite, float(values.max()) if block.size else 0.0
 
 
 def _convert(eeg: EEGFile, scale: float, target: Path) -> tuple[int, float]:

@@ -18,17 +18,12 @@ from bench.data.cache import EEGHeader, cached_eeg, file_fingerprint, peek_heade
 from bench.data.channels import requested_channels
 from bench.data.errors import DataFormatError, FeatureFileError
 from bench.data.features import PartitionFeatures, feature_files, find_feature_file, load_partition_any
-from bench.data.layout import DataLayout, concept_name, find_image_list, find_layout
+from bench.data.concepts import concept_name, make_prompts
+from bench.data.layout import DataLayout, find_image_list, find_layout
 from bench.registry import register_dataset
 
 #: Tolerance when matching a window edge to a sample time (times are stored as floats).
 _TIME_EPS = 1e-6
-
-
-def make_prompts(concepts: Sequence[str], template: str, underscores_to_spaces: bool) -> list[str]:
-    """One prompt per concept. TODO(merge): use bench.data.concepts.make_prompts once it lands on main."""
-    names = [c.replace("_", " ") if underscores_to_spaces else c for c in concepts]
-    return [template.format(concept=name) for name in names]
 
 
 class ThingsEEG:
@@ -94,7 +89,11 @@ class ThingsEEG:
 
     # --- EEG ---------------------------------------------------------------------------------------------------
     def load_train(self, subject: int, average: bool = True) -> np.ndarray:
-        """float32 (n_train_images, C, T) averaged over repetitions, or float16 (n_train_images, R, C, T)."""
+        """float32 (n_train_images, C, T) averaged over repetitions, or (n_train_images, R, C, T) single trials.
+
+        Single trials are float16: a read-only memory map of the cache when no selection is needed, else an array
+        (float32 for data far from unit scale, e.g. in volts, which float16 would truncate).
+        """
         cached = cached_eeg(self.layout.subject(subject).train)
         self._check_rows(cached.header, self.n_train_images, "training")
         channels, samples = self._selection(cached.header)

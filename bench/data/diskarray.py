@@ -69,16 +69,17 @@ class DiskArray:
                 done += n
         return out
 
-    def row_blocks(self, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, int]]:
+    def row_blocks(self, block_bytes: int | None = None) -> Iterator[tuple[int, int]]:
         return row_blocks(self.shape, self.dtype, block_bytes)
 
     def memmap(self) -> np.memmap:
         return np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape, order="C")
 
 
-def row_blocks(shape: tuple[int, ...], dtype: np.dtype, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, int]]:
-    """(start, stop) ranges over the first axis of an array of ``shape``, about ``block_bytes`` each."""
+def row_blocks(shape: tuple[int, ...], dtype: np.dtype, block_bytes: int | None = None) -> Iterator[tuple[int, int]]:
+    """(start, stop) ranges over the first axis of an array of ``shape``, about ``block_bytes`` (default
+    :data:`BLOCK_BYTES`) each."""
     row_nbytes = math.prod(shape[1:]) * np.dtype(dtype).itemsize
-    step = max(1, block_bytes // max(1, row_nbytes))
+    step = max(1, (block_bytes or BLOCK_BYTES) // max(1, row_nbytes))
     for start in range(0, shape[0], step):
         yield start, min(start + step, shape[0])

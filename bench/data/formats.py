@@ -116,7 +116,12 @@ def read_eeg_file(path: str | Path) -> EEGFile:
 
 
 def _read_ubp(path: Path) -> Any:
-    if zipfile.is_zipfile(path):
+    with open(path, "rb") as fh:
+        is_zip_start = fh.read(4) == b"PK\x03\x04"
+    if is_zip_start and not zipfile.is_zipfile(path):
+        raise DataFormatError(f"{path}: truncated or corrupt zip archive (a torch.save file whose directory at the "
+                              f"end is missing or damaged)")
+    if is_zip_start:
         offset = _zip_member_offset(path, "data.pkl")
         if offset is not None:
             try:
@@ -235,7 +240,8 @@ def _times(path: Path, raw: Any, n_samples: int) -> tuple[np.ndarray, float]:
 class ImageList:
     """THINGS images in label order: concept folder names (``00001_aardvark``) and one entry per image.
 
-    TODO(merge): use bench.data.concepts.ThingsImages once it lands on main.
+    The common form of both sources of a concept list: ``image_metadata.npy`` (read here) and the image folders
+    (``bench.data.layout.scan_image_folders``).
     """
 
     train_concepts: list[str]

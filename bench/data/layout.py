@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.data.errors import DataFormatError, DataRootError
+from bench.data.concepts import scan_things_images
 from bench.data.formats import PARTITION_FILES, ImageList, read_image_metadata
 
 EEG_FOLDERS = ("", "Preprocessed_data_250Hz", "Preprocessed_data_250Hz_whiten", "Preprocessed_data_250Hz_no_whiten",
                "preprocessed_data", "eeg_dataset/preprocessed_data", "Preprocessed_data")
 IMAGE_FOLDERS = ("", "image_set", "images_set", "Image_set", "Image_set_Resize", "images", "stimuli")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 _SUBJECT = re.compile(r"^sub-(\d+)$")
 
 
@@ -103,34 +103,20 @@ def find_image_list(layout: DataLayout) -> ImageList:
     for folder in candidates:
         train = next((folder / n for n in ("training_images", "train_images") if (folder / n).is_dir()), None)
         if train is not None and (folder / "test_images").is_dir():
-            return scan_image_folders(train, folder / "test_images")
+            return scan_image_folders(folder)
     raise DataRootError(
         f"{layout.root}: no concept list; expected image_metadata.npy or training_images/ and test_images/ "
         f"(from the THINGS-EEG image set) in {layout.root} or one of its sub-folders "
         f"{', '.join(f for f in IMAGE_FOLDERS if f)}")
 
 
-def scan_image_folders(train_dir: Path, test_dir: Path) -> ImageList:
-    """Concept folders sorted by name, images sorted inside each: the order the EEG rows follow.
+def scan_image_folders(images_root: Path) -> ImageList:
+    """The concept list in label order from the image folders (``bench.data.concepts`` walks them)."""
+    things = scan_things_images(images_root)
 
-    TODO(merge): use bench.data.concepts.scan_things_images once it lands on main.
-    """
-    parts = {}
-    for name, folder in (("train", train_dir), ("test", test_dir)):
-        concepts, images = [], []
-        for concept in sorted(p for p in folder.iterdir() if p.is_dir()):
-            files = sorted(f.name for f in concept.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
-            if not files:
-                raise DataFormatError(f"{concept}: concept folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-            concepts.append(concept.name)
-            images.extend(f"{concept.name}/{f}" for f in files)
-        if not concepts:
-            raise DataFormatError(f"{folder}: no concept folders")
-        parts[name] = (concepts, images)
-    return ImageList(parts["train"][0], parts["train"][1], parts["test"][0], parts["test"][1], train_dir.parent)
+    def folders_and_files(images: list[Path]) -> tuple[list[str], list[str]]:
+        return list(dict.fromkeys(p.parent.name for p in images)), [f"{p.parent.name}/{p.name}" for p in images]
 
-
-def concept_name(folder: str) -> str:
-    """``00001_aircraft_carrier`` → ``aircraft_carrier`` (ATM's rule: everything after the first underscore)."""
-    head, sep, tail = folder.partition("_")
-    return tail if sep and head.isdigit() else folder
+    train_concepts, train_images = folders_and_files(things.train_images)
+    test_concepts, test_images = folders_and_files(things.test_images)
+    return ImageList(train_concepts, train_images, test_concepts, test_images, images_root)

@@ -20,7 +20,7 @@ Concepts and images (shared by all subjects):
 * each image of a concept has latent ``u = z + 0.5 v``, ``v ~ N(0, I_d)`` (within-concept variation).
 * image features = ``normalise(F(u))`` with ``F`` a fixed random two-layer GELU network (d → 512 → D, D = 1024 like
   ViT-H-14); text features = ``normalise(0.6 normalise(F(z)) + 0.8 normalise(T(z)))`` with ``T`` a different random
-  tanh network of the concept latent alone: text lives near the image space (image–text cosine ≈ 0.3–0.5, as in CLIP)
+  tanh network of the concept latent alone: text lives near the image space (image–text cosine ≈ 0.5)
   but carries only concept-level information. Test concept centres (NICE's gallery) average ``F`` over 12 further
   images of the concept.
 

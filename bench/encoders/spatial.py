@@ -12,6 +12,8 @@ Deviations from the reference code:
 - SA mixes channels with the attention weights, ``out[c] = Σ_m softmax(q_c·k_m / s)[m] · x[m]``. The reference
   writes ``einsum('b o c s, b o c m -> b o c s', x, score)``, which sums each softmax row (= 1) and so returns
   ``x`` unchanged: its query and key layers have no effect, and reference NICE-SA is LayerNorm + channel Linear.
+  ``sa_mode="reference"`` reproduces that function; it does not build the query and key layers, which could only
+  receive zero gradients (2·(C² + 3C) parameters fewer than the reference's dead layers).
 - GA is plain torch (no torch_geometric) with GATConv's semantics, and every sample in the batch gets the
   fully connected graph. The reference flattens the batch to ``batch · C`` nodes but lists edges only among
   nodes ``0 … C-1``, so only the first sample of each batch sees other channels.
@@ -48,20 +50,33 @@ def _channel_linear(n_chans: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(linear, nn.LayerNorm(n_chans), nn.Dropout(dropout))
 
 
-class ChannelSelfAttention(nn.Module):
-    """C×C attention from per-time-point channel queries and keys, summed over time; returns ``(B, C, T)``."""
+SA_MODES = ("attention", "reference")
 
-    def __init__(self, n_chans: int, n_times: int, dropout: float = 0.3) -> None:
+
+class ChannelSelfAttention(nn.Module):
+    """C×C attention from per-time-point channel queries and keys, summed over time; returns ``(B, C, T)``.
+
+    ``mode="attention"`` applies the attention weights as NICE describes them; ``mode="reference"`` computes what
+    NICE's released code computes, the output projection of the unmixed input (see the module docstring).
+    """
+
+    def __init__(self, n_chans: int, n_times: int, dropout: float = 0.3, mode: str = "attention") -> None:
         super().__init__()
         positive_int("n_chans", n_chans)
         positive_int("n_times", n_times)
+        if mode not in SA_MODES:
+            raise ValueError(f"sa_mode must be one of {SA_MODES}, got {mode!r}")
         dropout = check_probability("dropout", dropout)
-        self.query = _channel_linear(n_chans, dropout)
-        self.key = _channel_linear(n_chans, dropout)
+        self.mode = mode
+        if mode == "attention":
+            self.query = _channel_linear(n_chans, dropout)
+            self.key = _channel_linear(n_chans, dropout)
         self.projection = _channel_linear(n_chans, dropout)
         self.scale = math.sqrt(max(n_times // SA_TIME_GROUP, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "reference":
+            return self.projection(x.transpose(1, 2)).transpose(1, 2)
         per_time = x.transpose(1, 2)  # the channel layers act on the channel vector of each time point
         query, key = self.query(per_time), self.key(per_time)
         weights = torch.softmax(torch.einsum("btc,btm->bcm", query, key) / self.scale, dim=-1)
@@ -99,14 +114,20 @@ class ChannelGraphAttention(nn.Module):
 SPATIAL_FRONT_ENDS = (None, "sa", "ga")
 
 
-def build_spatial_front_end(kind: str | None, n_chans: int, n_times: int, dropout: float = 0.3) -> nn.Module:
+def build_spatial_front_end(kind: str | None, n_chans: int, n_times: int, dropout: float = 0.3,
+                            sa_mode: str = "attention") -> nn.Module:
     """NICE-SA / NICE-GA residual block, or identity for plain TSConv."""
     if kind not in SPATIAL_FRONT_ENDS:
         raise ValueError(f"spatial_front_end must be one of {SPATIAL_FRONT_ENDS}, got {kind!r}")
+    if sa_mode not in SA_MODES:
+        raise ValueError(f"sa_mode must be one of {SA_MODES}, got {sa_mode!r}")
+    if sa_mode != "attention" and kind != "sa":  # a silently ignored switch would mislabel a run
+        raise ValueError(f"sa_mode={sa_mode!r} applies to spatial_front_end='sa' only, not {kind!r}")
     if kind is None:
         return nn.Identity()
     if kind == "sa":
-        body = nn.Sequential(nn.LayerNorm(n_times), ChannelSelfAttention(n_chans, n_times, dropout=dropout),
+        body = nn.Sequential(nn.LayerNorm(n_times),
+                             ChannelSelfAttention(n_chans, n_times, dropout=dropout, mode=sa_mode),
                              nn.Dropout(dropout))
     else:
         body = nn.Sequential(ChannelGraphAttention(n_times), nn.Dropout(dropout))
