@@ -22,7 +22,8 @@ from bench.registry import METHODS
 from bench.runner import execute_spec, make_spec, resolve_config
 from bench.train import build_optimizer
 from fakes import InMemoryThingsEEG
-from test_encoders import ATMS_63x250, EEGPROJECT_17x250, GA_63x250, NICE_63x250, SA_63x250, count
+from test_encoders import (ATMS_63x250, EEGPROJECT_17x250, GA_63x250, NICE_63x250, SA_63x250, count, projector_params,
+                           tsconv_trunk_params)
 
 LEARNED_SCALE = 1  # one scalar parameter; NICE's fixed scale is a buffer and adds nothing
 
@@ -41,6 +42,9 @@ CASES = {
     "nice-ga": Case((63, 250, 768), 1_865_746, NICE_63x250 + GA_63x250, 75),
     "atm": Case((63, 250, 1024), 3_075_413, ATMS_63x250 + LEARNED_SCALE, 75),
     "eegproject": Case((17, 250, 1024), 5_404_673, EEGPROJECT_17x250 + LEARNED_SCALE, None),
+    # TSConv encoder at 1024-d plus one residual adapter each for image and text (tests/test_mcdb.py has the rest)
+    "mcdb": Case((63, 250, 1024), 6_833_409, tsconv_trunk_params(63) + projector_params(1440, 1024)
+                 + 2 * projector_params(1024, 1024) + LEARNED_SCALE, 75),
 }
 SHAPES = [(17, 100), (63, 250), (8, 64)]
 STATE = TrainState(epoch=1, epochs=1, step=0, steps_per_epoch=1)
@@ -127,6 +131,8 @@ RECIPES = {
                        epochs=50, channels="occipital17", train_average=True),
 }
 RECIPES["nice-sa"] = RECIPES["nice-ga"] = RECIPES["nice"]
+RECIPES["mcdb"] = dict(optimizer="adam", lr=1e-3, betas=[0.5, 0.999], weight_decay=0.0, batch_size=64, epochs=14,
+                       channels="all63", train_average=True)  # sized for the synthetic CPU budget (configs/methods)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
