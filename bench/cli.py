@@ -282,7 +282,8 @@ def synth(
     raw: bool = typer.Option(False, "--raw", help="Write raw 1000 Hz sessions (raw_data/sub-XX/ses-YY/...), the "
                                                   "input of `bench preprocess`, instead of preprocessed data."),
 ) -> None:
-    """Write a synthetic THINGS-EEG dataset (250 Hz format, image/text features, concept names) to --out."""
+    """Write a synthetic THINGS-EEG dataset (250 Hz format, image/text features, concept names) to --out; with --raw,
+    raw 1000 Hz sessions in the OSF raw format instead."""
     if raw:
         from bench.data.synthetic_raw import generate_raw, get_raw_preset
 
