@@ -25,7 +25,7 @@ from bench.data.preprocess.mvnn import inverse_sqrt, mean_noise_covariance, whit
 from bench.data.preprocess.output import FILE_NAMES, write_partition
 from bench.data.preprocess.profiles import (MVNN_COVARIANCES, MVNN_DIMS, REFERENCE_SEED, Profile, get_profile)
 from bench.data.preprocess.raw import raw_dir, raw_subjects, read_raw_session, session_files
-from bench.io import _umask, atomic_path
+from bench.io import atomic_path
 
 PARTITION_WORDS = {"train": "training", "test": "test"}
 
@@ -105,7 +105,6 @@ def preprocess_subject(raw_root: Path, subject: int, out_dir: Path, opts: Option
     written = []
     try:
         with atomic_directory(out_dir) as tmp:
-            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would make the published folder private
             scratch = tmp / ".scratch"
             scratch.mkdir()
             try:
