@@ -8,7 +8,6 @@ built in a temporary directory renamed into place at the end, so an error leaves
 """
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
