@@ -118,7 +118,7 @@ def train(
 
 def _say(message: str) -> None:
     """Progress lines from sweeps; a module-level function because Ray pickles the callbacks that call it."""
-    console.print(message, highlight=False)
+    console.print(message, highlight=False, soft_wrap=True)
 
 
 def _ray_options(address, cpus_per_trial, gpus_per_trial, workers_per_trial, max_concurrent):
