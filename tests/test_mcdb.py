@@ -390,7 +390,9 @@ def test_bench_train_cli_on_tiny_synthetic_data(tiny_root, tmp_path):
     """The real path: `bench synth --preset tiny` (session fixture), then `bench train --method mcdb`."""
     out = subprocess.run([BENCH, "train", "--method", "mcdb", "--subject", "1", "--seed", "0", "--data-root",
                           str(tiny_root), "--results-dir", str(tmp_path), "--quiet", "--set", "train.epochs=10",
-                          "--set", "train.batch_size=32", "--set", "train.num_threads=1"],
+                          "--set", "train.batch_size=32", "--set", "train.num_threads=1",
+                          # tiny's validation has 24 queries, so a best-validation pick is a coin flip between epochs
+                          "--set", "train.selection=last"],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     (path,) = (tmp_path / "runs").glob("*.json")
@@ -398,7 +400,8 @@ def test_bench_train_cli_on_tiny_synthetic_data(tiny_root, tmp_path):
     assert rec["status"] == "completed", rec.get("error")
     m = rec["metrics"]
     # 40 test queries make top-1 a coin of a few hits; the mean rank and 2-way accuracy use every comparison
-    assert m["mean_rank"] < 0.8 * (m["n_test"] + 1) / 2 and m["kway"]["2"]["top1"] > 60  # 13.2 and 67 % by run
+    # seeds 0-3: mean rank 11.9-13.5 (chance 20.5), 2-way 68-72 %
+    assert m["mean_rank"] < 0.8 * (m["n_test"] + 1) / 2 and m["kway"]["2"]["top1"] > 60
     assert len(rec["extras"]["k_txt"]) == rec["timings"]["epochs_run"] == 10
     assert rec["extras"]["mcdb_active"] == [1.0] * 5 + [0.0] * 5
 
