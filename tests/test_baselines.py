@@ -306,7 +306,10 @@ def test_bench_train_on_tiny_synthetic_data_beats_chance(name, tiny_root, tmp_pa
     assert record["status"] == "completed", record.get("error")
     metrics = record["metrics"]
     assert metrics["n_test"] == 40  # the tiny preset's test concepts
-    assert metrics["top1"] > metrics["chance_top1"] and metrics["top5"] > 2 * metrics["chance_top5"], metrics
+    # one seed on 40 test images: several margins together, so float rounding cannot flip a borderline count
+    chance_rank = (metrics["n_test"] + 1) / 2
+    assert metrics["top1"] > 2 * metrics["chance_top1"] and metrics["top5"] > metrics["chance_top5"], metrics
+    assert metrics["mean_rank"] < 0.8 * chance_rank and metrics["kway"]["2"]["top1"] > 60, metrics
 
 
 def test_same_seed_same_run_whatever_ran_before(tmp_path):
