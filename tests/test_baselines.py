@@ -131,7 +131,7 @@ RECIPES = {
                        epochs=50, channels="occipital17", train_average=True),
 }
 RECIPES["nice-sa"] = RECIPES["nice-ga"] = RECIPES["nice"]
-RECIPES["mcdb"] = dict(optimizer="adam", lr=1e-3, betas=[0.5, 0.999], weight_decay=0.0, batch_size=64, epochs=12,
+RECIPES["mcdb"] = dict(optimizer="adam", lr=1e-3, betas=[0.5, 0.999], weight_decay=0.0, batch_size=64, epochs=40,
                        channels="all63", train_average=True)  # sized for the synthetic CPU budget (configs/methods)
 
 
