@@ -26,9 +26,9 @@ $(STAMP): pyproject.toml constraints.txt scripts/patch_torchvision.py
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The flagship on the built-in synthetic THINGS-EEG (generated on first use into the cache), then its leaderboard.
 run: $(STAMP)
-	$(VENV)/bin/bench doctor --no-ray
-	$(VENV)/bin/bench list methods
+	$(VENV)/bin/bench run --method mcdb --subjects all
 
 clean-venv:
 	rm -rf $(VENV)

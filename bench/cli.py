@@ -118,7 +118,7 @@ def train(
 
 def _say(message: str) -> None:
     """Progress lines from sweeps; a module-level function because Ray pickles the callbacks that call it."""
-    console.print(message, highlight=False)
+    console.print(message, highlight=False, soft_wrap=True)
 
 
 def _ray_options(address, cpus_per_trial, gpus_per_trial, workers_per_trial, max_concurrent):
@@ -276,11 +276,22 @@ app.add_typer(data_app, name="data")
 @app.command()
 def synth(
     out: Path = typer.Option(..., "--out", help="Folder to create (must not exist or be empty)."),
-    preset: str = typer.Option("default", "--preset", help="tiny | default | full"),
+    preset: str = typer.Option("default", "--preset", help="tiny | default | full (with --raw: tiny)"),
     seed: int = typer.Option(0, "--seed", help="Everything is a deterministic function of the seed."),
     subjects: Optional[int] = typer.Option(None, "--subjects", help="Write only the first N subjects."),
+    raw: bool = typer.Option(False, "--raw", help="Write raw 1000 Hz sessions (raw_data/sub-XX/ses-YY/...), the "
+                                                  "input of `bench preprocess`, instead of preprocessed data."),
 ) -> None:
-    """Write a synthetic THINGS-EEG dataset (250 Hz format, image/text features, concept names) to --out."""
+    """Write a synthetic THINGS-EEG dataset (250 Hz format, image/text features, concept names) to --out; with --raw,
+    raw 1000 Hz sessions in the OSF raw format instead."""
+    if raw:
+        from bench.data.synthetic_raw import generate_raw, get_raw_preset
+
+        preset = "tiny" if preset == "default" else preset
+        console.print(f"writing synthetic raw THINGS-EEG ({preset}: {get_raw_preset(preset).describe()}) to {out}")
+        root = generate_raw(out, preset=preset, seed=seed, n_subjects=subjects)
+        console.print(f"done: {root}; preprocess it with bench preprocess --raw-root {root} --out OUT")
+        return
     from bench.data.synthetic import generate, get_preset
 
     console.print(f"writing synthetic THINGS-EEG ({preset}: {get_preset(preset).describe()}) to {out}")
@@ -354,6 +365,58 @@ def perf(
     if json_path is not None:
         write_json(report, json_path)
         console.print(f"report: {json_path}")
+
+
+def _subject_list(text: Optional[str]) -> Optional[list[int]]:
+    """"1,3,5-7" → [1, 3, 5, 6, 7]."""
+    if not text:
+        return None
+    out: list[int] = []
+    try:
+        for piece in (p.strip() for p in text.split(",") if p.strip()):
+            lo, _, hi = piece.partition("-")
+            out += list(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise typer.BadParameter(f"--subjects takes numbers and ranges like 1,3,5-7, got {text!r}") from None
+    return sorted(set(out))
+
+
+@app.command()
+def preprocess(
+    raw_root: Path = typer.Option(..., "--raw-root", help="Folder holding raw_data/sub-XX/ses-YY/raw_eeg_*.npy."),
+    out: Path = typer.Option(..., "--out", help="Data root to write (usable as --data-root afterwards)."),
+    profile: str = typer.Option("nice250", "--profile", help="nice250 (NICE/ATM/UBP 63×250) | official100 (17×100)."),
+    subjects: Optional[str] = typer.Option(None, "--subjects", help="e.g. 1,3,5-7 (default: all found)."),
+    mvnn_covariance: str = typer.Option("train", "--mvnn-covariance",
+                                        help="train (NICE: no test data) | train+test (the official OSF variant)."),
+    mvnn_dim: Optional[str] = typer.Option(None, "--mvnn-dim", help="epochs | time (default: the profile's)."),
+    shuffle_reps: bool = typer.Option(True, "--shuffle-reps/--no-shuffle-reps",
+                                      help="Shuffle merged repetitions across sessions, as both references do."),
+    seed: int = typer.Option(20200220, "--seed", help="Seed of the repetition selection and shuffle (references: 20200220)."),
+    sessions: int = typer.Option(4, "--sessions", help="Sessions per subject (all must exist)."),
+    train_reps: int = typer.Option(2, "--train-reps", help="Repetitions kept per training image and session."),
+    test_reps: int = typer.Option(20, "--test-reps", help="Repetitions kept per test image and session."),
+    image_metadata: Optional[Path] = typer.Option(None, "--image-metadata",
+                                                  help="image_metadata.npy to copy into --out (default: searched "
+                                                       "beside --raw-root)."),
+    cache: bool = typer.Option(True, "--cache/--no-cache", help="Also build the float16 EEG cache entries."),
+) -> None:
+    """Rebuild a published THINGS-EEG view from the raw recordings (MNE epochs, MVNN, merged sessions)."""
+    from bench.data.preprocess import get_profile
+    from bench.data.preprocess import preprocess as run_preprocess
+
+    console.print(f"preprocessing {raw_root} → {out} ({get_profile(profile).describe()})")
+    written = run_preprocess(raw_root, out, profile, _subject_list(subjects), image_metadata=image_metadata,
+                             cache=cache, mvnn_covariance=mvnn_covariance, mvnn_dim=mvnn_dim,
+                             shuffle_seed=seed if shuffle_reps else None, selection_seed=seed, n_sessions=sessions,
+                             reps={"train": train_reps, "test": test_reps})
+    for path in written:
+        console.print(f"wrote {path}", highlight=False)
+    if not (out / "image_metadata.npy").is_file():
+        err_console.print(f"note: no image_metadata.npy found beside {raw_root}; copy the image set's into {out} "
+                          f"(or pass --image-metadata) so `bench data check --data-root {out}` can pair rows with "
+                          f"images", highlight=False)
+    console.print(f"done; check it with bench data check --data-root {out}")
 
 
 def main(argv: Optional[list[str]] = None) -> None:

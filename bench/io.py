@@ -20,7 +20,7 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
                                dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 would make shared reports and records private
+    os.chmod(tmp_path, 0o666 & ~current_umask())  # mkstemp's 0600 would make shared reports and records private
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -29,7 +29,7 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
         raise
 
 
-def _umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask

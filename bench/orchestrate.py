@@ -222,56 +222,56 @@ def _run_ddp_trial(spec: RunSpec, store: RunStore, config: dict) -> RunRecord:
 
 
 # --- the grid --------------------------------------------------------------------------------------------------------
-class _Progress:
-    """A Tune callback printing one line per event: counts of pending / running / done / failed, metric, ETA."""
+def progress_callback(total: int, labels: dict[str, str], concurrency: int, printer):
+    """A Tune callback printing one line per event: counts of done / failed / running / pending, metric, ETA.
 
-    def __new__(cls, total: int, labels: dict[str, str], concurrency: int, printer):
-        from ray import tune
+    Built on demand so importing this module does not import Ray."""
+    from ray import tune
 
-        class Progress(tune.Callback):
-            def __init__(self):
-                self.total, self.labels, self.concurrency, self.print = total, labels, max(1, concurrency), printer
-                self.running, self.done, self.failed, self.start = {}, 0, 0, time.time()
-                self.durations: list[float] = []
+    class Progress(tune.Callback):
+        def __init__(self):
+            self.total, self.labels, self.concurrency, self.print = total, labels, max(1, concurrency), printer
+            self.running, self.done, self.failed, self.start = {}, 0, 0, time.time()
+            self.durations: list[float] = []
 
-            def _label(self, trial) -> str:
-                return self.labels.get(trial.config["trial"]["spec_hash"], trial.trial_id)
+        def _label(self, trial) -> str:
+            return self.labels.get(trial.config["trial"]["spec_hash"], trial.trial_id)
 
-            def _line(self, msg: str) -> None:
-                pending = self.total - self.done - self.failed - len(self.running)
-                eta = ""
-                if self.durations:
-                    left = pending + len(self.running)
-                    secs = sum(self.durations) / len(self.durations) * math.ceil(left / self.concurrency)
-                    eta = f", ETA {int(secs // 60)}m{int(secs % 60):02d}s"
-                self.print(f"[{self.done} done, {self.failed} failed, {len(self.running)} running, "
-                           f"{pending} pending{eta}] {msg}")
+        def _line(self, msg: str) -> None:
+            pending = self.total - self.done - self.failed - len(self.running)
+            eta = ""
+            if self.durations:
+                left = pending + len(self.running)
+                secs = sum(self.durations) / len(self.durations) * math.ceil(left / self.concurrency)
+                eta = f", ETA {int(secs // 60)}m{int(secs % 60):02d}s"
+            self.print(f"[{self.done} done, {self.failed} failed, {len(self.running)} running, "
+                       f"{pending} pending{eta}] {msg}")
 
-            def on_trial_start(self, iteration, trials, trial, **info):
-                self.running[trial.trial_id] = time.time()
-                self._line(f"start {self._label(trial)}")
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.running[trial.trial_id] = time.time()
+            self._line(f"start {self._label(trial)}")
 
-            def on_trial_result(self, iteration, trials, trial, result, **info):
-                if result.get("status") == "running" and "val_top1" in result:
-                    self._line(f"{self._label(trial)} epoch {result['epoch']}: val top-1 {result['val_top1']:.1f}%")
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if result.get("status") == "running" and "val_top1" in result:
+                self._line(f"{self._label(trial)} epoch {result['epoch']}: val top-1 {result['val_top1']:.1f}%")
 
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                started = self.running.pop(trial.trial_id, time.time())
-                self.durations.append(time.time() - started)
-                result = trial.last_result or {}
-                if result.get("status") == COMPLETED:
-                    self.done += 1
-                    self._line(f"done  {self._label(trial)}: top-1 {result['top1']:.1f}%, top-5 {result['top5']:.1f}%")
-                else:
-                    self.failed += 1
-                    self._line(f"FAILED {self._label(trial)} ({result.get('status', 'error')})")
-
-            def on_trial_error(self, iteration, trials, trial, **info):
-                self.running.pop(trial.trial_id, None)
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            started = self.running.pop(trial.trial_id, time.time())
+            self.durations.append(time.time() - started)
+            result = trial.last_result or {}
+            if result.get("status") == COMPLETED:
+                self.done += 1
+                self._line(f"done  {self._label(trial)}: top-1 {result['top1']:.1f}%, top-5 {result['top5']:.1f}%")
+            else:
                 self.failed += 1
-                self._line(f"ERROR {self._label(trial)}")
+                self._line(f"FAILED {self._label(trial)} ({result.get('status', 'error')})")
 
-        return Progress()
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.running.pop(trial.trial_id, None)
+            self.failed += 1
+            self._line(f"ERROR {self._label(trial)}")
+
+    return Progress()
 
 
 def run_grid(specs: list[RunSpec], results_dir: str | Path, opts: RayOptions, force: bool = False,
@@ -313,7 +313,7 @@ def run_grid(specs: list[RunSpec], results_dir: str | Path, opts: RayOptions, fo
             run_config=tune.RunConfig(
                 name=f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}", storage_path=str(results_dir / "ray"),
                 verbose=0, failure_config=tune.FailureConfig(max_failures=0),
-                callbacks=[_Progress(len(todo), labels, concurrency, printer)]),
+                callbacks=[progress_callback(len(todo), labels, concurrency, printer)]),
         )
         result.scheduled += len(todo)
         tuner.fit()

@@ -218,6 +218,10 @@ class Trainer:
                 result.extras.setdefault(key, []).append(value)
             if epoch % int(cfg["val_every"]) == 0 or epoch == state.epochs:
                 scores = self.evaluator.validate(method, val, device)
+                if world > 1:  # batch-norm statistics differ per rank: rank 0 decides selection and early stopping
+                    from accelerate.utils import broadcast_object_list
+
+                    scores = broadcast_object_list([scores], from_process=0)[0]
                 entry.update(val_top1=scores["top1"], val_top5=scores["top5"])
                 if scores["top1"] > best:
                     best, since_best, result.best_epoch = scores["top1"], 0, epoch

@@ -22,7 +22,8 @@ from bench.registry import METHODS
 from bench.runner import execute_spec, make_spec, resolve_config
 from bench.train import build_optimizer
 from fakes import InMemoryThingsEEG
-from test_encoders import ATMS_63x250, EEGPROJECT_17x250, GA_63x250, NICE_63x250, SA_63x250, count
+from test_encoders import (ATMS_63x250, EEGPROJECT_17x250, GA_63x250, NICE_63x250, SA_63x250, count, projector_params,
+                           tsconv_trunk_params)
 
 LEARNED_SCALE = 1  # one scalar parameter; NICE's fixed scale is a buffer and adds nothing
 
@@ -41,6 +42,9 @@ CASES = {
     "nice-ga": Case((63, 250, 768), 1_865_746, NICE_63x250 + GA_63x250, 75),
     "atm": Case((63, 250, 1024), 3_075_413, ATMS_63x250 + LEARNED_SCALE, 75),
     "eegproject": Case((17, 250, 1024), 5_404_673, EEGPROJECT_17x250 + LEARNED_SCALE, None),
+    # TSConv encoder at 1024-d plus one residual adapter each for image and text (tests/test_mcdb.py has the rest)
+    "mcdb": Case((63, 250, 1024), 6_833_409, tsconv_trunk_params(63) + projector_params(1440, 1024)
+                 + 2 * projector_params(1024, 1024) + LEARNED_SCALE, 75),
 }
 SHAPES = [(17, 100), (63, 250), (8, 64)]
 STATE = TrainState(epoch=1, epochs=1, step=0, steps_per_epoch=1)
@@ -127,6 +131,8 @@ RECIPES = {
                        epochs=50, channels="occipital17", train_average=True),
 }
 RECIPES["nice-sa"] = RECIPES["nice-ga"] = RECIPES["nice"]
+RECIPES["mcdb"] = dict(optimizer="adam", lr=1e-3, betas=[0.5, 0.999], weight_decay=0.0, batch_size=64, epochs=40,
+                       channels="all63", train_average=True)  # sized for the synthetic CPU budget (configs/methods)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -300,7 +306,10 @@ def test_bench_train_on_tiny_synthetic_data_beats_chance(name, tiny_root, tmp_pa
     assert record["status"] == "completed", record.get("error")
     metrics = record["metrics"]
     assert metrics["n_test"] == 40  # the tiny preset's test concepts
-    assert metrics["top1"] > metrics["chance_top1"] and metrics["top5"] > 2 * metrics["chance_top5"], metrics
+    # one seed on 40 test images: several margins together, so float rounding cannot flip a borderline count
+    chance_rank = (metrics["n_test"] + 1) / 2
+    assert metrics["top1"] > 2 * metrics["chance_top1"] and metrics["top5"] > metrics["chance_top5"], metrics
+    assert metrics["mean_rank"] < 0.8 * chance_rank and metrics["kway"]["2"]["top1"] > 60, metrics
 
 
 def test_same_seed_same_run_whatever_ran_before(tmp_path):

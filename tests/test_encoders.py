@@ -319,3 +319,20 @@ def test_sa_mode_is_checked():
         create_encoder("tsconv-sa", n_chans=4, n_times=100, n_outputs=N_OUT, sa_mode="identity")
     with pytest.raises(ValueError, match="applies to spatial_front_end='sa' only"):
         create_encoder("tsconv", n_chans=4, n_times=100, n_outputs=N_OUT, sa_mode="reference")
+
+
+def test_fused_temporal_filter_equals_conv_then_pool():
+    """The trunk computes conv(1,25) + avg-pool(51)/5 as one strided conv: same numbers, same gradients."""
+    from bench.encoders.trunk import TSConvTrunk
+
+    torch.manual_seed(0)
+    trunk = TSConvTrunk(n_chans=5, n_times=250)
+    x = torch.randn(3, 1, 5, 250, requires_grad=True)
+    fused = trunk.temporal_filter(x)
+    reference = trunk.temporal[1](trunk.temporal[0](x))
+    assert fused.shape == reference.shape == (3, 40, 5, 36)
+    torch.testing.assert_close(fused, reference, rtol=1e-4, atol=1e-5)
+    g_fused = torch.autograd.grad(fused.square().sum(), [x, trunk.temporal[0].weight])
+    g_ref = torch.autograd.grad(reference.square().sum(), [x, trunk.temporal[0].weight])
+    for a, b in zip(g_fused, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from bench.io import current_umask
+
 
 @contextlib.contextmanager
 def atomic_directory(final: str | Path) -> Iterator[Path]:
@@ -19,6 +21,7 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 would make a published data root private
     try:
         yield tmp
         try:

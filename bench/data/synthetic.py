@@ -289,9 +289,7 @@ class SubjectModel:
                dtype: str | np.dtype = np.float32) -> np.ndarray:
         """(images, reps, 63, 250) single trials in ``dtype`` for images with latents ``u`` of concepts ``z``."""
         n = len(u)
-        drive = np.where(self.concept_driven[None, :], np.tanh(z) @ self.mixing.T, np.tanh(u) @ self.mixing.T)
-        amplitude = (self.mean_erp[None, :] + drive) * self.signal_gain
-        signal = (amplitude @ self.basis).reshape(n, self.n_ch, self.n_t).astype(np.float32)
+        signal = self.evoked(u, z)
         jitter = np.clip(1.0 + 0.2 * rng.standard_normal((n, reps)), 0.2, None).astype(np.float32)
         x = self._noise(n * reps, rng).reshape(n, reps, self.n_ch, self.n_t)
         for r in range(reps):  # in place: a (n, reps, 63, 300) temporary per term would double the memory
@@ -300,6 +298,12 @@ class SubjectModel:
         out = np.empty((n, reps, self.n_ch, self.n_t - KEEP_FROM), dtype=dtype)
         np.subtract(x[..., KEEP_FROM:], baseline, out=out, casting="same_kind")
         return out
+
+    def evoked(self, u: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """(images, 63, 300) noise-free responses over ``EPOCH_TIMES`` (−0.2…0.996 s) to images ``u`` of concepts ``z``."""
+        drive = np.where(self.concept_driven[None, :], np.tanh(z) @ self.mixing.T, np.tanh(u) @ self.mixing.T)
+        amplitude = (self.mean_erp[None, :] + drive) * self.signal_gain
+        return (amplitude @ self.basis).reshape(len(u), self.n_ch, self.n_t).astype(np.float32)
 
     def _noise(self, n: int, rng: np.random.Generator) -> np.ndarray:
         noise = rng.standard_normal((n, self.n_ch, self.n_t), dtype=np.float32)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 from bench.encoders.base import check_probability, positive_int, require_min_times
 
@@ -53,8 +54,21 @@ class TSConvTrunk(nn.Module):
         )
         self.pointwise = nn.Conv2d(N_FILTERS, N_FILTERS, (1, 1))
 
+    def temporal_filter(self, x: torch.Tensor) -> torch.Tensor:
+        """The temporal conv followed by the average pool, computed as one strided convolution.
+
+        Average-pooling a convolution equals convolving with the kernel smeared by the pooling box, sampled at the
+        pool's stride; the output matches ``AvgPool(Conv(x))`` up to float rounding with the same parameters, at a
+        fraction of the cost (no 226-sample intermediate, one fifth of the output positions).
+        """
+        conv = self.temporal[0]
+        box = conv.weight.new_full((1, 1, POOL_KERNEL), 1.0 / POOL_KERNEL)
+        smeared = F.conv1d(conv.weight.reshape(N_FILTERS, 1, TEMPORAL_KERNEL), box, padding=POOL_KERNEL - 1)
+        return F.conv2d(x, smeared.unsqueeze(2), conv.bias, stride=(1, POOL_STRIDE))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.pointwise(self.spatial(self.temporal(x.unsqueeze(1))))  # (batch, 40, 1, T')
+        h = self.temporal[3](self.temporal[2](self.temporal_filter(x.unsqueeze(1))))  # BN, ELU
+        h = self.pointwise(self.spatial(h))  # (batch, 40, 1, T')
         return h.flatten(2).transpose(1, 2).flatten(1)
 
 

@@ -1,0 +1,4 @@
+"""MCDB (HMAVD): importing this package registers the ``mcdb`` method (see ``model.py`` and the README card)."""
+from methods.mcdb.model import DEFAULTS, MCDB
+
+__all__ = ["DEFAULTS", "MCDB"]

@@ -1,0 +1,282 @@
+"""MCDB (HMAVD): EEG–image–text alignment with adapters, Modal Consistency Dynamic Balance and SPR.
+
+Sun, Miao, Zhai, Duan, Long, "Decoding Visual Neural Representations by Multimodal with Dynamic Balancing",
+arXiv 2509.03433 (Expert Systems with Applications). Only the abstract and a partial third-party review could be
+read; ../shared/reference/mcdb-method.md tags every choice [paper], [review] or [assumed], and each [assumed]
+choice is a key of :attr:`MCDB.defaults` (README, "MCDB method card").
+
+Loss [review]: ``L = w·(k_img·(L_e→i + L_i→e) + k_txt·(L_e→t + L_t→e)) + λ_cos·L_cos`` on L2-normalised embeddings
+in a shared space of the feature dimension, with one learnable logit scale.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, ClassVar, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.encoders import nice_init_
+from bench.losses import directional_clip_losses
+from bench.method import Batch, DataInfo, LossOutput, Method, TrainState
+from bench.registry import ENCODERS, register_method
+from methods.mcdb.adapters import ADAPTERS, build_adapter
+from methods.mcdb.balance import BalanceTracker, in_window, ogm_coefficients, positive_mass
+from methods.mcdb.perturbation import SCHEDULES, feature_sigma, gradient_noise, noise_generator, perturb_features
+from methods.mcdb.text import TEXT_LOSSES, text_alignment
+
+MCDB_MODES = ("loss", "grad", "none")
+SPR_MODES = ("grad", "feature", "none")
+SPR_TARGETS = ("adapters", "eeg", "all")
+COS_TARGETS = ("img", "txt", "img+txt")
+
+DEFAULTS: dict[str, Any] = {
+    # model
+    "encoder": "tsconv",            # any registered EEG encoder (bench list encoders)
+    "encoder_kwargs": {},           # extra constructor arguments of that encoder
+    "adapter": "residual",          # residual | bottleneck | none
+    "adapter_dropout": 0.3,
+    "adapter_shared": False,        # one adapter for image and text instead of one per modality
+    "adapter_init": "nice",         # nice (N(0, 0.02) weights, as NICE's projectors) | torch (PyTorch default)
+    "bottleneck_ratio": 0.25,
+    "bottleneck_scale": 0.2,
+    "use_text": True,
+    "logit_scale_init": math.log(1 / 0.07),
+    "learn_logit_scale": True,
+    "logit_scale_max": 100.0,       # the scale (not its log) is clipped here, as CLIP does
+    # loss
+    "w": 0.2,
+    "lambda_cos": 1.0,
+    "cos_target": "img",            # img | txt | img+txt
+    "text_loss": "multi_positive",  # multi_positive | label_targets | clip
+    # MCDB
+    "mcdb": "loss",                 # loss | grad | none
+    "mcdb_alpha": 0.1,
+    "mcdb_start": 0.0,              # window [start, end) as fractions of training epochs
+    "mcdb_end": 0.5,
+    # SPR
+    "spr": "grad",                  # grad | feature | none
+    "spr_sigma": 1.0,               # grad: noise std = spr_sigma · std(gradient tensor)
+    "spr_targets": "adapters",      # grad: adapters | eeg | all (adapters and EEG encoder)
+    "spr_matrices_only": True,      # grad: weight matrices/kernels only (OGM-GE perturbs conv kernels only)
+    "spr_window": True,             # grad: only inside the MCDB window (OGM-GE); false = every step
+    "spr_feature_sigma": 0.1,       # feature: noise std = σ_t · std(adapter output)
+    "spr_schedule": "linear",       # feature: linear | cosine | constant | window
+}
+
+
+def _choice(name: str, value: Any, options: tuple[str, ...]) -> str:
+    if value not in options:
+        raise ValueError(f"mcdb: {name} must be one of {', '.join(options)}, not {value!r}")
+    return value
+
+
+def build_eeg_encoder(name: str, info: DataInfo, out_dim: int, extra: dict) -> nn.Module:
+    """A registered encoder at the data's shape; ``n_subjects`` is filled in for encoders that take it (ATM-S)."""
+    cls = ENCODERS.get(name).obj
+    kwargs = dict(extra or {})
+    if "n_subjects" in inspect.signature(cls).parameters:
+        kwargs.setdefault("n_subjects", info.n_subjects)
+    return cls(n_chans=info.n_chans, n_times=info.n_times, n_outputs=out_dim, sfreq=info.sfreq, **kwargs)
+
+
+@register_method("mcdb", description="HMAVD/MCDB: EEG-image-text alignment with adapters, modal balance (MCDB) "
+                                     "and stochastic perturbation regularization (SPR)",
+                 citation="Sun et al., Decoding Visual Neural Representations by Multimodal with Dynamic Balancing, "
+                          "arXiv 2509.03433")
+class MCDB(Method):
+    defaults: ClassVar[dict[str, Any]] = DEFAULTS
+    requires_text: ClassVar[bool] = True
+    #: cumulative ablation (spec §5.4): each variant adds one component; the full method (+SPR) is variant None
+    ablations: ClassVar[dict[str, dict[str, Any]]] = {
+        "base": {"method.use_text": False, "method.adapter": "none", "method.mcdb": "none", "method.spr": "none",
+                 "method.cos_target": "img"},
+        "+text": {"method.use_text": True, "method.adapter": "none", "method.mcdb": "none", "method.spr": "none"},
+        "+adapter": {"method.use_text": True, "method.mcdb": "none", "method.spr": "none"},
+        "+mcdb": {"method.use_text": True, "method.spr": "none"},
+    }
+
+    def __init__(self, info: DataInfo, **hparams: Any):
+        super().__init__(info, **hparams)
+        hp = self.hparams
+        self._validate(hp)
+        dim = info.feature_dim
+        self.eeg_encoder = build_eeg_encoder(hp["encoder"], info, dim, hp["encoder_kwargs"])
+
+        def adapter() -> nn.Module:
+            module = build_adapter(hp["adapter"], dim, hp["adapter_dropout"], hp["bottleneck_ratio"],
+                                   hp["bottleneck_scale"])
+            return nice_init_(module) if hp["adapter_init"] == "nice" else module
+
+        self.image_adapter = adapter()
+        self.text_adapter = None
+        if hp["use_text"]:
+            self.text_adapter = self.image_adapter if hp["adapter_shared"] else adapter()
+        self.logit_scale = nn.Parameter(torch.tensor(float(hp["logit_scale_init"])),
+                                        requires_grad=bool(hp["learn_logit_scale"]))
+        self.balance = BalanceTracker()
+        self._step_k: list[tuple[torch.Tensor, torch.Tensor]] = []  # grad mode: k of each chunk of this step
+        self._noise_seed = 0
+        if hp["spr"] == "grad" and not list(self._spr_parameters()):
+            raise ValueError(f"mcdb: spr=grad with spr_targets={hp['spr_targets']!r} finds no tensor to perturb "
+                             f"(adapter={hp['adapter']!r}, spr_matrices_only={hp['spr_matrices_only']})")
+
+    @staticmethod
+    def _validate(hp: dict) -> None:
+        _choice("adapter", hp["adapter"], ADAPTERS)
+        _choice("adapter_init", hp["adapter_init"], ("nice", "torch"))
+        _choice("text_loss", hp["text_loss"], TEXT_LOSSES)
+        _choice("cos_target", hp["cos_target"], COS_TARGETS)
+        _choice("mcdb", hp["mcdb"], MCDB_MODES)
+        _choice("spr", hp["spr"], SPR_MODES)
+        _choice("spr_targets", hp["spr_targets"], SPR_TARGETS)
+        _choice("spr_schedule", hp["spr_schedule"], SCHEDULES)
+        in_window(1, 1, hp["mcdb_start"], hp["mcdb_end"])  # validates the window
+        for key in ("w", "lambda_cos", "mcdb_alpha", "spr_sigma", "spr_feature_sigma"):
+            if hp[key] < 0:
+                raise ValueError(f"mcdb: {key} must be >= 0, got {hp[key]!r}")
+        if not hp["use_text"]:
+            if hp["mcdb"] != "none":
+                raise ValueError("mcdb: MCDB balances image against text, so mcdb needs use_text=true "
+                                 "(or set mcdb=none)")
+            if hp["cos_target"] != "img":
+                raise ValueError(f"mcdb: cos_target={hp['cos_target']!r} needs use_text=true")
+        if hp["mcdb"] == "grad" and (hp["adapter"] == "none" or hp["adapter_shared"]):
+            raise ValueError("mcdb: mcdb=grad scales each modality's adapter gradients, so it needs separate "
+                             "adapters (adapter != none, adapter_shared=false); mcdb=loss works without")
+
+    # --- the model ------------------------------------------------------------------------------------------------
+    def encode_eeg(self, eeg: torch.Tensor, subject: torch.Tensor | None) -> torch.Tensor:
+        return self.eeg_encoder(eeg, subject)
+
+    def encode_image(self, features: torch.Tensor) -> torch.Tensor:
+        return self.image_adapter(features)
+
+    def encode_text(self, features: torch.Tensor) -> torch.Tensor:
+        return features if self.text_adapter is None else self.text_adapter(features)
+
+    def scale(self) -> torch.Tensor:
+        return self.logit_scale.exp().clamp(max=float(self.hparams["logit_scale_max"]))
+
+    # --- training -------------------------------------------------------------------------------------------------
+    def _window(self, state: TrainState) -> bool:
+        return in_window(state.epoch, state.epochs, self.hparams["mcdb_start"], self.hparams["mcdb_end"])
+
+    def _feature_sigma(self, state: TrainState) -> float:
+        if self.hparams["spr"] != "feature":
+            return 0.0
+        progress = state.step / max(1, state.epochs * state.steps_per_epoch)
+        return feature_sigma(self.hparams["spr_schedule"], self.hparams["spr_feature_sigma"], progress,
+                             self._window(state))
+
+    def training_loss(self, batch: Batch, state: TrainState) -> LossOutput:
+        hp = self.hparams
+        scale = self.scale()
+        sigma_t = self._feature_sigma(state)
+        eeg = F.normalize(self.encode_eeg(batch.eeg, batch.subject), dim=-1)
+        img = F.normalize(perturb_features(self.encode_image(batch.image), sigma_t), dim=-1)
+        l_img = sum(directional_clip_losses(eeg, img, scale))
+        with torch.no_grad():
+            s_img = positive_mass(scale * eeg @ img.t(), torch.eye(len(eeg), dtype=torch.bool, device=eeg.device))
+        l_txt, txt, s_txt = l_img.new_zeros(()), None, None
+        if hp["use_text"]:
+            if batch.text is None:
+                raise ValueError("mcdb: use_text=true but the batch carries no text features")
+            txt = F.normalize(perturb_features(self.encode_text(batch.text), sigma_t), dim=-1)
+            eeg_to_txt, txt_to_eeg, s_txt = text_alignment(hp["text_loss"], eeg, txt, batch.concept, scale)
+            l_txt = eeg_to_txt + txt_to_eeg
+
+        k_img, k_txt, scores = self._coefficients(s_img, s_txt, state)
+        if hp["mcdb"] == "grad":
+            self._step_k.append((k_img, k_txt))
+        loss_k_img, loss_k_txt = (k_img, k_txt) if hp["mcdb"] == "loss" else (1.0, 1.0)
+        l_cos = self._cosine_loss(eeg, img, txt)
+        loss = hp["w"] * (loss_k_img * l_img + loss_k_txt * l_txt) + hp["lambda_cos"] * l_cos
+        logs = {"l_img": l_img.detach(), "l_txt": l_txt.detach(), "l_cos": l_cos.detach(), "k_img": k_img,
+                "k_txt": k_txt, "logit_scale": scale.detach(), **scores}
+        return LossOutput(loss, logs)
+
+    def _coefficients(self, s_img: torch.Tensor, s_txt: torch.Tensor | None, state: TrainState
+                      ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """k_img, k_txt from the batch confidences, averaged over DDP processes so every replica uses the same k."""
+        local = torch.stack([s_img.mean(), s_img.new_ones(()) if s_txt is None else s_txt.mean()])
+        s = state.all_reduce_mean(local)
+        one = s.new_ones(())
+        if self.hparams["mcdb"] != "none" and self._window(state):
+            k_img, k_txt = ogm_coefficients(s[0], s[1], float(self.hparams["mcdb_alpha"]))
+        else:
+            k_img, k_txt = one, one
+        scores = {"s_img": s[0]} if s_txt is None else {"s_img": s[0], "s_txt": s[1]}
+        self.balance.add(k_img=k_img, k_txt=k_txt, **scores)
+        return k_img, k_txt, scores
+
+    def _cosine_loss(self, eeg: torch.Tensor, img: torch.Tensor, txt: torch.Tensor | None) -> torch.Tensor:
+        target = self.hparams["cos_target"]
+        terms = []
+        if target in ("img", "img+txt"):
+            terms.append((1 - (eeg * img).sum(-1)).mean())
+        if target in ("txt", "img+txt"):
+            terms.append((1 - (eeg * txt).sum(-1)).mean())
+        return sum(terms) / len(terms)
+
+    # --- gradient hooks -------------------------------------------------------------------------------------------
+    def _spr_parameters(self) -> Iterator[nn.Parameter]:
+        hp = self.hparams
+        modules = {"adapters": [self.image_adapter, self.text_adapter], "eeg": [self.eeg_encoder],
+                   "all": [self.image_adapter, self.text_adapter, self.eeg_encoder]}[hp["spr_targets"]]
+        seen = set()
+        for module in modules:
+            for p in (module.parameters() if module is not None else ()):
+                if p.requires_grad and id(p) not in seen and (p.ndim >= 2 or not hp["spr_matrices_only"]):
+                    seen.add(id(p))
+                    yield p
+
+    def on_train_start(self, state: TrainState) -> None:
+        # the harness seeds every process alike, so this base seed (hence the SPR noise) is the same in all of them
+        self._noise_seed = torch.initial_seed()
+        self.balance.reset()
+        self._step_k = []
+
+    def after_backward(self, state: TrainState) -> None:
+        """grad-mode MCDB: g ← k_m·g on modality m's adapter; grad-mode SPR: g ← g + N(0, (σ·std(g))²).
+
+        As in OGM-GE, the noise std is that of the gradient before modulation. The gradients here are already
+        all-reduced, k is the same in every process, and the noise generator depends on (seed, step) only.
+        """
+        hp = self.hparams
+        step_k, self._step_k = self._step_k, []
+        window = self._window(state)
+        scale_by: dict[int, torch.Tensor] = {}
+        if hp["mcdb"] == "grad" and window and step_k:
+            k_img = torch.stack([k for k, _ in step_k]).mean()
+            k_txt = torch.stack([k for _, k in step_k]).mean()
+            for module, k in ((self.image_adapter, k_img), (self.text_adapter, k_txt)):
+                for p in module.parameters():
+                    scale_by[id(p)] = k
+        noisy = hp["spr"] == "grad" and (window or not hp["spr_window"]) and hp["spr_sigma"] > 0
+        perturbed = list(self._spr_parameters()) if noisy else []
+        noise = {}
+        if perturbed:
+            generator = None
+            for p in perturbed:
+                if p.grad is None:
+                    continue
+                if generator is None:
+                    generator = noise_generator(p.grad.device, self._noise_seed, state.step)
+                noise[id(p)] = gradient_noise(p.grad, float(hp["spr_sigma"]), generator)
+        for p in self.parameters():
+            if p.grad is None:
+                continue
+            if id(p) in scale_by:
+                p.grad.mul_(scale_by[id(p)].to(p.grad.dtype))
+            if id(p) in noise:
+                p.grad.add_(noise[id(p)])
+
+    def on_epoch_end(self, state: TrainState) -> dict[str, float]:
+        """Per-epoch means of k_img, k_txt, s_img, s_txt (into the run record's ``extras``) and the window flag."""
+        out = self.balance.means()
+        self.balance.reset()
+        out["mcdb_active"] = float(self.hparams["mcdb"] != "none" and self._window(state))
+        return out
