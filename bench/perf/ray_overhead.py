@@ -48,18 +48,19 @@ def _serial(specs, ds, store: RunStore) -> float:
     return time.perf_counter() - t0
 
 
-def calibrate_epochs(root: Path, trial_s: float, scratch: Path, threads: int) -> tuple[int, float]:
-    """Epochs for a run of at least ``trial_s`` seconds, from a 2-epoch run (its fixed cost and time per epoch).
+def calibrate_epochs(root: Path, trial_s: float, scratch: Path, threads: int) -> int:
+    """Epochs for a run of at least ``trial_s`` seconds, from the walls of a 1-epoch and a 3-epoch run.
 
-    A 2-epoch run on a shared machine misjudges the epoch time by tens of percent, hence the 1.3 margin: the target
-    is about runs of *at least* that length."""
-    specs, ds = _specs(root, 2, range(1))
-    with torch_threads(threads):
-        wall = _serial(specs, ds, RunStore(scratch / "calibrate"))
-    record = RunStore(scratch / "calibrate").read(specs[0].spec_hash)
-    per_epoch = record.timings["train_s"] / 2
-    fixed = max(0.0, wall - record.timings["train_s"])
-    return max(1, math.ceil(1.3 * (trial_s - fixed) / max(per_epoch, 1e-6))), wall
+    Their difference is two epochs without the fixed cost (load, first-step warm-up, test), which a single run's
+    ``train_s`` would fold into its epochs; the 1.1 margin covers the drift of a shared machine's load."""
+    walls = []
+    for epochs in (1, 3):
+        specs, ds = _specs(root, epochs, range(1))
+        with torch_threads(threads):
+            walls.append(_serial(specs, ds, RunStore(scratch / f"calibrate-{epochs}")))
+    per_epoch = max((walls[1] - walls[0]) / 2, 1e-3)
+    fixed = max(0.0, walls[0] - per_epoch)
+    return max(1, math.ceil(1.1 * (trial_s - fixed) / per_epoch))
 
 
 def measure_ray(root: Path, trials: int, trial_s: float, concurrency: int, scratch: Path,
@@ -67,7 +68,7 @@ def measure_ray(root: Path, trials: int, trial_s: float, concurrency: int, scrat
     import ray
 
     threads = max(1, int(cpus_per_trial))
-    epochs, _ = calibrate_epochs(root, trial_s, scratch, threads)
+    epochs = calibrate_epochs(root, trial_s, scratch, threads)
     specs, ds = _specs(root, epochs, range(trials))
     with torch_threads(threads):
         serial = _serial(specs, ds, RunStore(scratch / "serial"))
