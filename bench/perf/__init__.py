@@ -77,17 +77,18 @@ def resolve_device(requested: str | None):
 
     if requested not in (None, "cpu", "cuda"):
         raise PerfError(f"--device must be cpu or cuda, not {requested!r}")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise PerfError(f"--device cuda: CUDA is not available here (torch {torch.__version__}, built for CUDA "
-                        f"{torch.version.cuda or 'none'}); run with --device cpu")
-    if requested == "cpu" and torch.cuda.is_available():
-        # the Trainer takes the GPU whenever torch sees one; hiding it is the only way to measure the CPU path
+    if requested == "cpu":
+        # the Trainer takes a GPU whenever torch sees one: hiding it before CUDA's first use (here, for this process
+        # and the Ray workers it starts) is how the CPU path gets measured on a GPU machine
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
         if torch.cuda.is_available():
             raise PerfError("--device cpu: CUDA was initialised before bench perf could hide it; set "
                             "CUDA_VISIBLE_DEVICES= in the environment instead")
-    cuda = requested == "cuda" or (requested is None and torch.cuda.is_available())
-    return torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+        return torch.device("cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise PerfError(f"--device cuda: CUDA is not available here (torch {torch.__version__}, built for CUDA "
+                        f"{torch.version.cuda or 'none'}); run with --device cpu")
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def resolve_methods(requested: list[str]) -> list[str]:
