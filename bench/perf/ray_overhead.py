@@ -49,17 +49,17 @@ def _serial(specs, ds, store: RunStore) -> float:
 
 
 def calibrate_epochs(root: Path, trial_s: float, scratch: Path, threads: int) -> int:
-    """Epochs for a run of at least ``trial_s`` seconds, from the walls of a 1-epoch and a 3-epoch run.
+    """Epochs for a run of at least ``trial_s`` seconds, from a 3-epoch run after an unmeasured 1-epoch one.
 
-    Their difference is two epochs without the fixed cost (load, first-step warm-up, test), which a single run's
-    ``train_s`` would fold into its epochs; the 1.1 margin covers the drift of a shared machine's load."""
-    walls = []
+    The first run in a process pays one-off costs (imports, allocator and kernel warm-up) that would otherwise be
+    read as epoch time; the 1.1 margin covers the drift of a shared machine's load."""
     for epochs in (1, 3):
         specs, ds = _specs(root, epochs, range(1))
+        store = RunStore(scratch / f"calibrate-{epochs}")
         with torch_threads(threads):
-            walls.append(_serial(specs, ds, RunStore(scratch / f"calibrate-{epochs}")))
-    per_epoch = max((walls[1] - walls[0]) / 2, 1e-3)
-    fixed = max(0.0, walls[0] - per_epoch)
+            wall = _serial(specs, ds, store)
+    train_s = store.read(specs[0].spec_hash).timings["train_s"]
+    per_epoch, fixed = max(train_s / 3, 1e-3), max(0.0, wall - train_s)
     return max(1, math.ceil(1.1 * (trial_s - fixed) / per_epoch))
 
 
