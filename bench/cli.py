@@ -5,6 +5,7 @@ anything else is a bug and shows its traceback.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -22,7 +23,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+# Piped output (logs, CI) gets a wide fixed width instead of rich's 80-column default, so tables do not fold.
+console = Console() if sys.stdout.isatty() else Console(width=140)
 err_console = Console(stderr=True, soft_wrap=True)
 
 #: Exceptions whose message is the whole story for the user. Other modules add theirs with `user_error`.
