@@ -330,15 +330,21 @@ def _blocks(model: SubjectModel, u: np.ndarray, z: np.ndarray, reps: int, key: l
 
 
 # --- writing --------------------------------------------------------------------------------------------------------
-def generate(out: str | Path, preset: str = "default", seed: int = 0, n_subjects: int | None = None) -> Path:
-    """Write a synthetic THINGS-EEG data root to ``out`` (which must not exist or be empty); returns ``out``."""
-    spec = get_preset(preset)
+def output_folder_and_count(out: str | Path, preset_subjects: int, n_subjects: int | None) -> tuple[Path, int]:
+    """Check a generator's ``--out`` (new or empty) and ``--subjects`` (1..99, default the preset's)."""
     out = Path(out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataRootError(f"{out} already exists and is not an empty folder; choose a new --out")
-    count = spec.n_subjects if n_subjects is None else int(n_subjects)
+    count = preset_subjects if n_subjects is None else int(n_subjects)
     if not 1 <= count <= 99:
         raise DataRootError(f"--subjects must be between 1 and 99, got {count}")
+    return out, count
+
+
+def generate(out: str | Path, preset: str = "default", seed: int = 0, n_subjects: int | None = None) -> Path:
+    """Write a synthetic THINGS-EEG data root to ``out`` (which must not exist or be empty); returns ``out``."""
+    spec = get_preset(preset)
+    out, count = output_folder_and_count(out, spec.n_subjects, n_subjects)
     world = World(spec, seed)
     directions = channel_directions()
     with atomic_directory(out) as tmp:

@@ -27,9 +27,9 @@ import numpy as np
 
 from bench.data.atomic import atomic_directory
 from bench.data.channels import THINGS_63
-from bench.data.errors import DataRootError
 from bench.data.features import save_feature_set
-from bench.data.synthetic import EPOCH_TIMES, KEEP_FROM, Preset, SubjectModel, World, channel_directions
+from bench.data.synthetic import (EPOCH_TIMES, KEEP_FROM, Preset, SubjectModel, World, channel_directions,
+                                  output_folder_and_count)
 from bench.io import atomic_path, atomic_write_text
 
 RAW_SFREQ = 1000
@@ -149,12 +149,7 @@ def _save_raw(path: Path, data: np.ndarray, order: np.ndarray) -> None:
 def generate_raw(out: str | Path, preset: str = "tiny", seed: int = 0, n_subjects: int | None = None) -> Path:
     """Write a synthetic raw THINGS-EEG download to ``out`` (which must not exist or be empty); returns ``out``."""
     spec = get_raw_preset(preset)
-    out = Path(out).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataRootError(f"{out} already exists and is not an empty folder; choose a new --out")
-    count = spec.n_subjects if n_subjects is None else int(n_subjects)
-    if not 1 <= count <= 99:
-        raise DataRootError(f"--subjects must be between 1 and 99, got {count}")
+    out, count = output_folder_and_count(out, spec.n_subjects, n_subjects)
     world = World(spec.world_preset(), seed)
     n_train = len(world.train_u)
     with atomic_directory(out) as tmp:
