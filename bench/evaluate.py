@@ -112,6 +112,7 @@ class ZeroShotEvaluator:
         """The test metrics: exact n-way top-1/top-5, chance levels, k-way, and the labelled extra galleries."""
         if len(np.unique(data.fold)) != 1:
             raise ValueError("the test set is one retrieval problem; got several folds")
+        method.eval()  # scoring is deterministic: no dropout or feature noise in any gallery's encoder
         eeg, gallery = self.embed(method, data, device)
         sim = cosine_similarity(eeg, gallery)
         ranks = ranks_within_folds(sim, data.fold)
@@ -129,7 +130,7 @@ class ZeroShotEvaluator:
             if table is None:
                 raise ValueError(f"gallery {name!r} requested but the test features have no {name} rows")
             encode = method.encode_text if name == "text" else method.encode_image
-            emb = encode(torch.as_tensor(table, dtype=torch.float32)).float().cpu().numpy()[data.concept]
+            emb = encode(torch.as_tensor(table, dtype=torch.float32, device=device)).float().cpu().numpy()[data.concept]
             r = ranks_within_folds(cosine_similarity(eeg, emb), data.fold)
             extra[name] = {"top1": topk_accuracy(r, 1), "top5": topk_accuracy(r, 5)}
         if extra:

@@ -103,12 +103,7 @@ class Registry:
             self._discovering = True
             try:
                 for module in self.builtin_modules:
-                    try:
-                        importlib.import_module(module)
-                    except ModuleNotFoundError as exc:
-                        # TODO(integration): remove once every built-in module has landed.
-                        if exc.name != module:
-                            raise
+                    importlib.import_module(module)
                 if self.group:
                     for ep in importlib.metadata.entry_points(group=self.group):
                         self._load_entry_point(ep)
