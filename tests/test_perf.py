@@ -66,3 +66,14 @@ def test_closed_form_method_is_refused(tmp_path):
     out = bench("perf", "--preset", "tiny", "--method", "ridge", "--skip", "data", "--skip", "ray",
                 "--workdir", str(tmp_path))
     assert out.returncode == 1 and "closed form" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_ray_only_writes_no_preset_subject(tmp_path):
+    """With data and training skipped nothing reads the preset's subject, so none is written."""
+    from bench.perf import PerfOptions, run_perf
+
+    messages = []
+    report = run_perf(PerfOptions(preset="tiny", skip=("data", "train"), ray_trials=1, workdir=tmp_path),
+                      say=messages.append)
+    assert "generate_s" not in report and report["ray"]["trials"] == 1
+    assert sum("writing one subject" in m for m in messages) == 1  # the Ray section's own tiny data only

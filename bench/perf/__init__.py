@@ -119,7 +119,8 @@ def run_perf(opts: PerfOptions, say=print) -> dict:
     try:
         with _env("BENCH_CACHE_DIR", str(scratch / "cache")):
             root = opts.data_root
-            if root is None:
+            # only the data and training sections read the preset's subject; the Ray section writes its own tiny data
+            if root is None and not {"data", "train"} <= set(opts.skip):
                 root = _generate(scratch / "data", opts.preset, report, say)
             sections = report["section_s"] = {}
             if "data" not in opts.skip:
@@ -135,7 +136,7 @@ def run_perf(opts: PerfOptions, say=print) -> dict:
                 sections["training"] = time.perf_counter() - t0
             if "ray" not in opts.skip:
                 t0 = time.perf_counter()
-                report["ray"] = _ray(Path(root), scratch, profile, opts, say)
+                report["ray"] = _ray(None if root is None else Path(root), scratch, profile, opts, say)
                 sections["ray"] = time.perf_counter() - t0
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -178,10 +179,11 @@ def _training(root: Path, methods: list[str], device, profile: Profile, opts: Pe
     return out
 
 
-def _ray(root: Path, scratch: Path, profile: Profile, opts: PerfOptions, say) -> dict:
+def _ray(root: Path | None, scratch: Path, profile: Profile, opts: PerfOptions, say) -> dict:
     from bench.perf.ray_overhead import measure_ray
 
-    ray_root = root if opts.preset == "tiny" else _generate(scratch / "ray-data", "tiny", {}, say)
+    reusable = root is not None and opts.preset == "tiny"
+    ray_root = root if reusable else _generate(scratch / "ray-data", "tiny", {}, say)
     trials, trial_s = opts.ray_trials or profile.ray_trials, opts.ray_trial_s or profile.ray_trial_s
     say(f"ray: {trials} runs of ~{trial_s:g} s, serially and as a Ray Tune grid (concurrency {opts.ray_concurrency})")
     return {**measure_ray(ray_root, trials, trial_s, opts.ray_concurrency, scratch / "ray-runs"), "data": "tiny"}
