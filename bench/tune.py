@@ -76,7 +76,7 @@ def tune_trial(config: dict) -> None:
     from bench.registry import METHODS, PROTOCOLS
     from bench.runner import data_info, open_dataset, resolve_config
     from bench.orchestrate import load_plugins
-    from bench.train import Trainer
+    from bench.train import Trainer, seed_everything
 
     load_plugins(config)
     if config.get("threads"):
@@ -90,6 +90,7 @@ def tune_trial(config: dict) -> None:
     runs = []
     for subject in config["subjects"]:
         split = protocol.split(ds, subject)
+        seed_everything(config["seed"])  # initial weights from the trial's seed, as in `bench run`
         method = METHODS.create(config["method"], info=data_info(ds, split), **cfg["method"])
         evaluator = ZeroShotEvaluator(kway=(), galleries=("image",))
         trainer = Trainer(cfg["train"], config["seed"], evaluator, progress=False)
