@@ -27,13 +27,9 @@ app = typer.Typer(
 console = Console() if sys.stdout.isatty() else Console(width=140)
 err_console = Console(stderr=True, soft_wrap=True)
 
-#: Exceptions whose message is the whole story for the user. Other modules add theirs with `user_error`.
-USER_ERRORS: list[type[BaseException]] = [UserError, FileNotFoundError]
-
-
-def user_error(exc_type: type[BaseException]) -> type[BaseException]:
-    USER_ERRORS.append(exc_type)
-    return exc_type
+#: Exceptions whose message is the whole story for the user: one line, exit 1. Library modules derive their error
+#: classes from `bench.errors.UserError`, so the CLI needs no import of them to recognise them.
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError)
 
 
 @app.callback()
@@ -428,7 +424,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             raise SystemExit(code)
     except typer.Exit as exc:
         raise SystemExit(exc.exit_code)
-    except tuple(USER_ERRORS) as exc:  # type: ignore[misc]
+    except USER_ERRORS as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise SystemExit(1)
     except Exception as exc:

@@ -317,11 +317,9 @@ def run_grid(specs: list[RunSpec], results_dir: str | Path, opts: RayOptions, fo
         )
         result.scheduled += len(todo)
         tuner.fit()
-        for spec in todo:
-            rec = store.read(spec.spec_hash)
-            if rec is None:
-                result.busy.append(spec.label)
-        failed = [s for s in todo if (r := store.read(s.spec_hash)) is not None and r.status == FAILED]
+        outcome = {spec.spec_hash: store.read(spec.spec_hash) for spec in todo}
+        result.busy += [s.label for s in todo if outcome[s.spec_hash] is None]  # another `bench run` held its lock
+        failed = [s for s in todo if outcome[s.spec_hash] is not None and outcome[s.spec_hash].status == FAILED]
         if not failed or attempt >= retries:
             break
         attempt += 1

@@ -81,8 +81,9 @@ def expand_specs(req: SweepRequest) -> tuple[list[RunSpec], object]:
         variants = ablation_variants(method) if req.ablation else [(None, {})]
         for label, variant_sets in variants:
             # the variant's switches come last so a user's --set cannot silently undo them
-            cfg = resolve_config(method, req.config_files,
-                                 [*req.sets, *(f"{k}={json.dumps(v)}" for k, v in variant_sets.items())], overrides)
+            cfg = base_cfgs[method] if not variant_sets else resolve_config(
+                method, req.config_files, [*req.sets, *(f"{k}={json.dumps(v)}" for k, v in variant_sets.items())],
+                overrides)
             for subject in subjects:
                 for seed in seeds:
                     specs.append(make_spec(method, cfg, subject, seed, ds, variant=label))
