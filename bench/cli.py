@@ -103,6 +103,8 @@ def train(
     where = (results_dir or default_results_dir()) / "runs" / f"{rec.spec_hash}.json"
     if outcome.skipped:
         console.print(f"already completed (use --force to recompute): {where}")
+    if outcome.stale:
+        console.print(f"stale record recomputed: {outcome.stale}", highlight=False)
     if rec.status != "completed":
         err_console.print(f"[red]{rec.spec.label} failed:[/red] {rec.error['type']}: {rec.error['message']}\n"
                           f"record: {where}")

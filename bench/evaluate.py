@@ -1,21 +1,48 @@
 """ZeroShotEvaluator: retrieval accuracy of EEG embeddings against target features, by cosine similarity.
 
-* Exact n-way top-1/top-5: query i is correct at k if fewer than k gallery rows of its fold score strictly higher
-  than its own target (ties count in the query's favour; with float features they do not occur in practice).
-* k-way (2/4/10/50/100, as ATM reports): for each query, ``repeats`` seeded draws of k−1 distractors from the other
-  rows of its fold; top-1 for every k, top-5 for k ≥ 50. The draw depends only on (seed, n, k), so two methods
-  are scored on identical distractor sets.
+The scoring rules (``SCORING_VERSION`` names them; a record made under other rules is recomputed):
+
+* **Ties count by expectation.** Query i's target is compared with the other gallery rows of its fold; with ``b``
+  rows scoring strictly higher and ``t`` others scoring exactly the same, a random tie-break puts it in the top k with
+  probability ``clip((k - b) / (t + 1), 0, 1)``. A constant or query-independent embedding therefore scores exactly
+  chance (k/n), never 100 %.
+* **Non-finite output fails the run.** NaN/Inf in the EEG or gallery embeddings raise :class:`EvaluationError`
+  naming the partition and the method; nothing is scored.
+* **Per-sample embeddings.** The galleries are embedded before any query. Each embedding may depend only on its own
+  input and the trained model: a copy of the method made before it sees any test input embeds the queries again,
+  one at a time in a shuffled order, before any gallery; any difference beyond float tolerance fails the run
+  ("encode_eeg is not per-sample").
+* **Exact k-way** (2/4/10/…, as ATM reports): the expected accuracy over every draw of k−1 distractors among the
+  other n−1 rows, in closed form (multivariate hypergeometric over distractors that beat, tie or lose to the
+  target), with ties by expectation as above; top-5 is reported for k ≥ 50. No seed, no draw noise.
 * Extra galleries, reported under ``galleries`` and never mixed with the main number: ``text`` (one prompt per
   concept) and ``centroid`` (NICE-style concept centres).
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.special import gammaln
 
+from bench.errors import UserError
 from bench.protocols import EvalSet
+
+#: bump whenever what a score means changes (ties, k-way, per-sample rules): records of another version are stale.
+#: 1: strict ranks (ties as hits), sampled k-way. 2: ties by expectation, exact k-way, per-sample check.
+SCORING_VERSION = 2
+#: the k-way ladder ATM reports; ``eval.kway: auto`` takes the values below the test set's size
+KWAY_LADDER = (2, 4, 10, 50, 100, 200)
+#: largest difference allowed between unit-normalised embeddings of one input under two batchings (float32 GEMMs
+#: of different shapes differ by ~1e-6; anything that reads other samples differs by far more)
+PER_SAMPLE_TOLERANCE = 1e-3
+GALLERIES = ("image", "text", "centroid")
+
+
+class EvaluationError(UserError, RuntimeError):
+    """The method's embeddings cannot be scored: non-finite, or not per-sample."""
 
 
 def cosine_similarity(queries: np.ndarray, gallery: np.ndarray) -> np.ndarray:
@@ -24,36 +51,83 @@ def cosine_similarity(queries: np.ndarray, gallery: np.ndarray) -> np.ndarray:
     return (q @ g.T).astype(np.float64)
 
 
-def ranks_within_folds(sim: np.ndarray, fold: np.ndarray) -> np.ndarray:
-    """Rank (0 = best) of each query's own target among the gallery rows of its fold."""
+@dataclass(frozen=True)
+class RankCounts:
+    """Per query: gallery rows of its fold scoring strictly above its target (``beaten``) and exactly equal to it
+    (``tied``, the target excluded)."""
+
+    beaten: np.ndarray
+    tied: np.ndarray
+
+    def hit_probability(self, k: int) -> np.ndarray:
+        """P(target in the top k) under a uniformly random order of the tied rows."""
+        return np.clip((k - self.beaten) / (self.tied + 1.0), 0.0, 1.0)
+
+    def topk(self, k: int) -> float:
+        return float(100.0 * self.hit_probability(k).mean())
+
+    def mean_rank(self) -> float:
+        """Expected 1-based rank of the target."""
+        return float((self.beaten + self.tied / 2.0).mean() + 1.0)
+
+
+def rank_counts(sim: np.ndarray, fold: np.ndarray) -> RankCounts:
     same_fold = fold[:, None] == fold[None, :]
+    np.fill_diagonal(same_fold, False)
     own = np.diag(sim)[:, None]
-    return ((sim > own) & same_fold).sum(axis=1)
+    return RankCounts(beaten=((sim > own) & same_fold).sum(axis=1), tied=((sim == own) & same_fold).sum(axis=1))
 
 
-def topk_accuracy(ranks: np.ndarray, k: int) -> float:
-    return float(100.0 * np.mean(ranks < k))
-
-
-def kway_accuracy(sim: np.ndarray, k: int, repeats: int, seed: int) -> dict[str, float]:
-    """Mean k-way top-1 (and top-5 for k ≥ 50) over ``repeats`` seeded distractor draws per query (single fold)."""
-    n = sim.shape[0]
-    if k > n:
-        raise ValueError(f"{k}-way needs at least {k} gallery items, have {n}")
-    rng = np.random.default_rng([seed, n, k])
-    others = np.array([np.delete(np.arange(n), i) for i in range(n)])  # (n, n-1)
-    top1 = np.empty((repeats, n))
-    top5 = np.empty((repeats, n))
-    own = np.diag(sim)
-    for r in range(repeats):
-        picks = rng.permuted(np.tile(np.arange(n - 1), (n, 1)), axis=1)[:, : k - 1]
-        distractors = np.take_along_axis(others, picks, axis=1)
-        beaten = (np.take_along_axis(sim, distractors, axis=1) > own[:, None]).sum(axis=1)
-        top1[r], top5[r] = beaten < 1, beaten < 5
-    out = {"top1": float(100.0 * top1.mean())}
-    if k >= 50:
-        out["top5"] = float(100.0 * top5.mean())
+def _log_comb(n: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """log C(n, r), -inf where r < 0 or r > n."""
+    n, r = np.broadcast_arrays(np.asarray(n, dtype=np.float64), np.asarray(r, dtype=np.float64))
+    ok = (r >= 0) & (r <= n)
+    out = np.full(n.shape, -np.inf)
+    out[ok] = gammaln(n[ok] + 1) - gammaln(r[ok] + 1) - gammaln(n[ok] - r[ok] + 1)
     return out
+
+
+def kway_hit_probability(counts: RankCounts, n: int, k: int, m: int) -> np.ndarray:
+    """Per query, P(target in the top m) when k−1 distractors are drawn uniformly without replacement from the
+    n−1 other rows: a sum over G beaten and T tied distractors drawn (only G < m can hit)."""
+    b, t = counts.beaten[:, None, None], counts.tied[:, None, None]
+    lose = (n - 1) - b - t
+    big_g = np.arange(m)[None, :, None]
+    big_t = np.arange(k)[None, None, :]
+    log_p = (_log_comb(b, big_g) + _log_comb(t, big_t) + _log_comb(lose, (k - 1) - big_g - big_t)
+             - _log_comb(np.array(n - 1), np.array(k - 1)))
+    hit = np.clip((m - big_g) / (big_t + 1.0), 0.0, 1.0)
+    return (np.exp(log_p) * hit).sum(axis=(1, 2))
+
+
+def kway_accuracy(sim: np.ndarray, k: int) -> dict[str, float]:
+    """Exact expected k-way top-1 (and top-5 for k ≥ 50) of a single-fold similarity matrix, in percent."""
+    n = sim.shape[0]
+    if not 2 <= k <= n:
+        raise ValueError(f"{k}-way needs 2 <= k <= {n} gallery items")
+    counts = rank_counts(sim, np.zeros(n, dtype=np.int64))
+    out = {"top1": float(100.0 * kway_hit_probability(counts, n, k, 1).mean())}
+    if k >= 50:
+        out["top5"] = float(100.0 * kway_hit_probability(counts, n, k, 5).mean())
+    return out
+
+
+def kway_values(requested, n_test: int) -> list[int]:
+    """``eval.kway``: ``auto`` = the ATM ladder below ``n_test``; a list is taken as given (checked before training)."""
+    if requested == "auto":
+        return [k for k in KWAY_LADDER if k < n_test]
+    return [int(k) for k in requested]
+
+
+def check_finite(array: np.ndarray, what: str) -> None:
+    bad = ~np.isfinite(array).all(axis=1)
+    if bad.any():
+        raise EvaluationError(f"{what}: {int(bad.sum())} of {len(bad)} embeddings are not finite (NaN or Inf); "
+                              f"the run cannot be scored")
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 @dataclass
@@ -66,73 +140,125 @@ class Embedded:
     metrics: dict
 
 
+def _in_batches(encode_rows, order: np.ndarray, batch_size: int) -> np.ndarray:
+    """``encode_rows(rows)`` over ``order`` in batches, returned in the original row order."""
+    out = np.concatenate([encode_rows(order[start:start + batch_size]) for start in range(0, len(order), batch_size)])
+    result = np.empty_like(out)
+    result[order] = out
+    return result
+
+
+def _eeg_encoder(method, data: EvalSet, device):
+    def encode_rows(rows: np.ndarray) -> np.ndarray:
+        eeg = torch.as_tensor(data.eeg[rows], dtype=torch.float32, device=device)
+        subject = None if data.subject is None else torch.as_tensor(data.subject[rows], device=device)
+        return method.encode_eeg(eeg, subject).float().cpu().numpy()
+    return encode_rows
+
+
+def _table_encoder(encode, table: np.ndarray, device):
+    def encode_rows(rows: np.ndarray) -> np.ndarray:
+        return encode(torch.as_tensor(table[rows], dtype=torch.float32, device=device)).float().cpu().numpy()
+    return encode_rows
+
+
 class ZeroShotEvaluator:
-    def __init__(self, kway: list[int] | tuple[int, ...] = (2, 4, 10, 50, 100), kway_repeats: int = 100,
-                 galleries: list[str] | tuple[str, ...] = ("image",), seed: int = 0, batch_size: int = 1024):
-        unknown = set(galleries) - {"image", "text", "centroid"}
+    def __init__(self, kway="auto", galleries: list[str] | tuple[str, ...] = ("image",), batch_size: int = 1024,
+                 seed: int = 0):
+        unknown = set(galleries) - set(GALLERIES)
         if unknown:
-            raise ValueError(f"unknown gallery {sorted(unknown)}; choose from image, text, centroid")
-        self.kway, self.kway_repeats, self.galleries = list(kway), int(kway_repeats), list(galleries)
-        self.seed, self.batch_size = seed, batch_size
+            raise ValueError(f"unknown gallery {sorted(unknown)}; choose from {', '.join(GALLERIES)}")
+        self.kway, self.galleries, self.batch_size = kway, list(galleries), int(batch_size)
+        self.seed = int(seed)  # orders the per-sample probe only; no score depends on it
 
     @classmethod
     def from_config(cls, cfg: dict) -> "ZeroShotEvaluator":
         e = cfg["eval"]
-        return cls(kway=e["kway"], kway_repeats=e["kway_repeats"], galleries=e["galleries"])
+        return cls(kway=e["kway"], galleries=e["galleries"])
 
-    @torch.no_grad()
-    def embed(self, method, data: EvalSet, device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
-        """(EEG embeddings, gallery embeddings) through the method's EEG encoder and image head, in eval mode."""
-        was_training = method.training
-        method.eval()
-        try:
-            outs = []
-            for start in range(0, len(data), self.batch_size):
-                sl = slice(start, start + self.batch_size)
-                eeg = torch.as_tensor(data.eeg[sl], dtype=torch.float32, device=device)
-                subject = None if data.subject is None else torch.as_tensor(data.subject[sl], device=device)
-                outs.append(method.encode_eeg(eeg, subject).float().cpu())
-            gallery = method.encode_image(torch.as_tensor(data.gallery, dtype=torch.float32, device=device))
-            return torch.cat(outs).numpy(), gallery.float().cpu().numpy()
-        finally:
-            method.train(was_training)
-
-    def retrieval(self, eeg_emb: np.ndarray, gallery_emb: np.ndarray, fold: np.ndarray) -> dict:
-        sim = cosine_similarity(eeg_emb, gallery_emb)
-        ranks = ranks_within_folds(sim, fold)
-        return {"top1": topk_accuracy(ranks, 1), "top5": topk_accuracy(ranks, 5)}
-
-    def validate(self, method, data: EvalSet, device="cpu") -> dict:
-        """Validation top-1/top-5 (fold-wise retrieval over held-out training concepts)."""
-        eeg, gallery = self.embed(method, data, device)
-        return self.retrieval(eeg, gallery, data.fold)
-
-    @torch.no_grad()
-    def score(self, method, data: EvalSet, device="cpu") -> Embedded:
-        """The test metrics: exact n-way top-1/top-5, chance levels, k-way, and the labelled extra galleries."""
-        if len(np.unique(data.fold)) != 1:
-            raise ValueError("the test set is one retrieval problem; got several folds")
-        method.eval()  # scoring is deterministic: no dropout or feature noise in any gallery's encoder
-        eeg, gallery = self.embed(method, data, device)
-        sim = cosine_similarity(eeg, gallery)
-        ranks = ranks_within_folds(sim, data.fold)
-        n = len(data)
-        metrics: dict = {"top1": topk_accuracy(ranks, 1), "top5": topk_accuracy(ranks, 5), "n_test": n,
-                         "chance_top1": 100.0 / n, "chance_top5": 100.0 * min(5, n) / n,
-                         "mean_rank": float(ranks.mean() + 1)}
-        metrics["kway"] = {str(k): kway_accuracy(sim, k, self.kway_repeats, self.seed)
-                           for k in self.kway if k < n}
-        extra = {}
-        for name in self.galleries:
+    # --- embedding ----------------------------------------------------------------------------------------------
+    @staticmethod
+    def _tables(data: EvalSet, names) -> dict[str, tuple[str, np.ndarray]]:
+        """The galleries to embed: name → (the method's encoder, table). Extra galleries have a row per concept."""
+        tables = {"image": ("encode_image", data.gallery)}
+        for name in names:
             if name == "image":
                 continue
             table = data.text if name == "text" else data.centroid
             if table is None:
-                raise ValueError(f"gallery {name!r} requested but the test features have no {name} rows")
-            encode = method.encode_text if name == "text" else method.encode_image
-            emb = encode(torch.as_tensor(table, dtype=torch.float32, device=device)).float().cpu().numpy()[data.concept]
-            r = ranks_within_folds(cosine_similarity(eeg, emb), data.fold)
-            extra[name] = {"top1": topk_accuracy(r, 1), "top5": topk_accuracy(r, 5)}
+                raise EvaluationError(f"gallery {name!r} requested but the test features have no {name} rows")
+            tables[name] = ("encode_text" if name == "text" else "encode_image", table)
+        return tables
+
+    @torch.no_grad()
+    def embed(self, method, data: EvalSet, device: torch.device | str = "cpu", what: str = "validation",
+              galleries=("image",)) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(EEG embeddings, {gallery: embeddings}) in eval mode: every gallery first, then the queries."""
+        was_training = method.training
+        method.eval()
+        name_of = type(method).__name__
+        try:
+            embedded = {}
+            for name, (encoder, table) in self._tables(data, galleries).items():
+                encode_rows = _table_encoder(getattr(method, encoder), table, device)
+                embedded[name] = _in_batches(encode_rows, np.arange(len(table)), self.batch_size)
+                check_finite(embedded[name], f"{what} {name} gallery embeddings of {name_of}.{encoder}")
+            eeg = _in_batches(_eeg_encoder(method, data, device), np.arange(len(data)), self.batch_size)
+            check_finite(eeg, f"{what} EEG embeddings of {name_of}.encode_eeg")
+            return eeg, embedded
+        finally:
+            method.train(was_training)
+
+    @torch.no_grad()
+    def check_per_sample(self, probe, data: EvalSet, eeg: np.ndarray, galleries: dict[str, np.ndarray],
+                         device) -> None:
+        """Embed again with ``probe`` (an untouched copy of the method): the queries one at a time in a shuffled
+        order before any gallery, then each gallery in shuffled batches of 7. Any difference fails the run."""
+        probe.eval()
+        rng = np.random.default_rng([self.seed, len(data)])
+        tables = self._tables(data, galleries)
+        again = {"EEG": _in_batches(_eeg_encoder(probe, data, device), rng.permutation(len(data)), 1)}
+        for name, (encoder, table) in tables.items():
+            encode_rows = _table_encoder(getattr(probe, encoder), table, device)
+            again[name] = _in_batches(encode_rows, rng.permutation(len(table)), 7)
+        encoders = {"EEG": "encode_eeg", **{name: encoder for name, (encoder, _) in tables.items()}}
+        for name, first in {"EEG": eeg, **galleries}.items():
+            diff = np.abs(_unit_rows(first) - _unit_rows(again[name]))
+            worst = float(np.nanmax(diff)) if np.isfinite(diff).any() else float("nan")
+            if not np.isfinite(diff).all() or worst > PER_SAMPLE_TOLERANCE:
+                raise EvaluationError(
+                    f"{type(probe).__name__}.{encoders[name]} is not per-sample: its output depends on the batch "
+                    f"({name} embeddings differ by up to {worst:.3g} when the same inputs are embedded one by one "
+                    f"in another order); a test embedding may depend only on its own input and the trained model")
+
+    # --- scoring ------------------------------------------------------------------------------------------------
+    def retrieval(self, eeg_emb: np.ndarray, gallery_emb: np.ndarray, fold: np.ndarray) -> dict:
+        counts = rank_counts(cosine_similarity(eeg_emb, gallery_emb), fold)
+        return {"top1": counts.topk(1), "top5": counts.topk(5)}
+
+    def validate(self, method, data: EvalSet, device="cpu") -> dict:
+        """Validation top-1/top-5 (fold-wise retrieval over held-out training concepts); raises
+        :class:`EvaluationError` on non-finite embeddings (the trainer never selects such an epoch)."""
+        eeg, galleries = self.embed(method, data, device, what="validation")
+        return self.retrieval(eeg, galleries["image"], data.fold)
+
+    def score(self, method, data: EvalSet, device="cpu") -> Embedded:
+        """The test metrics: exact n-way top-1/top-5, chance levels, exact k-way, and the labelled extra galleries."""
+        if len(np.unique(data.fold)) != 1:
+            raise ValueError("the test set is one retrieval problem; got several folds")
+        probe = copy.deepcopy(method)  # taken before the method sees any test input, so no state carries over
+        eeg, galleries = self.embed(method, data, device, what="test", galleries=self.galleries)
+        self.check_per_sample(probe, data, eeg, galleries, device)
+        del probe
+        sim = cosine_similarity(eeg, galleries["image"])
+        counts = rank_counts(sim, data.fold)
+        n = len(data)
+        metrics: dict = {"top1": counts.topk(1), "top5": counts.topk(5), "n_test": n,
+                         "chance_top1": 100.0 / n, "chance_top5": 100.0 * min(5, n) / n,
+                         "mean_rank": counts.mean_rank(),
+                         "kway": {str(k): kway_accuracy(sim, k) for k in kway_values(self.kway, n)}}
+        extra = {name: self.retrieval(eeg, emb[data.concept], data.fold)
+                 for name, emb in galleries.items() if name != "image"}
         if extra:
             metrics["galleries"] = extra
-        return Embedded(eeg=eeg, gallery=gallery, similarity=sim.astype(np.float32), metrics=metrics)
+        return Embedded(eeg=eeg, gallery=galleries["image"], similarity=sim.astype(np.float32), metrics=metrics)

@@ -56,15 +56,39 @@ class GridResult:
     wall_s: float = 0.0
 
 
-def plan(specs: list[RunSpec], store: RunStore, force: bool = False) -> tuple[list[RunSpec], list[RunSpec]]:
-    """(to run, already completed). Duplicate specs are run once."""
-    todo, done, seen = [], [], set()
+@dataclass
+class Plan:
+    todo: list[RunSpec] = field(default_factory=list)
+    done: list[RunSpec] = field(default_factory=list)     # completed by the current code: reused
+    stale: dict[str, list[str]] = field(default_factory=dict)  # method → why each of its stale records is rerun
+
+    def stale_lines(self) -> list[str]:
+        lines = []
+        for method, reasons in self.stale.items():
+            why = "; ".join(sorted(set(reasons)))
+            lines.append(f"{len(reasons)} stale record(s) recomputed: {method}: {why}")
+        return lines
+
+
+def plan(specs: list[RunSpec], store: RunStore, force: bool = False) -> Plan:
+    """Which specs to run: those without a completed record of the current code. Duplicate specs run once."""
+    from bench.runner import current_code, stale_reason
+
+    out, seen, codes = Plan(), set(), {}
     for spec in specs:
         if spec.spec_hash in seen:
             continue
         seen.add(spec.spec_hash)
-        (done if (not force and store.is_completed(spec)) else todo).append(spec)
-    return todo, done
+        key = (spec.method, spec.protocol, repr(sorted(spec.config["method"].items())))
+        code = codes[key] if key in codes else codes.setdefault(key, current_code(spec))
+        if not force and store.is_current(spec, code.digest):
+            out.done.append(spec)
+            continue
+        out.todo.append(spec)
+        reason = None if force else stale_reason(store.read(spec.spec_hash), code)
+        if reason:
+            out.stale.setdefault(spec.label.split(" ")[0], []).append(reason)
+    return out
 
 
 def ray_environment() -> dict[str, str]:
@@ -148,7 +172,7 @@ def _report_epoch(entry: dict) -> None:
     from ray import tune
 
     tune.report({"epoch": entry["epoch"], "train_loss": entry["train_loss"],
-                 **({"val_top1": entry["val_top1"]} if "val_top1" in entry else {}), "status": "running"})
+                 **({"val_top1": entry["val_top1"]} if entry.get("val_top1") is not None else {}), "status": "running"})
 
 
 def run_trial(config: dict) -> None:
@@ -200,12 +224,12 @@ def _run_ddp_trial(spec: RunSpec, store: RunStore, config: dict) -> RunRecord:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from bench.runner import RunBusyError
+    from bench.runner import RunBusyError, current_code
 
     with store.claim(spec) as claimed:
         if not claimed:
             raise RunBusyError(f"{spec.label} is being computed by another process")
-        if not config["force"] and store.is_completed(spec):
+        if not config["force"] and store.is_current(spec, current_code(spec).digest):
             return store.read(spec.spec_hash)
         workers, gpus = config["ddp_workers"], config["gpus_per_trial"]
         per_worker = {"CPU": config["cpus_per_trial"], **({"GPU": gpus / workers} if gpus else {})}
@@ -283,10 +307,12 @@ def run_grid(specs: list[RunSpec], results_dir: str | Path, opts: RayOptions, fo
     store = RunStore(results_dir)
     result = GridResult()
     t0 = time.time()
-    todo, done = plan(specs, store, force)
-    result.skipped = len(done)
-    if done:
-        printer(f"{len(done)} of {len(done) + len(todo)} runs already completed; skipping them")
+    planned = plan(specs, store, force)
+    todo, result.skipped = planned.todo, len(planned.done)
+    if planned.done:
+        printer(f"{len(planned.done)} of {len(planned.done) + len(todo)} runs already completed; skipping them")
+    for line in planned.stale_lines():
+        printer(line)
     attempt = 0
     while todo:
         init_ray(opts)

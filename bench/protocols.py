@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from bench import seal
 from bench.errors import UserError
 from bench.registry import register_protocol
 
@@ -71,6 +72,7 @@ class SealedTest:
         self.opened = False
 
     def open(self) -> EvalSet:
+        seal.guard_test_read(f"SealedTest.open() of sub-{self._subject:02d}")
         self.opened = True
         ds = self._dataset
         eeg = np.asarray(ds.load_test(self._subject, n_reps=self._n_reps), dtype=np.float32)
@@ -136,6 +138,9 @@ def _train_and_val_rows(ds: Any, subject: int, val_mask_img: np.ndarray, average
 class Protocol:
     name: ClassVar[str]
     version: ClassVar[int]
+    #: whether the model may know which subject a query comes from; validation queries are presented exactly as
+    #: test queries are, so selection measures the condition the test measures
+    knows_test_subject: ClassVar[bool]
 
     def __init__(self, val_concepts: int = 100, val_seed: int = 0, train_average: bool = True,
                  test_repetitions: int | None = None):
@@ -184,9 +189,10 @@ class Protocol:
         folds = np.concatenate([within + k * per_concept for k in range(len(train_subjects))])
         val_rows = np.tile(val_imgs, len(train_subjects))
         val = EvalSet(eeg=np.concatenate(val_eeg), gallery=feats.image[val_rows], fold=folds.astype(np.int64),
-                      subject=np.concatenate(val_subj), concept=image_concept[val_rows], text=feats.text)
+                      subject=np.concatenate(val_subj) if self.knows_test_subject else None,
+                      concept=image_concept[val_rows], text=feats.text)
 
-        visible_test_subject = test_index if self.name == "intra" else None
+        visible_test_subject = test_index if self.knows_test_subject else None
         sealed = SealedTest(ds, subject, self.test_repetitions, visible_test_subject)
         info = {"protocol": self.name, "protocol_version": self.version, "test_subject": subject,
                 "train_subjects": train_subjects, "n_train_rows": len(train), "n_val_queries": len(val),
@@ -198,7 +204,7 @@ class Protocol:
 @register_protocol("intra", description="within subject: train and test on one subject; validation on held-out "
                                          "training concepts", citation="Gifford et al., NeuroImage 2022")
 class IntraSubject(Protocol):
-    name, version = "intra", 1
+    name, version, knows_test_subject = "intra", 1, True
 
     def training_subjects(self, ds: Any, subject: int) -> list[int]:
         return [subject]
@@ -207,7 +213,7 @@ class IntraSubject(Protocol):
 @register_protocol("inter", description="leave one subject out: train on the others, test on the held-out "
                                          "subject's test partition", citation="Song et al., ICLR 2024 (NICE)")
 class LeaveOneSubjectOut(Protocol):
-    name, version = "inter", 1
+    name, version, knows_test_subject = "inter", 2, False  # 2: validation queries carry no subject index
 
     def training_subjects(self, ds: Any, subject: int) -> list[int]:
         others = [s for s in ds.subjects if s != subject]

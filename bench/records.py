@@ -75,6 +75,7 @@ class RunRecord:
     split: dict = field(default_factory=dict)
     extras: dict = field(default_factory=dict)
     error: dict | None = None
+    code_fingerprint: str | None = None  # the code that made the numbers (bench.code_fingerprint); not in the hash
 
     @property
     def spec_hash(self) -> str:
@@ -86,7 +87,7 @@ class RunRecord:
             "protocol": self.spec.protocol, "subject": int(self.spec.subject), "seed": int(self.spec.seed),
             "status": self.status, "config": self.spec.config, "data_fingerprint": self.spec.data_fingerprint,
             "metrics": self.metrics, "timings": self.timings, "provenance": self.provenance, "split": self.split,
-            "extras": self.extras, "error": self.error,
+            "extras": self.extras, "error": self.error, "code_fingerprint": self.code_fingerprint,
         }
 
     @classmethod
@@ -98,7 +99,7 @@ class RunRecord:
                            seed=d["seed"], data_fingerprint=d["data_fingerprint"], variant=d.get("variant"))
             rec = cls(spec=spec, status=d["status"], metrics=d.get("metrics") or {}, timings=d.get("timings") or {},
                       provenance=d.get("provenance") or {}, split=d.get("split") or {}, extras=d.get("extras") or {},
-                      error=d.get("error"))
+                      error=d.get("error"), code_fingerprint=d.get("code_fingerprint"))
         except KeyError as exc:
             raise RecordError(f"{source}: missing field {exc.args[0]!r}") from None
         if rec.status not in (COMPLETED, FAILED):
@@ -133,9 +134,10 @@ class RunStore:
             return None
         return read_record(path)
 
-    def is_completed(self, spec: RunSpec) -> bool:
+    def is_current(self, spec: RunSpec, code_fingerprint: str) -> bool:
+        """Whether ``spec`` has a completed record made by the code whose fingerprint is given."""
         rec = self.read(spec.spec_hash)
-        return rec is not None and rec.status == COMPLETED
+        return rec is not None and rec.status == COMPLETED and rec.code_fingerprint == code_fingerprint
 
     def records(self) -> list[RunRecord]:
         if not self.runs_dir.is_dir():

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from bench import provenance
+from bench import provenance, seal
+from bench.code_fingerprint import CodeFingerprint, fingerprint_method
 from bench.config import resolve
 from bench.errors import UserError
 from bench.evaluate import ZeroShotEvaluator
@@ -73,6 +74,34 @@ def data_info(ds, split: Split) -> DataInfo:
 class RunOutcome:
     record: RunRecord
     skipped: bool = False
+    stale: str | None = None  # why an existing completed record was recomputed (its code changed)
+
+
+def current_code(spec: RunSpec) -> CodeFingerprint:
+    return fingerprint_method(spec.method, spec.config["method"], spec.protocol)
+
+
+def stale_reason(record: RunRecord | None, code: CodeFingerprint) -> str | None:
+    """Why a completed record cannot be reused with the current code (None: reusable, or nothing to reuse)."""
+    if record is None or record.status != COMPLETED or record.code_fingerprint == code.digest:
+        return None
+    return code.changes_from(record.provenance.get("code"))
+
+
+def _train_sealed(spec: RunSpec, ds, split: Split, progress: bool, on_epoch):
+    """Build, train and select the method with the test partition sealed; then check nothing reached it."""
+    cfg = spec.config
+    with seal.sealed(f"{spec.label} is being built, trained and selected"):
+        seed_everything(spec.seed)  # the initial weights belong to the run: draw them from its seed
+        method = METHODS.create(spec.method, info=data_info(ds, split), **cfg["method"])
+        evaluator = ZeroShotEvaluator.from_config(cfg)
+        trainer = Trainer(cfg["train"], spec.seed, evaluator, progress=progress, log_prefix=f"{spec.label} ",
+                          on_epoch=on_epoch)
+        fit = trainer.fit(method, split.train, split.val)
+    seal.check_unbroken(spec.label)
+    if split.test.opened:
+        raise seal.SealError(f"{spec.label}: the test partition was opened before the evaluator opened it")
+    return method, evaluator, trainer, fit
 
 
 def execute_spec(spec: RunSpec, ds, store: RunStore, progress: bool = True, on_epoch=None) -> RunRecord:
@@ -82,6 +111,7 @@ def execute_spec(spec: RunSpec, ds, store: RunStore, progress: bool = True, on_e
     timings: dict = {}
     split_info: dict = {}
     fit, accelerator = None, None
+    code = current_code(spec)
     try:
         t = time.perf_counter()
         protocol = PROTOCOLS.get(spec.protocol).obj.from_config(cfg)
@@ -89,19 +119,13 @@ def execute_spec(spec: RunSpec, ds, store: RunStore, progress: bool = True, on_e
         split_info = split.info
         timings["load_s"] = time.perf_counter() - t
 
-        seed_everything(spec.seed)  # the initial weights belong to the run: draw them from its seed
-        method = METHODS.create(spec.method, info=data_info(ds, split), **cfg["method"])
-        evaluator = ZeroShotEvaluator.from_config(cfg)
-        trainer = Trainer(cfg["train"], spec.seed, evaluator, progress=progress, log_prefix=f"{spec.label} ",
-                          on_epoch=on_epoch)
-        fit = trainer.fit(method, split.train, split.val)
+        method, evaluator, trainer, fit = _train_sealed(spec, ds, split, progress, on_epoch)
         accelerator = trainer.accelerator
         timings.update(train_s=fit.train_s, samples_per_s=fit.samples_per_s, epochs_run=fit.epochs_run)
 
         # training and model selection are over: only now is the test partition read
         t = time.perf_counter()
-        test = split.test.open()
-        scored = evaluator.score(method, test, fit.device)
+        scored = evaluator.score(method, split.test.open(), fit.device)
         timings["eval_s"] = time.perf_counter() - t
         metrics = {**scored.metrics,
                    "val": {"best_epoch": fit.best_epoch, "best_top1": fit.best_val_top1,
@@ -118,32 +142,45 @@ def execute_spec(spec: RunSpec, ds, store: RunStore, progress: bool = True, on_e
         record = RunRecord(spec, FAILED, timings=timings, split=split_info,
                            error={"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()})
     device = fit.device if fit else "cpu"
+    record.code_fingerprint = code.digest
     record.provenance = {**provenance.collect(device, spec.data_fingerprint,
                                               fit.num_processes if fit else 1, fit.mixed_precision if fit else "no"),
-                         "started_at": started, "finished_at": provenance.now()}
+                         "code": code.to_dict(), "started_at": started, "finished_at": provenance.now()}
     if accelerator is None or accelerator.is_main_process:
         store.write(record)
     return record
 
 
+def _reuse(spec: RunSpec, store: RunStore, code: CodeFingerprint) -> tuple[RunOutcome | None, str | None]:
+    """(the outcome of reusing a current completed record, or None; why an existing one is stale)"""
+    done = store.read(spec.spec_hash)
+    reason = stale_reason(done, code)
+    if done is not None and done.status == COMPLETED and reason is None:
+        return RunOutcome(done, skipped=True), None
+    return None, reason
+
+
 def run_spec(spec: RunSpec, ds, store: RunStore, force: bool = False, progress: bool = True, on_epoch=None
              ) -> RunOutcome:
-    """Skip a spec that is already completed (unless ``force``); otherwise claim it and execute it."""
+    """Reuse a completed record of the current code (unless ``force``); otherwise claim the spec and execute it."""
+    code, reason = current_code(spec), None
     if not force:
-        done = store.read(spec.spec_hash)
-        if done is not None and done.status == COMPLETED:
-            return RunOutcome(done, skipped=True)
+        reused, reason = _reuse(spec, store, code)
+        if reused:
+            return reused
     if _distributed_rank() > 0:  # under torchrun / accelerate launch, rank 0 holds the lock for the process group
-        return RunOutcome(execute_spec(spec, ds, store, progress, on_epoch))
+        return RunOutcome(execute_spec(spec, ds, store, progress, on_epoch), stale=reason)
     with store.claim(spec) as claimed:
         if not claimed:
             raise RunBusyError(f"{spec.label} ({spec.spec_hash}) is being computed by another process "
                                f"(lock in {store.runs_dir / '.locks'})")
         if not force:  # finished by another process while we waited to claim it
-            done = store.read(spec.spec_hash)
-            if done is not None and done.status == COMPLETED:
-                return RunOutcome(done, skipped=True)
-        return RunOutcome(execute_spec(spec, ds, store, progress, on_epoch))
+            reused, _ = _reuse(spec, store, code)
+            if reused:
+                return reused
+        if reason:
+            log.warning("%s: stale record recomputed (%s)", spec.label, reason)
+        return RunOutcome(execute_spec(spec, ds, store, progress, on_epoch), stale=reason)
 
 
 def _distributed_rank() -> int:

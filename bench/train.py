@@ -21,9 +21,13 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from bench.evaluate import ZeroShotEvaluator
+from bench.evaluate import EvaluationError, ZeroShotEvaluator
 from bench.method import Batch, Method, TrainState
 from bench.protocols import EvalSet, TrainSet
+
+
+class DivergenceError(RuntimeError):
+    """Training produced a non-finite loss, or no epoch can be selected; the run fails (never ``completed``)."""
 
 
 @dataclass
@@ -122,6 +126,15 @@ class DeviceData:
                      subject=self.row_subject[idx], text=None if self.text is None else self.text[concept])
 
 
+def check_finite_loss(mean_loss: float, first_bad_step: int, epoch: int, steps_per_epoch: int) -> None:
+    """A non-finite training loss ends the run: a diverged model must never be selected or recorded ``completed``."""
+    if math.isfinite(mean_loss) and first_bad_step < 0:
+        return
+    step = first_bad_step if first_bad_step > 0 else steps_per_epoch
+    raise DivergenceError(f"training loss is not finite ({mean_loss}) at epoch {epoch}, step {step} of "
+                          f"{steps_per_epoch} (global step {(epoch - 1) * steps_per_epoch + step}): the run diverged")
+
+
 class Trainer:
     def __init__(self, train_cfg: dict, seed: int, evaluator: ZeroShotEvaluator | None = None,
                  progress: bool = True, log_prefix: str = "", on_epoch: Callable[[dict], None] | None = None):
@@ -189,6 +202,7 @@ class Trainer:
             method.train()
             perm = torch.randperm(n, generator=generator)  # identical in every process: same seed, same draws
             loss_sum, log_sums, n_steps = torch.zeros((), device=device), {}, 0
+            first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first step with a non-finite loss
             t_epoch = time.perf_counter()
             for global_idx in torch.tensor_split(perm, steps_per_epoch):
                 local = global_idx[rank::world]
@@ -199,6 +213,8 @@ class Trainer:
                         loss, logs = model(data.batch(chunk), state)
                         acc.backward(loss / len(chunks))
                     loss_sum += loss.detach().float() / len(chunks)
+                    bad = ~torch.isfinite(loss.detach()) & (first_bad < 0)
+                    first_bad = torch.where(bad, torch.full_like(first_bad, n_steps + 1), first_bad)
                     for k, v in logs.items():
                         log_sums[k] = log_sums.get(k, 0.0) + (v.detach().float() if torch.is_tensor(v) else v) / len(chunks)
                 method.after_backward(state)
@@ -212,18 +228,15 @@ class Trainer:
                 seen += len(global_idx)
             entry = {"epoch": epoch, "train_loss": float(loss_sum) / n_steps,  # float() syncs once per epoch
                      **{k: float(v) / n_steps for k, v in log_sums.items()}}
+            check_finite_loss(entry["train_loss"], int(first_bad), epoch, steps_per_epoch)
             step_s += time.perf_counter() - t_epoch
             state.last_logs = entry
             for key, value in (method.on_epoch_end(state) or {}).items():
                 result.extras.setdefault(key, []).append(value)
             if epoch % int(cfg["val_every"]) == 0 or epoch == state.epochs:
-                scores = self.evaluator.validate(method, val, device)
-                if world > 1:  # batch-norm statistics differ per rank: rank 0 decides selection and early stopping
-                    from accelerate.utils import broadcast_object_list
-
-                    scores = broadcast_object_list([scores], from_process=0)[0]
+                scores = self._validate(method, val, acc)
                 entry.update(val_top1=scores["top1"], val_top5=scores["top5"])
-                if scores["top1"] > best:
+                if scores["top1"] is not None and scores["top1"] > best:
                     best, since_best, result.best_epoch = scores["top1"], 0, epoch
                     if cfg["selection"] == "best_val":
                         best_state = copy.deepcopy({k: v.detach().cpu() for k, v in method.state_dict().items()})
@@ -233,7 +246,8 @@ class Trainer:
             if self.on_epoch is not None and acc.is_main_process:
                 self.on_epoch(entry)
             if bar is not None:
-                bar.set_postfix(loss=f"{entry['train_loss']:.3f}", val_top1=f"{entry.get('val_top1', float('nan')):.1f}")
+                val_top1 = entry.get("val_top1")
+                bar.set_postfix(loss=f"{entry['train_loss']:.3f}", val_top1="-" if val_top1 is None else f"{val_top1:.1f}")
                 bar.update(1)
             result.epochs_run = epoch
             yield entry
@@ -242,18 +256,40 @@ class Trainer:
                 break
         if bar is not None:
             bar.close()
-        if cfg["selection"] == "best_val":
-            if best_state is not None:
-                method.load_state_dict(best_state)
-            result.selected_epoch = result.best_epoch
-        elif cfg["selection"] == "last":
-            result.selected_epoch = result.epochs_run
-        else:
-            raise ValueError(f"train.selection must be best_val or last, not {cfg['selection']!r}")
+        self._select(method, cfg["selection"], best_state, result)
         result.best_val_top1 = best
         result.train_s = time.perf_counter() - t0
         result.samples_per_s = seen / max(step_s, 1e-9)  # optimisation steps only, validation excluded
         method.eval()
+
+    def _validate(self, method: Method, val: EvalSet, acc) -> dict:
+        """Validation scores; ``None`` scores where the embeddings are not finite (never selected)."""
+        try:
+            scores = self.evaluator.validate(method, val, acc.device)
+        except EvaluationError as exc:
+            scores = {"top1": None, "top5": None, "error": str(exc)}
+        if acc.num_processes > 1:  # batch-norm statistics differ per rank: rank 0 decides selection and stopping
+            from accelerate.utils import broadcast_object_list
+
+            scores = broadcast_object_list([scores], from_process=0)[0]
+        return scores
+
+    @staticmethod
+    def _select(method: Method, selection: str, best_state: dict | None, result: FitResult) -> None:
+        """Load the selected epoch's weights; refuse to select an epoch whose validation output was not finite."""
+        if selection == "best_val":
+            if best_state is None:
+                raise DivergenceError(f"no epoch of {result.epochs_run} produced finite validation embeddings: "
+                                      f"nothing can be selected")
+            method.load_state_dict(best_state)
+            result.selected_epoch = result.best_epoch
+        elif selection == "last":
+            if result.curve[-1].get("val_top1") is None:
+                raise DivergenceError(f"the last epoch ({result.epochs_run}) produced non-finite validation "
+                                      f"embeddings; train.selection=last cannot select it")
+            result.selected_epoch = result.epochs_run
+        else:
+            raise ValueError(f"train.selection must be best_val or last, not {selection!r}")
 
     def _progress_bar(self, epochs: int, main_process: bool):
         if not (self.progress and main_process):

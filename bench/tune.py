@@ -72,6 +72,7 @@ def tune_trial(config: dict) -> None:
     """One search point: train every listed subject in lockstep and report mean validation top-1 per epoch."""
     from ray import tune
 
+    from bench import seal
     from bench.evaluate import ZeroShotEvaluator
     from bench.registry import METHODS, PROTOCOLS
     from bench.runner import data_info, open_dataset, resolve_config
@@ -86,31 +87,32 @@ def tune_trial(config: dict) -> None:
     sets = [*config["sets"], *overrides_to_sets(config["overrides"])]
     cfg = resolve_config(config["method"], config["config_files"], sets, config["flag_overrides"])
     ds = open_dataset(cfg)
-    protocol = PROTOCOLS.get(cfg["protocol"]["name"]).obj.from_config(cfg)
-    runs = []
-    for subject in config["subjects"]:
-        split = protocol.split(ds, subject)
-        seed_everything(config["seed"])  # initial weights from the trial's seed, as in `bench run`
-        method = METHODS.create(config["method"], info=data_info(ds, split), **cfg["method"])
-        evaluator = ZeroShotEvaluator(kway=(), galleries=("image",))
-        trainer = Trainer(cfg["train"], config["seed"], evaluator, progress=False)
-        runs.append({"split": split, "trainer": trainer, "epochs": trainer.epochs(method, split.train, split.val),
-                     "last": math.nan, "best": -math.inf})
-    epoch = 0
-    while True:
-        advanced = False
-        for run in runs:
-            entry = next(run["epochs"], None)
-            if entry is not None:
-                advanced = True
-                if "val_top1" in entry:
-                    run["last"], run["best"] = entry["val_top1"], max(run["best"], entry["val_top1"])
-        if not advanced:
-            break
-        epoch += 1
-        tune.report({"val_top1": float(np.nanmean([r["last"] for r in runs])),
-                     "val_top1_best": float(np.mean([r["best"] for r in runs])), "epoch": epoch,
-                     "test_opened": any(r["split"].test.opened for r in runs)})
+    with seal.sealed(f"bench tune is training {config['method']}"):  # tune never reads the test partition
+        protocol = PROTOCOLS.get(cfg["protocol"]["name"]).obj.from_config(cfg)
+        runs = []
+        for subject in config["subjects"]:
+            split = protocol.split(ds, subject)
+            seed_everything(config["seed"])  # initial weights from the trial's seed, as in `bench run`
+            method = METHODS.create(config["method"], info=data_info(ds, split), **cfg["method"])
+            evaluator = ZeroShotEvaluator(kway=(), galleries=("image",))
+            trainer = Trainer(cfg["train"], config["seed"], evaluator, progress=False)
+            runs.append({"split": split, "trainer": trainer, "epochs": trainer.epochs(method, split.train, split.val),
+                         "last": math.nan, "best": -math.inf})
+        epoch = 0
+        while True:
+            advanced = False
+            for run in runs:
+                entry = next(run["epochs"], None)
+                if entry is not None:
+                    advanced = True
+                    if entry.get("val_top1") is not None:
+                        run["last"], run["best"] = entry["val_top1"], max(run["best"], entry["val_top1"])
+            if not advanced:
+                break
+            epoch += 1
+            tune.report({"val_top1": float(np.nanmean([r["last"] for r in runs])),
+                         "val_top1_best": float(np.mean([r["best"] for r in runs])), "epoch": epoch,
+                         "test_opened": any(r["split"].test.opened for r in runs)})
 
 
 @dataclass

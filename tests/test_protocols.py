@@ -41,12 +41,15 @@ def test_loso_excludes_the_held_out_subject_and_hides_its_identity():
     ds = InMemoryThingsEEG(n_subjects=3)
     split = LeaveOneSubjectOut(val_concepts=4).split(ds, 2)
     assert split.info["train_subjects"] == [1, 3]
-    assert set(split.train.row_subject.tolist()) == {0, 2} and set(split.val.subject.tolist()) == {0, 2}
+    assert set(split.train.row_subject.tolist()) == {0, 2}
+    # validation queries are presented as test queries are: without a subject index
+    assert split.val.subject is None
     assert ("train_eeg", 2) not in ds.reads  # not even its training partition
     test = split.test.open()
     assert test.subject is None and len(test) == len(ds.test_concepts)
-    intra_test = IntraSubject(val_concepts=4).split(ds, 2).test.open()
-    assert intra_test.subject.tolist() == [1] * len(ds.test_concepts)
+    intra = IntraSubject(val_concepts=4).split(ds, 2)
+    assert intra.val.subject.tolist() == [1] * len(intra.val)
+    assert intra.test.open().subject.tolist() == [1] * len(ds.test_concepts)
 
 
 def test_errors():

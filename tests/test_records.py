@@ -23,14 +23,16 @@ def test_spec_hash_is_stable_and_sensitive():
 
 def test_round_trip_and_listing(tmp_path):
     store = RunStore(tmp_path)
-    rec = RunRecord(spec(), COMPLETED, metrics={"top1": 12.5, "top5": 40.0})
+    rec = RunRecord(spec(), COMPLETED, metrics={"top1": 12.5, "top5": 40.0}, code_fingerprint="c0de")
     path = store.write(rec)
     assert path.name == f"{rec.spec_hash}.json"
     back = store.read(rec.spec_hash)
-    assert back.metrics == rec.metrics and back.spec == rec.spec
-    assert store.is_completed(spec()) and not store.is_completed(spec(seed=3))
-    store.write(RunRecord(spec(seed=3), FAILED, error={"type": "ValueError", "message": "x", "traceback": "..."}))
-    assert not store.is_completed(spec(seed=3))
+    assert back.metrics == rec.metrics and back.spec == rec.spec and back.code_fingerprint == "c0de"
+    assert store.is_current(spec(), "c0de") and not store.is_current(spec(seed=3), "c0de")
+    assert not store.is_current(spec(), "other code")  # made by other code: stale, not reusable
+    store.write(RunRecord(spec(seed=3), FAILED, error={"type": "ValueError", "message": "x", "traceback": "..."},
+                          code_fingerprint="c0de"))
+    assert not store.is_current(spec(seed=3), "c0de")
     assert sorted(r.status for r in store.records()) == [COMPLETED, FAILED]
     assert [p.name for p in store.runs_dir.iterdir() if p.name.startswith(".") and p.suffix == ".tmp"] == []
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import seal
 from bench.data.atomic import atomic_directory, file_lock
 from bench.data.diskarray import DiskArray, row_blocks
 from bench.data.errors import DataFormatError, NonFiniteDataError
@@ -129,6 +130,7 @@ class CachedEEG:
 def peek_header(path: str | Path) -> EEGHeader:
     """The header of ``path`` from its cache entry if there is one, else from the file (its data is not read)."""
     path = Path(path)
+    seal.guard_path(path, "peek_header")
     meta = _read_meta(eeg_cache_root() / file_fingerprint(path))
     if meta is not None:
         return _header_from_meta(path, meta)
@@ -138,6 +140,7 @@ def peek_header(path: str | Path) -> EEGHeader:
 def cached_eeg(path: str | Path) -> CachedEEG:
     """The cache entry of ``path``, converting and validating the file first if needed."""
     path = Path(path)
+    seal.guard_path(path, "cached_eeg")
     fingerprint = file_fingerprint(path)
     entry = eeg_cache_root() / fingerprint
     meta = _read_meta(entry)

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from bench import seal
 from bench.config import ConfigError
 from bench.data.cache import EEGHeader, cached_eeg, file_fingerprint, peek_header
 from bench.data.channels import requested_channels
@@ -65,6 +66,7 @@ class ThingsEEG:
                               f"braces ({exc})") from None
         self.prompt_template, self.underscores_to_spaces = prompt_template, bool(underscores_to_spaces)
         self._features = features
+        seal.mark_test_files(layout.subject(s).test for s in self.subjects)
 
     # --- construction ------------------------------------------------------------------------------------------
     @classmethod
@@ -101,6 +103,7 @@ class ThingsEEG:
 
     def load_test(self, subject: int, n_reps: int | None = None) -> np.ndarray:
         """float32 (n_test_images, C, T): the mean of all repetitions, or of the first ``n_reps``."""
+        seal.guard_test_read(f"ThingsEEG.load_test(sub-{subject:02d})")
         cached = cached_eeg(self.layout.subject(subject).test)
         self._check_rows(cached.header, self.n_test_images, "test")
         reps = cached.shape[1]
@@ -161,6 +164,7 @@ class ThingsEEG:
         return self._features_of("train", self.n_train_images, len(self.train_concepts))
 
     def test_features(self) -> PartitionFeatures:
+        seal.guard_test_read("ThingsEEG.test_features()")
         return self._features_of("test", self.n_test_images, len(self.test_concepts))
 
     def _features_of(self, partition: str, n_images: int, n_concepts: int) -> PartitionFeatures:

@@ -23,6 +23,7 @@ from typing import Literal
 
 import numpy as np
 
+from bench import seal
 from bench.data.errors import FeatureFileError  # light module: no numpy needed to recognise it
 from bench.io import atomic_path
 
@@ -107,6 +108,8 @@ def _open_npz(path: Path):
 def load_partition(path: str | Path, partition: Partition) -> PartitionFeatures:
     """Read one partition's features; the other partition's arrays are never read."""
     path = Path(path)
+    if partition == "test":
+        seal.guard_test_read(f"test features {path}")
     if partition not in ("train", "test"):
         raise ValueError(f"partition must be 'train' or 'test', not {partition!r}")
     with _open_npz(path) as npz:
@@ -215,6 +218,8 @@ def find_feature_file(folders: list[Path]) -> Path | None:
 
 def load_partition_any(path_or_dir: str | Path, partition: Partition) -> PartitionFeatures:
     """One partition's features from our .npz, an ATM .pt pair or NICE .npy files (dispatched by file name)."""
+    if partition == "test":
+        seal.guard_test_read(f"test features {path_or_dir}")
     kind, files = feature_files(path_or_dir, partition)
     if kind == "thingsbench":
         return load_partition(files[0], partition)
