@@ -146,6 +146,11 @@ def resolve(
         cfg["method"] = {**cfg["method"], **copy.deepcopy(dict(method_defaults))}
     if method:
         method_file = cdir / "methods" / f"{method}.yaml"
+        # Defence in depth: the registry already refuses names like '../../x', but a recipe is code-adjacent input
+        # and must never be read from outside the config folder, whatever name reaches here.
+        if not method_file.resolve().is_relative_to((cdir / "methods").resolve()):
+            raise ConfigError(f"method name {method!r} points the recipe at {method_file.resolve()}, outside the "
+                              f"config folder {cdir / 'methods'}; expected a plain name such as 'nice'")
         if method_file.is_file():
             cfg = merge(cfg, load_yaml(method_file), str(method_file))
         cfg["method_name"] = method

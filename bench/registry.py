@@ -17,6 +17,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import inspect
+import re
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -38,6 +39,20 @@ class Entry:
     citation: str
     origin: str
     extra: dict = field(default_factory=dict)
+
+
+# Names become file and folder names (configs/methods/<name>.yaml, tune/<name>-best.yaml, report anchors), so each must be
+# one harmless path component: ``..`` fits the character class, so it is refused on its own.
+NAME_RULE = "[a-z0-9][a-z0-9._+-]* (lower case; no '..' and no '/')"
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._+\-]*")
+
+
+def check_name(kind: str, name: Any, origin: str) -> None:
+    """Refuse a registered name that is not one safe path component, naming where it was registered."""
+    if isinstance(name, str) and _NAME_RE.fullmatch(name) and ".." not in name and "/" not in name:
+        return
+    raise RegistryError(f"{origin}: {kind} name {name!r} is not allowed; a registered name must match {NAME_RULE}, "
+                        f"e.g. 'my-method'")
 
 
 def _origin(obj: Any) -> str:
@@ -73,8 +88,6 @@ class Registry:
 
     # --- registration -----------------------------------------------------------------------------------------
     def register(self, name: str, *, description: str, citation: str = "", **extra: Any) -> Callable:
-        if not name or name != name.strip():
-            raise ValueError(f"invalid {self.kind} name {name!r}")
         if not description:
             raise ValueError(f"{self.kind} {name!r} must declare a one-line description")
 
@@ -85,6 +98,7 @@ class Registry:
         return decorator
 
     def add(self, entry: Entry) -> None:
+        check_name(self.kind, entry.name, entry.origin)  # here, not in register(): the origin is known only now
         with self._lock:
             old = self._entries.get(entry.name)
             if old is not None and old.obj is not entry.obj:

@@ -80,3 +80,18 @@ def test_repository_defaults_parse(monkeypatch):
     monkeypatch.delenv("BENCH_CONFIG_DIR", raising=False)
     cfg = resolve(None)
     assert cfg["train"]["lr"] == pytest.approx(3e-4) and cfg["protocol"]["name"] == "intra"
+
+
+def test_recipes_are_read_only_from_the_config_folder(tmp_path, monkeypatch):
+    """Even a name that slipped past the registry cannot make resolve() read a YAML file outside configs/methods."""
+    cdir = tmp_path / "cfg"
+    (cdir / "methods").mkdir(parents=True)
+    (cdir / "defaults.yaml").write_text(yaml.safe_dump({"train": {"lr": 0.1}, "method": {}}))
+    planted = {"train": {"lr": 99.0}}
+    (tmp_path / "x.yaml").write_text(yaml.safe_dump(planted))  # cfg/methods/../../x.yaml
+    (cdir / "y.yaml").write_text(yaml.safe_dump(planted))  # cfg/methods/../y.yaml: in the config dir, not methods/
+    monkeypatch.setenv("BENCH_CONFIG_DIR", str(cdir))
+    for name in ("../../x", "../y", str(tmp_path / "x"), "sub/../../../x"):
+        with pytest.raises(ConfigError, match=r"method name .* outside the config folder .*methods.*plain name"):
+            resolve(name)
+    assert resolve("plain")["train"]["lr"] == 0.1  # an unknown plain name just has no recipe

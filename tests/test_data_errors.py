@@ -1,5 +1,6 @@
 """Bad inputs give a clear error that names the file, and leave no cache entry or temporary file behind."""
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -211,3 +212,42 @@ def test_data_check_reports_each_problem_and_exits_1(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["data", "check", "--data-root", str(tmp_path / "empty")])
     assert exit_info.value.code == 1 and "no subject folders" in capsys.readouterr().err
+
+
+def _make_test_concept_a_training_concept(fake, concepts):
+    """Turn test concept 00002_backscratcher into 00002_zebra: 'zebra' is training concept 00004_zebra."""
+    folder = fake.root / "image_set"
+    if concepts == "metadata":
+        meta = np.load(folder / "image_metadata.npy", allow_pickle=True).item()
+        for key in ("test_img_concepts", "test_img_concepts_THINGS"):
+            meta[key] = [c.replace("backscratcher", "zebra") for c in meta[key]]
+        np.save(folder / "image_metadata.npy", meta)
+        return folder / "image_metadata.npy"
+    (folder / "test_images" / "00002_backscratcher").rename(folder / "test_images" / "00002_zebra")
+    return folder
+
+
+@pytest.mark.parametrize("concepts", ["metadata", "folders"])
+def test_test_concepts_overlapping_training_concepts_are_refused(tmp_path, capsys, concepts):
+    from bench.cli import main
+
+    fake = make_root(tmp_path / "root", "nice-pickle", concepts=concepts)
+    ThingsEEG.open(fake.root)  # the fake's concepts are disjoint, as THINGS-EEG's are
+    source = _make_test_concept_a_training_concept(fake, concepts)
+    message = "1 of 3 test concepts are also training concepts (zebra); expected disjoint concepts"
+    with pytest.raises(DataFormatError, match=rf"^{source}: {re.escape(message)}"):
+        ThingsEEG.open(fake.root)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["data", "check", "--data-root", str(fake.root)])
+    err = " ".join(capsys.readouterr().err.split())
+    assert exit_info.value.code == 1 and f"{source}: {message}" in err
+
+
+def test_overlap_message_names_the_count_and_the_first_few():
+    from bench.data.concepts import refuse_overlapping_concepts
+
+    train = [f"c{i}" for i in range(20)]
+    with pytest.raises(DataFormatError, match=r"^list\.npy: 8 of 9 test concepts are also training concepts "
+                                              r"\(c0, c1, c2, c3, c4 \.\.\.\)"):
+        refuse_overlapping_concepts(train, [*train[:8], "new"], "list.npy")
+    refuse_overlapping_concepts(train, ["new", "other"], "list.npy")  # disjoint: fine

@@ -132,3 +132,13 @@ def test_full_preset_has_the_published_shapes_and_is_written_in_bounded_blocks()
     model = SubjectModel(full, 0, 1, channel_directions())
     trials = model.trials(latents[:2], latents[:2], 3, np.random.default_rng(0))
     assert trials.shape == (2, 3, 63, 250) and trials.dtype == np.float32
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_has_disjoint_train_and_test_concepts(preset):
+    from bench.data.synthetic import World
+
+    world = World(PRESETS[preset], seed=0)
+    assert len(world.train_names) == PRESETS[preset].n_train_concepts
+    assert len(world.test_names) == PRESETS[preset].n_test_concepts
+    assert not set(world.train_names) & set(world.test_names)

@@ -1,4 +1,5 @@
 """Plots are written as real PNG/SVG files, and the HTML report is self-contained and renders in headless Chromium."""
+import html
 import os
 import re
 import shutil
@@ -103,3 +104,132 @@ def test_write_leaderboard_writes_the_report_and_plots_beside_it(tmp_path):
     assert sorted(p.name for p in result.plots) == sorted(f"board_inter_{k}.{e}" for k in ("subjects", "paired",
                                                                                            "validation")
                                                           for e in ("png", "svg"))
+
+
+# --- hostile text: reports stay inert ------------------------------------------------------------------------------
+# Each payload, if it ever ran, would change the page title; a link with any scheme but http(s) is refused as well.
+PWN = "document.title='PWNED'"
+HOSTILE_METHOD = f"<script>{PWN}</script>"
+HOSTILE_VARIANT = f"<img src=x onerror=\"{PWN}\">"
+HOSTILE_DEVICE = f"<svg onload=\"{PWN}\"></svg>"
+HOSTILE_CAVEAT = f"<iframe src=\"javascript:{PWN}\"></iframe> a|b [x](javascript:{PWN}) `code` & \\input{{x}}\nnext"
+HOSTILE_SOURCES = [f"javascript:{PWN}", f" JaVaScRiPt:{PWN}", "data:text/html,<script>alert(1)</script>",
+                   "vbscript:msgbox(1)", f"java\tscript:{PWN}", "//evil.example/x", "file:///etc/passwd"]
+
+
+def hostile_reported(tmp_path):
+    import csv
+
+    path = tmp_path / "reported.csv"
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["method", "protocol", "subject", "top1", "top5", "source", "caveat"])
+        for i, source in enumerate(HOSTILE_SOURCES):
+            writer.writerow([f"<script>{PWN}</script>{i}", "intra", "avg", 20 + i, 50, source, HOSTILE_CAVEAT])
+        writer.writerow(["Fine", "intra", "avg", 10, 30, "https://arxiv.org/abs/2308.13234", "a plain source"])
+    return path
+
+
+def hostile_records():
+    """Run records whose method, ablation variant and device are hostile text (records are files anyone can edit)."""
+    import dataclasses
+
+    from leaderboard_data import completed
+
+    records = []
+    for subject in (1, 2, 3, 4):
+        for method, variant, base in (("nice", None, 14.0), (HOSTILE_METHOD, None, 16.0),
+                                      (HOSTILE_METHOD, HOSTILE_VARIANT, 15.0)):
+            rec = completed("nice", variant, "intra", subject, 0, base)
+            rec = dataclasses.replace(rec, spec=dataclasses.replace(rec.spec, method=method))
+            rec.provenance["device"] = HOSTILE_DEVICE
+            records.append(rec)
+    return records
+
+
+@pytest.fixture
+def hostile_board(tmp_path):
+    return build_leaderboard(hostile_records(), load_reported(hostile_reported(tmp_path)))
+
+
+class _Tags:
+    """Start tags and link targets of an HTML text, as a browser's tokenizer sees them."""
+
+    def __init__(self, text):
+        from html.parser import HTMLParser
+
+        self.tags, self.hrefs = [], []
+        parser = HTMLParser()
+        parser.handle_starttag = lambda tag, attrs: (self.tags.append(tag),
+                                                     self.hrefs.extend(v for k, v in attrs if k in ("href", "src")))
+        parser.feed(text)
+
+
+def assert_inert_html(text):
+    tags = _Tags(text)
+    assert not {"script", "iframe", "svg", "object", "embed"} & set(tags.tags), tags.tags
+    assert all(re.match(r"https?://|data:image/png;base64,", h) for h in tags.hrefs), tags.hrefs
+
+
+def test_hostile_text_is_escaped_in_the_html_report(hostile_board):
+    page = render(hostile_board, "html", plots=False)
+    assert_inert_html(page)
+    assert _Tags(page).tags.count("img") == 0  # the variant's <img onerror> is text, not an element
+    assert "&lt;script&gt;document.title=&#x27;PWNED&#x27;&lt;/script&gt;" in page  # shown literally
+    assert 'href="https://arxiv.org/abs/2308.13234"' in page  # a plain http(s) source is still a link
+    for source in HOSTILE_SOURCES:  # every other source is text
+        assert f"(source: {html.escape(source.strip())})" in page
+
+
+def test_hostile_text_is_escaped_in_markdown(hostile_board):
+    text = render(hostile_board, "md")
+    assert r"\<script\>document.title='PWNED'\</script\>" in text and "<script" not in text.replace(r"\<", "")
+    assert r"\<img src=x onerror" in text and r"\<svg onload" in text
+    targets = re.findall(r"(?<!\\)\]\(([^)]*)\)", text)  # the targets of real (unescaped) Markdown links
+    assert targets and all(t.startswith("https://") for t in targets), targets
+    assert "[source](https://arxiv.org/abs/2308.13234)" in text
+    assert r"a\|b \[x\](javascript:" in text and r"\`code\` \& \\input{x} next" in text
+    # Every row of a table has as many cell separators as its header: no text split or added a cell or a row.
+    for block in re.findall(r"(?:^\|.*\n)+", text, flags=re.M):
+        counts = {len(re.findall(r"(?<!\\)\|", line)) for line in block.splitlines()}
+        assert len(counts) == 1, block
+    # And a CommonMark renderer (markdown-it, as rich ships it) makes no element and no link of them.
+    markdown_it = pytest.importorskip("markdown_it")
+    rendered = markdown_it.MarkdownIt("commonmark", {"html": True}).enable("table").render(text)
+    assert_inert_html(rendered)
+    assert "<table>" in rendered and "PWNED" in rendered  # rendered, as text
+
+
+def test_hostile_text_is_escaped_in_latex(hostile_board):
+    tex = render(hostile_board, "tex")
+    assert r"\input{x}" not in tex and r"\textbackslash{}input\{x\}" in tex
+    assert r"\& \textbackslash{}input" in tex and "$<$script$>$" in tex
+    for line in tex.splitlines():  # the caveat's line break did not end a table row early
+        assert not line.startswith("next"), line
+
+
+def test_only_plain_http_urls_become_links():
+    from bench.leaderboard.markup import safe_url
+
+    for url in [*HOSTILE_SOURCES, "JAVASCRIPT:x", "\x01javascript:x", "https:///x", "http://", "https://a.b/c d",
+                "mailto:a@b.c", "/relative", "", None]:
+        assert safe_url(url) is None, url
+    assert safe_url("https://arxiv.org/abs/2503.04207") == "https://arxiv.org/abs/2503.04207"
+    assert safe_url("HTTP://a.b/x(1)|\"'<>") == "HTTP://a.b/x%281%29%7C%22%27%3C%3E"
+
+
+def test_hostile_report_is_inert_in_headless_chromium(hostile_board, tmp_path):
+    exe = chromium()
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed; .ci/run installs it (apt-get install chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium); CI installs it and runs this test")
+    page = tmp_path / "hostile.html"
+    page.write_text(render(hostile_board, "html", title="hostile report", plots=False))
+    dom = run_chromium(exe, tmp_path, "--virtual-time-budget=2000", "--dump-dom", page.as_uri())
+    assert dom.returncode == 0 and "<title>" in dom.stdout, dom.stderr[-2000:]
+    # The DOM after load: the title is ours (no payload ran), no payload became an element, every link is http(s).
+    assert re.search(r"<title>(.*?)</title>", dom.stdout).group(1) == "hostile report"
+    assert_inert_html(dom.stdout)
+    assert "&lt;script&gt;document.title='PWNED'&lt;/script&gt;" in dom.stdout  # shown as text
+    assert dom.stdout.count("<a ") == 1  # only the plain https source

@@ -115,3 +115,57 @@ def test_cli_plugin_and_list(tmp_path):
     assert "plugin-method-cli" in out.stdout and "Plugin 2026" in out.stdout
     bad = subprocess.run([str(bench), "list", "nosuchkind"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "unknown kind" in bad.stderr
+
+
+HOSTILE_NAMES = ["../../x", "a/b", "..", "a..b", "<script>alert(1)</script>", "Nice", "", " nice", "-x", "nice\n"]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_unsafe_names_are_refused_naming_the_plugin_file(tmp_path, name):
+    """A registered name becomes a file name (configs/methods/<name>.yaml): it must be one harmless path component."""
+    path = tmp_path / "hostile_plugin.py"
+    path.write_text(f"from bench.registry import register_method\n\n"
+                    f"@register_method({name!r}, description='hostile')\nclass Hostile:\n    pass\n")
+    with pytest.raises(RegistryError) as info:
+        load_plugin(path)
+    message = str(info.value)
+    assert str(path) in message and repr(name) in message and "[a-z0-9][a-z0-9._+-]*" in message
+    assert name not in METHODS.names()
+
+
+def test_unsafe_entry_point_name_is_refused(tmp_path, monkeypatch):
+    pkg = tmp_path / "fake_upper_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text('class Loud:\n    """A method with a shouting name."""\n')
+    _fake_distribution(tmp_path, "bench.upper_methods", "LOUD", "fake_upper_pkg:Loud")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(RegistryError, match=r"fake_upper_pkg.*method name 'LOUD' is not allowed"):
+        Registry("method", group="bench.upper_methods").list()
+
+
+@pytest.mark.parametrize("name", ["nice", "nice-sa", "open_clip", "vit-h-14+text", "a1.2", "0"])
+def test_safe_names_pass(name):
+    reg = make_registry()
+    reg.register(name, description="fine")(type("Fine", (), {}))
+    assert reg.list() == [name]
+
+
+def test_every_builtin_name_follows_the_rule():
+    from bench.registry import REGISTRIES, check_name
+
+    for kind, registry in REGISTRIES.items():
+        names = registry.names()
+        assert names, kind
+        for name in names:
+            check_name(kind, name, "built-in")  # raises on a bad one
+
+
+def test_cli_refuses_a_plugin_with_an_unsafe_name(tmp_path):
+    path = tmp_path / "bad_plugin.py"
+    path.write_text("from bench.registry import register_method\n\n"
+                    "@register_method('../../x', description='escapes')\nclass Bad:\n    pass\n")
+    bench = Path(sys.executable).with_name("bench")
+    out = subprocess.run([str(bench), "--plugin", str(path), "list", "methods"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 1 and str(path) in out.stderr and "'../../x' is not allowed" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.data.cache import EEGHeader, cached_eeg, peek_header
+from bench.data.concepts import concept_name, refuse_overlapping_concepts
 from bench.data.errors import DataFormatError, FeatureFileError, NonFiniteDataError
 from bench.data.features import feature_files, find_feature_file, load_partition_any
 from bench.data.formats import ImageList
@@ -96,6 +97,11 @@ def _check_concepts(layout, report: CheckReport) -> ImageList | None:
         return None
     report.concept_source = images.source
     report.n_train_concepts, report.n_test_concepts = len(images.train_concepts), len(images.test_concepts)
+    try:  # a problem of its own: the image counts can still be checked against this list
+        refuse_overlapping_concepts([concept_name(c) for c in images.train_concepts],
+                                    [concept_name(c) for c in images.test_concepts], images.source)
+    except DataFormatError as exc:
+        report.problems.append(str(exc))
     return images
 
 

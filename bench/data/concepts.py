@@ -9,6 +9,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.data.errors import DataFormatError
 from bench.errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -44,6 +45,21 @@ def concept_name(folder_name: str) -> str:
     """``00001_aircraft_carrier`` → ``aircraft_carrier`` (the numeric prefix dropped, underscores kept)."""
     prefix, sep, rest = folder_name.partition("_")
     return rest if sep and prefix.isdigit() else folder_name
+
+
+def refuse_overlapping_concepts(train: list[str], test: list[str], source: str | Path) -> None:
+    """Refuse a concept list whose test concepts include training concepts (names as ``concept_name`` gives them).
+
+    Zero-shot scores are only meaningful on concepts the model never trained on; THINGS-EEG's 200 test concepts are
+    disjoint from its 1654 training concepts by design, so an overlap means an edited or mixed-up image list.
+    """
+    seen = set(train)
+    overlap = [c for c in test if c in seen]
+    if overlap:
+        shown = ", ".join(overlap[:5]) + (" ..." if len(overlap) > 5 else "")
+        raise DataFormatError(f"{source}: {len(overlap)} of {len(test)} test concepts are also training concepts "
+                              f"({shown}); expected disjoint concepts, as in THINGS-EEG (zero-shot tests need "
+                              f"concepts the model never trained on)")
 
 
 def make_prompts(concepts: list[str], template: str = "This picture is {concept}",

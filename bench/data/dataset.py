@@ -19,7 +19,7 @@ from bench.data.cache import EEGHeader, cached_eeg, file_fingerprint, peek_heade
 from bench.data.channels import requested_channels
 from bench.data.errors import DataFormatError, FeatureFileError
 from bench.data.features import PartitionFeatures, feature_files, find_feature_file, load_partition_any
-from bench.data.concepts import concept_name, make_prompts
+from bench.data.concepts import concept_name, make_prompts, refuse_overlapping_concepts
 from bench.data.layout import DataLayout, find_image_list, find_layout
 from bench.registry import register_dataset
 
@@ -52,6 +52,7 @@ class ThingsEEG:
         self.images = find_image_list(layout)
         self.train_concepts = [concept_name(c) for c in self.images.train_concepts]
         self.test_concepts = [concept_name(c) for c in self.images.test_concepts]
+        refuse_overlapping_concepts(self.train_concepts, self.test_concepts, self.images.source)
         self.images_per_train_concept: int = self.images.images_per_concept("train")
         self.n_train_images, self.n_test_images = len(self.images.train_images), len(self.images.test_images)
         self.train_image_concept = np.arange(self.n_train_images, dtype=np.int64) // self.images_per_train_concept

@@ -1,7 +1,13 @@
-"""Display tables → Markdown, LaTeX (booktabs) and HTML markup. Markup only: no numbers are formatted here."""
+"""Display tables → Markdown, LaTeX (booktabs) and HTML markup. Markup only: no numbers are formatted here.
+
+Cell text comes from run records and reported.csv, which anyone can edit: every renderer escapes all text, and a
+source becomes a link only when it is a plain http(s) URL (`safe_url`), so a report can never run or link to code.
+"""
 from __future__ import annotations
 
 import html
+import re
+import urllib.parse
 
 from .tables import Cell, Table
 
@@ -9,29 +15,58 @@ from .tables import Cell, Table
 
 
 def to_markdown(table: Table, heading: str = "###") -> str:
-    head = [_md_escape(h) for h in table.headers]
-    lines = [f"{heading} {table.title}", "", "| " + " | ".join(head) + " |",
+    head = [md_escape(h) for h in table.headers]
+    lines = [f"{heading} {md_escape(table.title)}", "", "| " + " | ".join(head) + " |",
              "|" + "|".join("---:" if a == "r" else ":---" for a in table.align) + "|"]
     for row in table.rows:
         lines.append("| " + " | ".join(_md_cell(c) for c in row) + " |")
     if table.notes:
         lines.append("")
-        lines.extend(_md_escape(n, table_cell=False) for n in table.notes)
+        lines.extend(md_escape(n) for n in table.notes)
     return "\n".join(lines) + "\n"
 
 
 def _md_cell(cell: Cell) -> str:
-    text = _md_escape(cell.text)
+    text = md_escape(cell.text)
     if cell.bold and text:
         text = f"**{text}**"
     if cell.link:
-        text = f"{text} ([source]({cell.link}))" if text else f"[source]({cell.link})"
+        url = safe_url(cell.link)
+        source = f"[source]({url})" if url else f"source: {md_escape(cell.link)}"
+        text = f"{text} ({source})" if text else source
     return text
 
 
-def _md_escape(text: str, table_cell: bool = True) -> str:
-    text = str(text).replace("\n", " ").replace("*", r"\*")
-    return text.replace("|", r"\|") if table_cell else text
+# Backslash escapes (CommonMark) for every character that can open markup: emphasis, code, links, raw HTML or
+# entities (<, >, &), and GFM's cell separator (|). '<' opens a tag, comment or autolink only when a letter, '/', '!'
+# or '?' follows it (in Markdown and HTML alike), so our own "p < 0.05" stays as written. '_' is left alone: at
+# worst it italicises, it cannot inject.
+_MD_SPECIAL = re.compile(r"([\\`*\[\]>|&]|<(?=[A-Za-z/!?]))")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def one_line(text: object) -> str:
+    """``text`` with control characters (line breaks, tabs, escapes) as spaces."""
+    return _CONTROL.sub(" ", str(text))
+
+
+def md_escape(text: object) -> str:
+    """``text`` as literal Markdown on one line: a line break or a '|' must not end a table row or cell."""
+    return _MD_SPECIAL.sub(r"\\\1", one_line(text))
+
+
+# A link target must be a plain http(s) URL with a host: no javascript:, data:, vbscript:, file:, relative paths or
+# scheme tricks (case, leading spaces, control characters) can pass, since nothing but these characters may.
+_HTTP_URL = re.compile(r"https?://[^\s/?#\\]+[^\s]*", re.IGNORECASE)
+
+
+def safe_url(url: object) -> str | None:
+    """``url`` percent-encoded for an href or a Markdown link target, or None if it is not a plain http(s) URL."""
+    text = str(url or "")
+    if not _HTTP_URL.fullmatch(text) or _CONTROL.search(text):
+        return None
+    # Encode what could end a Markdown link or table cell, or an HTML attribute: ( ) [ ] | \ < > " ' and spaces.
+    return urllib.parse.quote(text, safe="/:?#@!$&*+,;=%-._~")
 
 
 # --------------------------------------------------------------------------------------------------------- latex
@@ -65,7 +100,8 @@ def _tex_cell(cell: Cell) -> str:
 
 
 def tex_escape(text: str) -> str:
-    return "".join(_TEX_SPECIAL.get(ch, ch) for ch in str(text))
+    # Control characters become spaces: a line break in a cell would end the row, a blank line the paragraph.
+    return "".join(_TEX_SPECIAL.get(ch, ch) for ch in one_line(text))
 
 
 # ---------------------------------------------------------------------------------------------------------- html
@@ -84,7 +120,8 @@ def to_html(table: Table) -> str:
             if cell.bold and text:
                 text = f"<strong>{text}</strong>"
             if cell.link:
-                text += f' (<a href="{e(cell.link)}">source</a>)'
+                url = safe_url(cell.link)
+                text += f' (<a href="{e(url)}">source</a>)' if url else f" (source: {e(cell.link)})"
             out.append(f'<td class="{_align(a)}">{text}</td>')
         out.append("</tr>")
     out.append("</tbody></table>")

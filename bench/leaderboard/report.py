@@ -250,12 +250,13 @@ def render(board: Leaderboard, fmt: str = "md", table: str | None = None, title:
         return html_page(board, which, title, plots)
     parts = []
     if fmt == "md":
-        parts.append(f"# {title}\n\n{_overview(board)}\n")
+        parts.append(f"# {markup.md_escape(title)}\n\n{markup.md_escape(_overview(board))}\n")
         for protocol in board.protocols:
-            parts.append(f"## Protocol: {protocol}\n")
+            parts.append(f"## Protocol: {markup.md_escape(protocol)}\n")
             parts.extend(markup.to_markdown(t) for t in display_tables(board, protocol, which))
     else:
-        parts.append(f"% {title}: {_overview(board)}\n% Needs \\usepackage{{booktabs}}.\n")
+        # A comment line: only a line break (from a record's protocol name) could end it early.
+        parts.append(f"% {markup.one_line(f'{title}: {_overview(board)}')}\n% Needs \\usepackage{{booktabs}}.\n")
         for protocol in board.protocols:
             parts.extend(markup.to_latex(t) for t in display_tables(board, protocol, which))
     return "\n".join(parts)
