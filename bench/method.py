@@ -14,6 +14,11 @@ Methods without gradient training (closed-form ridge) set ``closed_form = True``
 The harness owns seeds, devices, data splits, validation, model selection, test evaluation and output. A method
 never receives a split, a path or a dataset: only batches of training data, and at evaluation time the EEG and
 targets it must embed.
+
+The encoders must be **per-sample**: each output row of ``encode_eeg``/``encode_image``/``encode_text`` depends only on
+its own input row and the trained weights, never on the rest of the batch, earlier calls or the gallery. The
+evaluator embeds the galleries before the queries, then checks the rule by embedding everything again with a copy of
+the method, one query at a time in another order, and fails the run on any difference (no transduction).
 """
 from __future__ import annotations
 
