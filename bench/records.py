@@ -75,6 +75,9 @@ class RunRecord:
     split: dict = field(default_factory=dict)
     extras: dict = field(default_factory=dict)
     error: dict | None = None
+    #: the harness code the run executed (short hex); not part of the spec: the same spec rerun by changed code is
+    #: the same cell, and the leaderboard keeps the two versions apart. None in records written before it existed.
+    code_fingerprint: str | None = None
 
     @property
     def spec_hash(self) -> str:
@@ -85,7 +88,7 @@ class RunRecord:
             "schema": SCHEMA, "spec_hash": self.spec_hash, "method": self.spec.method, "variant": self.spec.variant,
             "protocol": self.spec.protocol, "subject": int(self.spec.subject), "seed": int(self.spec.seed),
             "status": self.status, "config": self.spec.config, "data_fingerprint": self.spec.data_fingerprint,
-            "metrics": self.metrics, "timings": self.timings, "provenance": self.provenance, "split": self.split,
+            "code_fingerprint": self.code_fingerprint, "metrics": self.metrics, "timings": self.timings, "provenance": self.provenance, "split": self.split,
             "extras": self.extras, "error": self.error,
         }
 
@@ -98,7 +101,7 @@ class RunRecord:
                            seed=d["seed"], data_fingerprint=d["data_fingerprint"], variant=d.get("variant"))
             rec = cls(spec=spec, status=d["status"], metrics=d.get("metrics") or {}, timings=d.get("timings") or {},
                       provenance=d.get("provenance") or {}, split=d.get("split") or {}, extras=d.get("extras") or {},
-                      error=d.get("error"))
+                      error=d.get("error"), code_fingerprint=d.get("code_fingerprint"))
         except KeyError as exc:
             raise RecordError(f"{source}: missing field {exc.args[0]!r}") from None
         if rec.status not in (COMPLETED, FAILED):
