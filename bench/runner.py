@@ -119,7 +119,8 @@ def execute_spec(spec: RunSpec, ds, store: RunStore, progress: bool = True, on_e
                            error={"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()})
     device = fit.device if fit else "cpu"
     record.provenance = {**provenance.collect(device, spec.data_fingerprint,
-                                              fit.num_processes if fit else 1, fit.mixed_precision if fit else "no"),
+                                              fit.num_processes if fit else 1, fit.mixed_precision if fit else "no",
+                                              preprocessing=getattr(ds, "preprocessing", None)),
                          "started_at": started, "finished_at": provenance.now()}
     if accelerator is None or accelerator.is_main_process:
         store.write(record)
