@@ -404,6 +404,7 @@ def preprocess(
     """Rebuild a published THINGS-EEG view from the raw recordings (MNE epochs, MVNN, merged sessions)."""
     from bench.data.preprocess import get_profile
     from bench.data.preprocess import preprocess as run_preprocess
+    from bench.data.sidecar import SIDECAR_NAME
 
     console.print(f"preprocessing {raw_root} → {out} ({get_profile(profile).describe()})")
     written = run_preprocess(raw_root, out, profile, _subject_list(subjects), image_metadata=image_metadata,
@@ -412,6 +413,7 @@ def preprocess(
                              reps={"train": train_reps, "test": test_reps})
     for path in written:
         console.print(f"wrote {path}", highlight=False)
+    console.print(f"wrote {out / SIDECAR_NAME} (how these files were made; runs on {out} record it)", highlight=False)
     if not (out / "image_metadata.npy").is_file():
         err_console.print(f"note: no image_metadata.npy found beside {raw_root}; copy the image set's into {out} "
                           f"(or pass --image-metadata) so `bench data check --data-root {out}` can pair rows with "

@@ -160,12 +160,13 @@ def check_shared_storage(results_dir: Path) -> None:
 
 
 # --- the trial -------------------------------------------------------------------------------------------------------
-def _failed_record(spec: RunSpec, exc: BaseException) -> RunRecord:
+def _failed_record(spec: RunSpec, exc: BaseException, command: str | None = None) -> RunRecord:
     from bench import provenance
 
     return RunRecord(spec, FAILED, error={"type": type(exc).__name__, "message": str(exc),
                                           "traceback": traceback.format_exc()},
-                     provenance={**provenance.collect("cpu", spec.data_fingerprint), "finished_at": provenance.now()})
+                     provenance={**provenance.collect("cpu", spec.data_fingerprint, command=command),
+                                 "finished_at": provenance.now()})
 
 
 def _report_epoch(entry: dict) -> None:
@@ -181,6 +182,7 @@ def run_trial(config: dict) -> None:
     import torch
     from ray import tune
 
+    from bench.provenance import driver_command
     from bench.runner import RunBusyError, open_dataset, run_spec
 
     load_plugins(config)
@@ -189,16 +191,18 @@ def run_trial(config: dict) -> None:
     if config.get("threads"):
         torch.set_num_threads(max(1, int(config["threads"])))  # Ray's OMP_NUM_THREADS does not reach torch's pool
     try:
-        if config.get("ddp_workers", 1) > 1:
-            record = _run_ddp_trial(spec, store, config)
-        else:
-            ds = open_dataset(spec.config)
-            record = run_spec(spec, ds, store, force=config["force"], progress=False, on_epoch=_report_epoch).record
+        with driver_command(config.get("command")):  # the record names the user's `bench run`, not Ray's worker
+            if config.get("ddp_workers", 1) > 1:
+                record = _run_ddp_trial(spec, store, config)
+            else:
+                ds = open_dataset(spec.config)
+                record = run_spec(spec, ds, store, force=config["force"], progress=False,
+                                  on_epoch=_report_epoch).record
     except RunBusyError as exc:
         tune.report({"status": "busy", "spec_hash": spec.spec_hash, "message": str(exc)})
         return
     except Exception as exc:  # outside the run itself (e.g. opening the data): still a record, never a lost run
-        record = _failed_record(spec, exc)
+        record = _failed_record(spec, exc, config.get("command"))
         store.write(record)
     tune.report({"status": record.status, "spec_hash": spec.spec_hash,
                  "top1": record.metrics.get("top1", math.nan), "top5": record.metrics.get("top5", math.nan)})
@@ -213,11 +217,13 @@ def load_plugins(config: dict) -> None:
 
 
 def _ddp_worker(config: dict) -> None:
+    from bench.provenance import driver_command
     from bench.runner import execute_spec, open_dataset
 
     load_plugins(config)
     spec = RunSpec.from_dict(config["spec"])
-    execute_spec(spec, open_dataset(spec.config), RunStore(config["results_dir"]), progress=False)
+    with driver_command(config.get("command")):
+        execute_spec(spec, open_dataset(spec.config), RunStore(config["results_dir"]), progress=False)
 
 
 def _run_ddp_trial(spec: RunSpec, store: RunStore, config: dict) -> RunRecord:
@@ -325,10 +331,11 @@ def run_grid(specs: list[RunSpec], results_dir: str | Path, opts: RayOptions, fo
 
         cluster_cpus = ray.cluster_resources().get("CPU", 1)
         concurrency = opts.max_concurrent or max(1, int(cluster_cpus // max(opts.cpus_per_trial * workers, 1e-9)))
+        from bench.provenance import command_line
         from bench.registry import loaded_plugins
 
         base = {"results_dir": str(results_dir), "force": force or attempt > 0, "threads": opts.cpus_per_trial,
-                "plugins": loaded_plugins(),
+                "plugins": loaded_plugins(), "command": command_line(),
                 "ddp_workers": workers, "cpus_per_trial": opts.cpus_per_trial, "gpus_per_trial": opts.gpus_per_trial}
         trial_configs = [{**base, "spec": s.to_dict(), "spec_hash": s.spec_hash} for s in todo]
         labels = {s.spec_hash: s.label for s in todo}

@@ -1,13 +1,16 @@
 """Provenance for run records (the lm-evaluation-harness environment block): code, packages, device, host."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
+import os
 import platform
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -42,7 +45,32 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def collect(device: str, data_fingerprint: str, num_processes: int = 1, mixed_precision: str = "no") -> dict:
+#: The command line of the driver that scheduled the run this process is computing (set inside a Ray trial).
+_driver_command: str | None = None
+
+
+def command_line() -> str:
+    """The command this process was started with, as the user typed it (modulo quoting)."""
+    return " ".join(sys.argv)
+
+
+@contextlib.contextmanager
+def driver_command(command: str | None) -> Iterator[None]:
+    """Records collected within are attributed to ``command``: a Ray worker's own argv is Ray's, not the user's."""
+    global _driver_command
+    previous, _driver_command = _driver_command, command
+    try:
+        yield
+    finally:
+        _driver_command = previous
+
+
+def collect(device: str, data_fingerprint: str, num_processes: int = 1, mixed_precision: str = "no", *,
+            command: str | None = None, preprocessing: dict | None = None) -> dict:
+    """``command``: what the user ran (default: the driver's command when inside a trial, else this process's);
+    ``preprocessing``: the data root's preprocessing sidecar (``ThingsEEG.preprocessing``), None when it has none."""
     return {**git_state(), "packages": package_versions(), "device": device_description(device),
             "num_processes": num_processes, "mixed_precision": mixed_precision, "data_fingerprint": data_fingerprint,
-            "python": platform.python_version(), "host": socket.gethostname(), "command": " ".join(sys.argv)}
+            "python": platform.python_version(), "host": socket.gethostname(),
+            "command": command or _driver_command or command_line(),
+            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "preprocessing": preprocessing}

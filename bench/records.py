@@ -75,7 +75,9 @@ class RunRecord:
     split: dict = field(default_factory=dict)
     extras: dict = field(default_factory=dict)
     error: dict | None = None
-    code_fingerprint: str | None = None  # the code that made the numbers (bench.code_fingerprint); not in the hash
+    #: short hex fingerprint of the code that computed the run; not part of the spec: the same spec rerun by changed
+    #: code is the same cell, and the leaderboard keeps the two versions apart. None where it was not recorded.
+    code_fingerprint: str | None = None
 
     @property
     def spec_hash(self) -> str:
@@ -86,8 +88,9 @@ class RunRecord:
             "schema": SCHEMA, "spec_hash": self.spec_hash, "method": self.spec.method, "variant": self.spec.variant,
             "protocol": self.spec.protocol, "subject": int(self.spec.subject), "seed": int(self.spec.seed),
             "status": self.status, "config": self.spec.config, "data_fingerprint": self.spec.data_fingerprint,
+            "code_fingerprint": self.code_fingerprint,
             "metrics": self.metrics, "timings": self.timings, "provenance": self.provenance, "split": self.split,
-            "extras": self.extras, "error": self.error, "code_fingerprint": self.code_fingerprint,
+            "extras": self.extras, "error": self.error,
         }
 
     @classmethod

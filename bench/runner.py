@@ -144,7 +144,8 @@ def execute_spec(spec: RunSpec, ds, store: RunStore, progress: bool = True, on_e
     device = fit.device if fit else "cpu"
     record.code_fingerprint = code.digest
     record.provenance = {**provenance.collect(device, spec.data_fingerprint,
-                                              fit.num_processes if fit else 1, fit.mixed_precision if fit else "no"),
+                                              fit.num_processes if fit else 1, fit.mixed_precision if fit else "no",
+                                              preprocessing=getattr(ds, "preprocessing", None)),
                          "code": code.to_dict(), "started_at": started, "finished_at": provenance.now()}
     if accelerator is None or accelerator.is_main_process:
         store.write(record)

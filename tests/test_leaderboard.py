@@ -235,3 +235,46 @@ def test_long_table_is_a_pure_function_of_records():
     a = build_leaderboard(fixed_records()).long
     b = build_leaderboard(list(reversed(fixed_records()))).long
     pd.testing.assert_frame_equal(a, b)
+
+
+CODE_A, CODE_B = "1a2b3c4d5e6f", "9f8e7d6c5b4a"
+
+
+def fingerprinted(changed=("nice", "mcdb[+text]")) -> list:
+    """The fixed records, computed by code A, except that ``changed`` entries ran subjects 5-8 (intra) with code B."""
+    records = fixed_records()
+    for rec in records:
+        name = rec.spec.method + (f"[{rec.spec.variant}]" if rec.spec.variant else "")
+        late = name in changed and rec.spec.protocol == "intra" and rec.spec.subject >= 5
+        rec.code_fingerprint = CODE_B if late else CODE_A
+    return records
+
+
+def test_one_code_fingerprint_changes_nothing():
+    board = build_leaderboard(fingerprinted(changed=()), load_reported(REPORTED_CSV))
+    for fmt in ("md", "csv", "tex"):
+        check_golden(f"leaderboard.{fmt}", render(board, fmt))
+
+
+def test_two_code_fingerprints_are_two_rows_with_a_note_never_one_mean():
+    board = build_leaderboard(fingerprinted(), load_reported(REPORTED_CSV))
+    intra = board.summary[board.summary.protocol == "intra"].set_index("method")
+    assert "nice" not in intra.index
+    a, b = intra.loc["nice (code 1a2b3c)"], intra.loc["nice (code 9f8e7d)"]
+    assert (a.n_subjects, b.n_subjects) == (4, 4)
+    assert "code changed between runs" in a.flag and "missing: sub-05 all seeds" in a.flag
+    assert "code changed between runs" not in intra.loc["mcdb"].flag
+    # inter ran under one code only: one row, as before
+    assert "nice" in set(board.summary[board.summary.protocol == "inter"].method)
+    md = render(board, "md", "main")
+    assert "| nice (code 9f8e7d) | reproduced |" in md and "each version is its own row" in md
+    # a paired test against nice uses one code version's subjects only
+    pairs = board.pairs("intra").set_index(["method_a", "method_b"])
+    versus_a = pairs.loc[("mcdb", "nice (code 1a2b3c)")]
+    early = [r.metrics["top1"] for r in fixed_records()
+             if (r.spec.method, r.spec.protocol) == ("nice", "intra") and r.spec.subject <= 4]
+    assert versus_a.n == 4 and versus_a.mean_b == pytest.approx(sum(early) / len(early))
+    ablation = board.ablation[board.ablation.method == "mcdb"]
+    assert {"+text (code 1a2b3c)", "+text (code 9f8e7d)", "base"} <= set(ablation.variant)
+    narrowed = build_leaderboard(fingerprinted(), methods=["nice"])
+    assert set(narrowed.runs.method) == {"nice", "nice (code 1a2b3c)", "nice (code 9f8e7d)"}

@@ -1,7 +1,9 @@
 """`bench preprocess` on synthetic raw sessions: layout, channel order, times, label order, baseline, whitening,
-train-only covariance, bad input, and that the result is a data root `bench data check` and `bench train` accept."""
+train-only covariance, bad input, that the result is a data root `bench data check` and `bench train` accept, and its
+preprocessing.json sidecar (read by the dataset, carried by run records, flagged by the leaderboard)."""
 import json
 import pickle
+import re
 import shutil
 
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 
 from bench.cli import main
 from bench.data.channels import OCCIPITAL_17, THINGS_63
+from bench.data.errors import DataFormatError
 from bench.data.preprocess import get_profile, preprocess
 from bench.data.preprocess.epochs import epoch_session
 from bench.data.preprocess.mvnn import inverse_sqrt, shrunk_covariances
@@ -229,3 +232,68 @@ def test_bad_raw_input_is_refused_without_partial_output(raw_root, tmp_path, cap
     if breakage != "session":
         with pytest.raises(RawDataError):
             preprocess(broken, tmp_path / "api", "nice250", [1], cache=False, progress=False)
+
+
+def test_sidecar_says_how_the_data_were_made_and_runs_carry_it(raw_root, nice_root, official_root, tmp_path):
+    from bench import __version__
+    from bench.data.dataset import ThingsEEG
+    from bench.leaderboard import build_leaderboard, render
+    from bench.records import RunStore
+
+    side = json.loads((nice_root / "preprocessing.json").read_text())
+    assert side["profile"] == "nice250" and side["mvnn_covariance"] == "train" and side["subjects"] == [1]
+    assert side["version"] == __version__ and side["raw_root"] == str(raw_root.resolve()) and side["created_at"]
+    assert json.loads((official_root / "preprocessing.json").read_text())["profile"] == "official100"
+    # the dataset finds it from the data root and from the EEG folder (NICE's layout) alike
+    ds = ThingsEEG.open(nice_root / "Preprocessed_data_250Hz")
+    assert ds.preprocessing == side
+    ds.preprocessing["mvnn_covariance"] = "x"  # read-only: a copy
+    assert ThingsEEG.open(nice_root).preprocessing["mvnn_covariance"] == "train"
+    leaky = tmp_path / "leaky"
+    preprocess(raw_root, leaky, "nice250", [1], mvnn_covariance="train+test", cache=False, progress=False)
+    results = tmp_path / "results"
+    for root in (nice_root, leaky):
+        main(["train", "--method", "ridge", "--data-root", str(root), "--subject", "1", "--quiet",
+              "--results-dir", str(results), "--set", "protocol.val_concepts=2"])
+    records = {r.provenance["preprocessing"]["mvnn_covariance"]: r for r in RunStore(results).records()}
+    assert set(records) == {"train", "train+test"}
+    assert records["train+test"].provenance["preprocessing"]["raw_root"] == str(raw_root.resolve())
+    board = build_leaderboard(records.values())  # two entries: the data roots differ in config (data.root)
+    main_md = render(board, "md", "main")
+    rows = [line for line in main_md.splitlines() if line.startswith("| ridge@")]
+    assert [("MVNN train+test" in row) for row in rows].count(True) == 1 and len(rows) == 2
+    assert "fitted on the training and test recordings" in main_md  # the footnote says what the note means
+    assert "complete; MVNN train+test" in render(board, "html")
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "unreadable preprocessing sidecar"),
+    ("[1, 2]", "expected a JSON object"),
+    ('{"schema": "thingsbench-preprocessing/1", "profile": "nice250", "subjects": [1]}',
+     "mvnn_covariance must be one of train, train+test; found no such key"),
+    ('{"schema": "thingsbench-preprocessing/1", "profile": "nice250", "mvnn_covariance": "test", "subjects": [1]}',
+     "found 'test'"),
+])
+def test_malformed_sidecar_is_a_data_format_error_naming_the_file(nice_root, tmp_path, content, message):
+    from bench.data.dataset import ThingsEEG
+
+    root = tmp_path / "root"
+    shutil.copytree(nice_root, root)
+    (root / "preprocessing.json").write_text(content)
+    with pytest.raises(DataFormatError, match=re.escape(message)) as exc:
+        ThingsEEG.open(root)
+    assert str(root / "preprocessing.json") in str(exc.value)
+
+
+def test_sidecar_grows_with_subjects_made_alike_and_refuses_others(raw_root, tmp_path):
+    two = tmp_path / "raw2"
+    main(["synth", "--raw", "--out", str(two), "--preset", "tiny", "--seed", "0", "--subjects", "2"])
+    out = tmp_path / "out"
+    kw = dict(cache=False, progress=False)
+    preprocess(two, out, "nice250", [1], **kw)
+    with pytest.raises(DataFormatError, match="mvnn_covariance: 'train' there, 'train\\+test' now"):
+        preprocess(two, out, "nice250", [2], mvnn_covariance="train+test", **kw)
+    assert not (out / "Preprocessed_data_250Hz" / "sub-02").exists()  # refused before anything was written
+    preprocess(two, out, "nice250", [2], **kw)
+    side = json.loads((out / "preprocessing.json").read_text())
+    assert side["subjects"] == [1, 2] and side["updated_at"]

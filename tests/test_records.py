@@ -37,6 +37,18 @@ def test_round_trip_and_listing(tmp_path):
     assert [p.name for p in store.runs_dir.iterdir() if p.name.startswith(".") and p.suffix == ".tmp"] == []
 
 
+def test_code_fingerprint_round_trips_outside_the_spec(tmp_path):
+    store = RunStore(tmp_path)
+    rec = RunRecord(spec(), COMPLETED, metrics={"top1": 1.0}, code_fingerprint="1a2b3c4d")
+    assert rec.spec_hash == RunRecord(spec(), COMPLETED).spec_hash  # the same cell, whatever code computed it
+    path = store.write(rec)
+    assert json.loads(path.read_text())["code_fingerprint"] == "1a2b3c4d"
+    assert store.read(rec.spec_hash).code_fingerprint == "1a2b3c4d"
+    old = json.loads(path.read_text())
+    del old["code_fingerprint"]  # records written before the field existed
+    assert RunRecord.from_dict(old).code_fingerprint is None
+
+
 def test_tampered_or_corrupt_records_are_named(tmp_path):
     store = RunStore(tmp_path)
     path = store.write(RunRecord(spec(), COMPLETED))

@@ -6,6 +6,7 @@ Opening a dataset reads the first subject's training-file header, the concept li
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -21,6 +22,7 @@ from bench.data.errors import DataFormatError, FeatureFileError
 from bench.data.features import PartitionFeatures, feature_files, find_feature_file, load_partition_any
 from bench.data.concepts import concept_name, make_prompts, refuse_overlapping_concepts
 from bench.data.layout import DataLayout, find_image_list, find_layout
+from bench.data.sidecar import find_sidecar, read_sidecar
 from bench.registry import register_dataset
 
 #: Tolerance when matching a window edge to a sample time (times are stored as floats).
@@ -68,6 +70,8 @@ class ThingsEEG:
         self.prompt_template, self.underscores_to_spaces = prompt_template, bool(underscores_to_spaces)
         self._features = features
         seal.mark_test_files(layout.subject(s).test for s in self.subjects)
+        sidecar = find_sidecar(layout.search_dirs())
+        self._preprocessing = read_sidecar(sidecar) if sidecar else None  # a malformed one fails here, not mid-run
 
     # --- construction ------------------------------------------------------------------------------------------
     @classmethod
@@ -182,6 +186,11 @@ class ThingsEEG:
         return feats
 
     # --- identity ----------------------------------------------------------------------------------------------
+    @property
+    def preprocessing(self) -> dict | None:
+        """How `bench preprocess` made these files (its ``preprocessing.json``), a copy; None for other data roots."""
+        return copy.deepcopy(self._preprocessing)
+
     def fingerprint(self, subjects: list[int] | None = None) -> str:
         """A stable hash of the EEG files of ``subjects`` (default: all), the selection options and the features."""
         chosen = self.subjects if subjects is None else sorted(int(s) for s in subjects)

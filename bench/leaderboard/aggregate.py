@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from bench.config import canonical_json
+from bench.data.sidecar import TEST_WHITENED
 from bench.records import COMPLETED, FAILED, RunRecord
 
 from .errors import LeaderboardError
@@ -24,6 +25,11 @@ VARIANT_ORDER = ("base", "+text", "+adapter", "+mcdb")
 #: The label of the full method (variant None) as the last ablation row.
 FULL_LABELS = {"mcdb": "+spr (full)"}
 TIMING_COLUMNS = ("load_s", "train_s", "eval_s", "samples_per_s", "epochs_run")
+#: Notes a row's flag carries besides its completeness, and what each means (the tables' footnotes say it).
+NOTE_TEST_WHITENED = f"MVNN {TEST_WHITENED}"
+NOTE_CODE_CHANGED = "code changed between runs"
+#: Characters of the code fingerprint that label an entry whose runs span several code versions.
+CODE_LABEL_CHARS = 6
 
 
 def display_name(method: str, variant: str | None) -> str:
@@ -57,7 +63,8 @@ def runs_frame(records: Iterable[RunRecord]) -> pd.DataFrame:
             "top1": _num(m.get("top1")), "top5": _num(m.get("top5")), "n_test": _num(m.get("n_test")),
             "chance_top1": _num(m.get("chance_top1")), "chance_top5": _num(m.get("chance_top5")),
             "error": (rec.error or {}).get("type") if rec.status == FAILED else None,
-            "device": rec.provenance.get("device") if completed else None,
+            "device": rec.provenance.get("device") if completed else None, "name": display_name(s.method, s.variant),
+            "code": rec.code_fingerprint, "mvnn_covariance": _mvnn_covariance(rec.provenance),
         }
         for k, scores in (m.get("kway") or {}).items():
             if not str(k).isdigit():
@@ -69,9 +76,10 @@ def runs_frame(records: Iterable[RunRecord]) -> pd.DataFrame:
             row[key] = _num(rec.timings.get(key)) if completed else math.nan
         rows.append(row)
     base_cols = ["method", "base", "variant", "protocol", "subject", "seed", "status", "spec_hash", "config_hash",
-                 "top1", "top5", "n_test", "chance_top1", "chance_top5", "error", "device", *TIMING_COLUMNS]
+                 "top1", "top5", "n_test", "chance_top1", "chance_top5", "error", "device", "name", "code",
+                 "mvnn_covariance", *TIMING_COLUMNS]
     runs = pd.DataFrame(rows, columns=base_cols + sorted({c for r in rows for c in r} - set(base_cols), key=_kway_key))
-    runs = _split_mixed_configs(runs)
+    runs = _split_mixed_code(_split_mixed_configs(runs))
     _reject_duplicate_cells(runs)
     return runs.sort_values(["protocol", "method", "subject", "seed"], kind="stable").reset_index(drop=True)
 
@@ -87,6 +95,30 @@ def _split_mixed_configs(runs: pd.DataFrame) -> pd.DataFrame:
     mixed = n_configs > 1
     runs.loc[mixed, "method"] = runs.loc[mixed, "method"] + "@" + runs.loc[mixed, "config_hash"]
     return runs
+
+
+def _split_mixed_code(runs: pd.DataFrame) -> pd.DataFrame:
+    """Completed runs of one entry under several code fingerprints are one entry per fingerprint
+    (``name (code 1a2b3c)``), never one mean; ``code_changed`` marks them. One fingerprint (or none recorded)
+    leaves the entry as it is."""
+    runs = runs.copy()
+    done = runs[runs.status == COMPLETED]
+    n_codes = done.groupby(["method", "protocol"])["code"].nunique(dropna=False)
+    split = set(n_codes[n_codes > 1].index)
+    mixed = pd.Series([(m, p) in split for m, p in zip(runs.method, runs.protocol)], index=runs.index, dtype=bool)
+    runs.loc[mixed, "method"] = runs.loc[mixed, "method"] + runs.loc[mixed, "code"].map(_code_label)
+    runs["code_changed"] = mixed
+    return runs
+
+
+def _code_label(code) -> str:
+    return f" (code {str(code)[:CODE_LABEL_CHARS]})" if isinstance(code, str) and code else " (code unknown)"
+
+
+def _mvnn_covariance(prov: dict) -> str | None:
+    """The MVNN covariance source of the data a run used, when its data root has a preprocessing sidecar."""
+    prep = prov.get("preprocessing") if isinstance(prov, dict) else None
+    return prep.get("mvnn_covariance") if isinstance(prep, dict) else None
 
 
 def _reject_duplicate_cells(runs: pd.DataFrame) -> None:
@@ -181,6 +213,19 @@ def completeness(runs: pd.DataFrame, grids: dict[str, Grid]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["method", "protocol", "complete", "flag", "n_missing", "n_expected"])
 
 
+def entry_notes(runs: pd.DataFrame) -> dict[tuple[str, str], list[str]]:
+    """Per (method, protocol), what a reader must know besides completeness: test-whitened data among its completed
+    runs, and code that changed between runs of its method (so it is one of several entries)."""
+    notes: dict[tuple[str, str], list[str]] = {}
+    for key, part in runs.groupby(["method", "protocol"], sort=False):
+        done = part[part.status == COMPLETED]
+        found = [NOTE_TEST_WHITENED] if (done.mvnn_covariance == TEST_WHITENED).any() else []
+        found += [NOTE_CODE_CHANGED] if part.code_changed.any() else []
+        if found:
+            notes[key] = found
+    return notes
+
+
 def _describe_cells(cells: Sequence[tuple[int, int]], all_seeds: Sequence[int]) -> str:
     by_subject: dict[int, list[int]] = {}
     for subject, seed in cells:
@@ -204,6 +249,9 @@ def summary_table(runs: pd.DataFrame, grids: dict[str, Grid]) -> pd.DataFrame:
     summary = across_subjects(per_subject).merge(completeness(runs, grids), on=["method", "protocol"], how="left")
     if summary.empty:
         return summary
+    notes = entry_notes(runs)
+    summary["flag"] = ["; ".join([flag, *notes.get((m, p), [])])
+                       for m, p, flag in zip(summary.method, summary.protocol, summary.flag)]
     summary["_p"] = summary.protocol.map(protocol_rank)
     return summary.sort_values(["_p", "top1_mean", "method"], ascending=[True, False, True], na_position="last",
                                kind="stable").drop(columns="_p").reset_index(drop=True)
@@ -307,9 +355,10 @@ def ablation_table(runs: pd.DataFrame, grids: dict[str, Grid]) -> pd.DataFrame:
         part = part.assign(_order=part.variant.map(_variant_rank)).sort_values(["_order", "method"], kind="stable")
         prev = None
         for _, r in part.iterrows():
-            suffix = r.method.split("@", 1)[1] if "@" in r.method else None
-            label = FULL_LABELS.get(base, "full") if r.variant is None or pd.isna(r.variant) else r.variant
-            rows.append({"method": base, "protocol": protocol, "variant": f"{label}@{suffix}" if suffix else label,
+            plain = r.variant is None or pd.isna(r.variant)
+            suffix = r.method[len(display_name(base, None if plain else r.variant)):]  # "@config", " (code …)"
+            label = FULL_LABELS.get(base, "full") if plain else r.variant
+            rows.append({"method": base, "protocol": protocol, "variant": label + suffix,
                          "entry": r.method, "top1_mean": r.top1_mean, "top1_std": r.top1_std,
                          "top5_mean": r.top5_mean, "top5_std": r.top5_std,
                          "delta_top1": r.top1_mean - prev.top1_mean if prev is not None else math.nan,

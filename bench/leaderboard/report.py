@@ -151,7 +151,7 @@ def build_leaderboard(records: Iterable[RunRecord], reported: pd.DataFrame | Non
     if methods:
         runs, reported = _select_methods(runs, reported, methods)
         wanted = {m.strip().lower() for m in methods}
-        shown_variants = frozenset(m for m in runs.method[runs.variant.notna()] if m.lower() in wanted)
+        shown_variants = frozenset(runs.method[runs.variant.notna() & runs.name.str.lower().isin(wanted)])
     if runs.empty and (reported is None or reported.empty):
         where = f" for protocol {protocol!r}" if protocol else ""
         raise LeaderboardError(f"nothing to show{where}: no run records and no reported rows match")
@@ -164,13 +164,13 @@ def build_leaderboard(records: Iterable[RunRecord], reported: pd.DataFrame | Non
 
 
 def _select_methods(runs: pd.DataFrame, reported: pd.DataFrame | None, methods: Sequence[str]):
-    """Keep runs whose display or base name is asked for (so ``mcdb`` brings its ablation variants along)."""
+    """Keep runs whose entry, display or base name is asked for (so ``mcdb`` brings its ablation variants along, and
+    ``nice`` its entries under several configs or code versions)."""
     wanted = {m.strip().lower() for m in methods if m.strip()}
     run_hit = runs.method.str.lower().isin(wanted) | runs.base.str.lower().isin(wanted) | \
-        runs.method.str.lower().str.split("@").str[0].isin(wanted)
+        runs.name.str.lower().isin(wanted)
     rep_hit = reported.method.str.lower().isin(wanted) if reported is not None else pd.Series(dtype=bool)
-    known = set(runs.method.str.lower()) | set(runs.base.str.lower()) | \
-        set(runs.method.str.lower().str.split("@").str[0]) | \
+    known = set(runs.method.str.lower()) | set(runs.base.str.lower()) | set(runs.name.str.lower()) | \
         (set(reported.method.str.lower()) if reported is not None else set())
     unknown = sorted(wanted - known)
     if unknown:

@@ -10,9 +10,17 @@ from typing import Sequence
 
 import pandas as pd
 
-from .aggregate import Grid
+from .aggregate import NOTE_CODE_CHANGED, NOTE_TEST_WHITENED, Grid
 
 DASH = "–"  # undefined (the std of one seed) or absent
+#: Footnotes explaining a note that some row's Notes cell carries (shown only when one does).
+FLAG_FOOTNOTES = {
+    NOTE_TEST_WHITENED: f"{NOTE_TEST_WHITENED}: some runs used EEG whitened with a noise covariance fitted on the "
+                        f"training and test recordings (the official preprocessing code's choice): the test data "
+                        f"shaped the inputs, so the score is not strictly held-out.",
+    NOTE_CODE_CHANGED: f"{NOTE_CODE_CHANGED}: this method's runs come from different code versions (code "
+                       f"fingerprint in the name); each version is its own row and is never averaged with another.",
+}
 
 
 @dataclass(frozen=True)
@@ -97,7 +105,8 @@ def main_table(protocol: str, summary: pd.DataFrame, reported: pd.DataFrame | No
             kinds.append("reported")
     notes = ["Top-1/top-5: % correct in the full zero-shot test gallery; mean ± std across subjects of each "
              "subject's mean over seeds (std ddof=1; – where undefined).",
-             "Failed runs are counted, never averaged in. Reported rows are the papers' numbers, not rerun here."]
+             "Failed runs are counted, never averaged in. Reported rows are the papers' numbers, not rerun here.",
+             *flag_footnotes(summary.flag)]
     return Table("main", f"{protocol}: leaderboard",
                  ["Method", "Source", "Top-1 (%)", "Top-5 (%)", "Subjects", "Seeds", "Failed", "Notes"],
                  rows, ["l", "l", "r", "r", "r", "r", "r", "l"], kinds, notes)
@@ -182,7 +191,8 @@ def ablation_table(protocol: str, ablation: pd.DataFrame, metric: str = "top1", 
                   "Subjects", "Notes"], rows, ["l", "l", "r", "r", "r", "r", "r", "r", "l"], [""] * len(rows),
                  ["Components added one at a time; Δ = change of the across-subject mean from the row above. "
                   f"p: two-sided exact sign-flip test of each row against the row above, paired over subjects, on "
-                  f"{_metric_label(metric)}; Holm over the steps of one method; bold: p < {alpha}."])
+                  f"{_metric_label(metric)}; Holm over the steps of one method; bold: p < {alpha}.",
+                  *flag_footnotes(ablation.flag)])
 
 
 def timings_table(protocol: str, timings: pd.DataFrame) -> Table:
@@ -225,6 +235,12 @@ def matrix_table(protocol: str, diff: pd.DataFrame, p: pd.DataFrame, metric: str
     return Table("matrix", f"{protocol}: significance matrix ({_metric_label(metric)})", ["row − column", *methods],
                  rows, ["l"] + ["r"] * len(methods), [""] * len(rows),
                  [f"Mean difference row − column in points, Holm-adjusted permutation p; bold: p < {alpha}."])
+
+
+def flag_footnotes(flags) -> list[str]:
+    """The footnotes of the notes that appear in some row's flag, in a fixed order."""
+    found = {part.strip() for flag in flags if isinstance(flag, str) for part in flag.split(";")}
+    return [text for note, text in FLAG_FOOTNOTES.items() if note in found]
 
 
 def _metric_label(metric: str) -> str:

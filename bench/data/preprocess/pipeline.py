@@ -4,7 +4,8 @@ Per session: epoch the training and test recordings (MNE), estimate the noise co
 partition (``train``, NICE's choice) or from both (``train+test``, the official variant: the mean of the two
 partitions' covariances), whiten both partitions with its inverse square root, and park the result in a float32
 scratch file. Then per partition: merge the sessions block by block into the output file. Each subject folder is
-built in a temporary directory renamed into place at the end, so an error leaves no half-written subject.
+built in a temporary directory renamed into place at the end, so an error leaves no half-written subject. After each
+subject, ``preprocessing.json`` in the output root (:mod:`bench.data.sidecar`) is written to list it with the options.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from bench.data.preprocess.mvnn import inverse_sqrt, mean_noise_covariance, whit
 from bench.data.preprocess.output import FILE_NAMES, write_partition
 from bench.data.preprocess.profiles import (MVNN_COVARIANCES, MVNN_DIMS, REFERENCE_SEED, Profile, get_profile)
 from bench.data.preprocess.raw import raw_dir, raw_subjects, read_raw_session, session_files
+from bench.data.sidecar import check_can_add, record_subjects
 from bench.io import atomic_path
 
 PARTITION_WORDS = {"train": "training", "test": "test"}
@@ -159,11 +161,14 @@ def preprocess(raw_root: str | Path, out: str | Path, profile: str = "nice250", 
         session_files(raw_root, subject, opts.n_sessions)
         if (eeg_root / f"sub-{subject:02d}").exists():
             raise DataRootError(f"{eeg_root / f'sub-{subject:02d}'} already exists; remove it or choose another --out")
+    settings = sidecar_settings(opts, raw_root)
+    check_can_add(out, settings)
     meta_path = find_image_metadata(raw_root, Path(image_metadata) if image_metadata else None)
     images = read_image_metadata(meta_path) if meta_path else None
-    written = []
+    written, tool = [], tool_state()
     for subject in subjects:
         written += preprocess_subject(raw_root, subject, eeg_root / f"sub-{subject:02d}", opts, images, progress)
+        record_subjects(out, settings, [subject], tool)  # after each subject: the sidecar lists what is there
     if meta_path is not None:
         _copy_beside(meta_path, out / "image_metadata.npy")
         if (meta_path.parent / "features.npz").is_file():  # the synthetic download ships its features
@@ -174,6 +179,21 @@ def preprocess(raw_root: str | Path, out: str | Path, profile: str = "nice250", 
         for path in written:
             cached_eeg(path)
     return written
+
+
+def sidecar_settings(opts: Options, raw_root: Path) -> dict:
+    """What the preprocessing sidecar records about how the files were made (see bench.data.sidecar.SETTINGS)."""
+    return {"profile": opts.profile.name, "mvnn_covariance": opts.mvnn_covariance, "mvnn_dim": opts.mvnn_dim,
+            "shuffle_seed": opts.shuffle_seed, "selection_seed": opts.selection_seed, "n_sessions": opts.n_sessions,
+            "reps": dict(opts.reps), "raw_root": str(raw_root.resolve())}
+
+
+def tool_state() -> dict:
+    """The version and git state of the code doing the preprocessing."""
+    from bench import __version__
+    from bench.provenance import git_state
+
+    return {"version": __version__, **git_state()}
 
 
 def _copy_beside(src: Path, dst: Path) -> None:
