@@ -18,6 +18,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from bench.config import ConfigError
 
+#: ``eval.kway: auto``: the k-way ladder of ATM (Li et al. 2024), kept where k < the number of test images
+KWAY_LADDER = (2, 4, 10, 50, 100, 200)
 GALLERIES = ("image", "text", "centroid")
 
 
@@ -94,6 +96,8 @@ def _betas_ok(value: Any) -> bool:
 
 
 def kway_ok(value: Any) -> bool:
+    if value == "auto":
+        return True
     return (isinstance(value, list) and all(is_int(k) and k >= 2 for k in value)
             and len(set(value)) == len(value))
 
@@ -204,8 +208,7 @@ RULES: tuple[Rule, ...] = (
     flag("train.compile"),
     integer("train.num_threads", 1, nullable=True),
 
-    Rule("eval.kway", "a list of distinct integers >= 2", kway_ok),
-    integer("eval.kway_repeats", 1),
+    Rule("eval.kway", "auto or a list of distinct integers >= 2", kway_ok),
     Rule("eval.galleries", "a list of distinct names among image, text, centroid that includes image",
          _galleries_ok, _galleries_hint),
 )
@@ -246,3 +249,19 @@ def check(cfg: Mapping, origin: Mapping[str, str] | None = None, layers: Sequenc
         if message is not None:
             raise ConfigError(f"{source_of((rule.key, *rule.also), origin or {}, layers)}: {message}")
 
+
+def kway_values(cfg_value: Any, n_test: int) -> list[int]:
+    """The k of the k-way accuracies on a test set of ``n_test`` images, ascending.
+
+    ``auto`` is the ATM ladder (2, 4, 10, 50, 100, 200) restricted to k < n_test; every k of an explicit list must be
+    < n_test (k = n_test would repeat the n-way top-1, a larger k has not enough distractors). Raises ConfigError.
+    """
+    if not kway_ok(cfg_value):
+        raise ConfigError(f"eval.kway must be auto or a list of distinct integers >= 2; got {cfg_value!r}")
+    if cfg_value == "auto":
+        return [k for k in KWAY_LADDER if k < n_test]
+    too_big = [k for k in cfg_value if k >= n_test]
+    if too_big:
+        raise ConfigError(f"eval.kway: {max(too_big)}-way needs k < {n_test} test images; choose values below "
+                          f"{n_test} or auto")
+    return sorted(cfg_value)

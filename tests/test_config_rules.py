@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from bench.config import ConfigError, leaf_keys, resolve
-from bench.config_rules import RULES, did_you_mean
+from bench.config_rules import RULES, did_you_mean, kway_values
 
 DEFAULTS = Path(__file__).resolve().parent.parent / "configs" / "defaults.yaml"
 
@@ -56,14 +56,14 @@ BAD = [
     ("eval.kway", "[1, 2]", "a list of distinct integers >= 2"),
     ("eval.kway", "[2, 2]", "a list of distinct integers >= 2"),
     ("eval.kway", "[2.5]", "a list of distinct integers >= 2"),
-    ("eval.kway_repeats", "0", "an integer >= 1"),
+    ("eval.kway", "fast", "auto or a list of distinct integers >= 2; got 'fast'"),
     ("eval.galleries", "[imag]", "Did you mean image?"),
     ("eval.galleries", "[text]", "The image gallery is always scored"),
     ("eval.galleries", "[image, image]", "distinct names among image, text, centroid"),
     ("eval.galleries", "image", "expects a list"),  # the default's type, checked while layering
 ]
 
-GOOD = ["data.channels=occipital17", "data.channels=[O1, Oz, O2]", "data.channels=O1,Oz,O2", "eval.kway=[2, 50]",
+GOOD = ["data.channels=occipital17", "data.channels=[O1, Oz, O2]", "data.channels=O1,Oz,O2", "eval.kway=[2, 50]", "eval.kway=auto",
         "eval.kway=[]", "eval.galleries=[image, text, centroid]", "protocol.name=inter", "train.patience=5",
         "train.grad_clip=1", "data.test_repetitions=4", "train.warmup_epochs=49", "data.tmin=-0.2",
         "train.betas=[0, 0.5]", "train.optimizer=sgd", "train.momentum=0", "train.step_gamma=1",
@@ -158,3 +158,23 @@ def test_a_reduced_schema_is_checked_only_where_it_has_keys(tmp_path, monkeypatc
     assert resolve(None)["train"] == {"epochs": 3}
     with pytest.raises(ConfigError, match="train.epochs must be an integer >= 1"):
         resolve(None, sets=["train.epochs=0"])
+
+
+def test_kway_values_auto_is_the_ladder_below_the_test_size():
+    assert kway_values("auto", 200) == [2, 4, 10, 50, 100]
+    assert kway_values("auto", 201) == [2, 4, 10, 50, 100, 200]
+    assert kway_values("auto", 40) == [2, 4, 10]
+    assert kway_values("auto", 2) == []
+    assert kway_values([50, 2], 200) == [2, 50] and kway_values([], 200) == []
+    with pytest.raises(ConfigError, match=r"^eval.kway: 1000-way needs k < 200 test images"):
+        kway_values([2, 1000], 200)
+    with pytest.raises(ConfigError, match=r"^eval.kway: 200-way needs k < 200"):
+        kway_values([200], 200)
+    with pytest.raises(ConfigError, match=r"^eval.kway must be auto or a list"):
+        kway_values([1], 200)
+
+
+def test_kway_repeats_is_gone():
+    assert resolve(None)["eval"]["kway"] == "auto"
+    with pytest.raises(ConfigError, match="unknown config key 'eval.kway_repeats'"):
+        resolve(None, sets=["eval.kway_repeats=5"])
