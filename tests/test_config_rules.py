@@ -63,7 +63,8 @@ BAD = [
     ("eval.galleries", "image", "expects a list"),  # the default's type, checked while layering
 ]
 
-GOOD = ["data.channels=occipital17", "data.channels=[O1, Oz, O2]", "data.channels=O1,Oz,O2", "eval.kway=[2, 50]", "eval.kway=auto",
+GOOD = ["data.channels=occipital17", "data.channels=[O1, Oz, O2]", "data.channels=O1,Oz,O2", "eval.kway=[2, 50]",
+        "eval.kway=auto",
         "eval.kway=[]", "eval.galleries=[image, text, centroid]", "protocol.name=inter", "train.patience=5",
         "train.grad_clip=1", "data.test_repetitions=4", "train.warmup_epochs=49", "data.tmin=-0.2",
         "train.betas=[0, 0.5]", "train.optimizer=sgd", "train.momentum=0", "train.step_gamma=1",
