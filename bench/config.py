@@ -9,7 +9,9 @@ Layers, lowest first::
     --set a.b=c                      repeatable, last wins
 
 The key set of the first two layers is the schema: a later layer may change values but never add keys, and an
-unknown key is rejected with the nearest valid key suggested. The fully resolved config is what a run records.
+unknown key is rejected with the nearest valid key suggested. Each value keeps its default's type; the resolved
+config is then checked against the rule table of :mod:`bench.config_rules` (ranges, choices, rules between keys),
+and a bad value is refused naming the layer that set it. The fully resolved config is what a run records.
 """
 from __future__ import annotations
 
@@ -27,6 +29,11 @@ from bench.errors import UserError
 
 class ConfigError(UserError, ValueError):
     """A config file or override is invalid; the message names the source and the key."""
+
+
+#: harness keys whose value may be a name or a list (``eval.kway: auto | [2, 4]``, ``data.channels: all63 | [O1, Oz]``):
+#: they keep no single type, and their rules in bench.config_rules check them instead
+MULTI_TYPE_KEYS = frozenset({"data.channels", "eval.kway"})
 
 
 def config_dir() -> Path:
@@ -58,7 +65,7 @@ def _flat_keys(tree: Mapping, prefix: str = "") -> list[str]:
 
 def _coerce(key: str, default: Any, value: Any, source: str) -> Any:
     """Keep the type of the schema's default; YAML reads ``3e-4`` as a string, so numbers given as text are parsed."""
-    if value is None or default is None:
+    if value is None or default is None or key in MULTI_TYPE_KEYS:
         return value
     if isinstance(default, bool):
         if isinstance(value, bool):
@@ -100,6 +107,17 @@ def merge(base: dict, override: Mapping, source: str, *, schema: Mapping | None 
     return out
 
 
+def leaf_keys(tree: Mapping, prefix: str = "") -> list[str]:
+    """The dotted keys whose values ``tree`` sets (a non-empty mapping is a section, not a value)."""
+    keys = []
+    for k, v in tree.items():
+        if isinstance(v, Mapping) and v:
+            keys.extend(leaf_keys(v, prefix + str(k) + "."))
+        else:
+            keys.append(prefix + str(k))
+    return keys
+
+
 def check_key(cfg: Mapping, dotted: str, source: str) -> None:
     """Raise the unknown-key error (with a suggestion) unless ``dotted`` names a key of ``cfg``."""
     node: Any = cfg
@@ -138,10 +156,21 @@ def resolve(
     config_files: Iterable[str | Path] = (),
     sets: Iterable[str] = (),
 ) -> dict:
-    """The fully resolved config for ``method`` (see the module docstring for the layer order)."""
+    """The fully resolved and checked config for ``method`` (see the module docstring for the layer order)."""
+    from bench.config_rules import check  # imported here: the rules module imports ConfigError from this one
+
     cdir = config_dir()
     cfg = load_yaml(cdir / "defaults.yaml")
     cfg.setdefault("method", {})
+    origin = dict.fromkeys(leaf_keys(cfg), str(cdir / "defaults.yaml"))  # dotted key → the layer that last set it
+    layers = [str(cdir / "defaults.yaml")]
+
+    def apply(layer: Mapping, source: str) -> None:
+        nonlocal cfg
+        cfg = merge(cfg, layer, source)
+        origin.update(dict.fromkeys(leaf_keys(layer), source))
+        layers.append(source)
+
     if method_defaults:
         cfg["method"] = {**cfg["method"], **copy.deepcopy(dict(method_defaults))}
     if method:
@@ -152,14 +181,15 @@ def resolve(
             raise ConfigError(f"method name {method!r} points the recipe at {method_file.resolve()}, outside the "
                               f"config folder {cdir / 'methods'}; expected a plain name such as 'nice'")
         if method_file.is_file():
-            cfg = merge(cfg, load_yaml(method_file), str(method_file))
+            apply(load_yaml(method_file), str(method_file))
         cfg["method_name"] = method
     for f in config_files:
         user = load_yaml(f)
         user.pop("method_name", None)  # a saved resolved config (e.g. from `bench tune`) can be fed back
-        cfg = merge(cfg, user, str(f))
+        apply(user, str(f))
     for item in sets:
-        cfg = merge(cfg, parse_set(item), f"--set {item}")
+        apply(parse_set(item), f"--set {item}")
+    check(cfg, origin, layers)
     return cfg
 
 

@@ -27,14 +27,13 @@ import numpy as np
 import torch
 from scipy.special import gammaln
 
+from bench.config_rules import kway_values
 from bench.errors import UserError
 from bench.protocols import EvalSet
 
 #: bump whenever what a score means changes (ties, k-way, per-sample rules): records of another version are stale.
 #: 1: strict ranks (ties as hits), sampled k-way. 2: ties by expectation, exact k-way, per-sample check.
 SCORING_VERSION = 2
-#: the k-way ladder ATM reports; ``eval.kway: auto`` takes the values below the test set's size
-KWAY_LADDER = (2, 4, 10, 50, 100, 200)
 #: largest difference allowed between unit-normalised embeddings of one input under two batchings (float32 GEMMs
 #: of different shapes differ by ~1e-6; anything that reads other samples differs by far more)
 PER_SAMPLE_TOLERANCE = 1e-3
@@ -110,13 +109,6 @@ def kway_accuracy(sim: np.ndarray, k: int) -> dict[str, float]:
     if k >= 50:
         out["top5"] = float(100.0 * kway_hit_probability(counts, n, k, 5).mean())
     return out
-
-
-def kway_values(requested, n_test: int) -> list[int]:
-    """``eval.kway``: ``auto`` = the ATM ladder below ``n_test``; a list is taken as given (checked before training)."""
-    if requested == "auto":
-        return [k for k in KWAY_LADDER if k < n_test]
-    return [int(k) for k in requested]
 
 
 def check_finite(array: np.ndarray, what: str) -> None:

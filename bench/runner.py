@@ -23,6 +23,7 @@ from bench.errors import UserError
 from bench.evaluate import ZeroShotEvaluator
 from bench.io import atomic_path
 from bench.method import DataInfo
+from bench.preflight import check_spec
 from bench.protocols import Split
 from bench.records import COMPLETED, FAILED, RunRecord, RunSpec, RunStore
 from bench.registry import METHODS, PROTOCOLS
@@ -196,4 +197,5 @@ def train_one(method: str, subject: int, seed: int, protocol: str | None = None,
     cfg = resolve_config(method, config_files, sets, overrides)
     ds = open_dataset(cfg)
     spec = make_spec(method, cfg, subject, seed, ds)
+    check_spec(spec, ds)  # before the record and the first epoch: a run that cannot finish is refused now
     return run_spec(spec, ds, RunStore(results_dir), force=force, progress=progress)

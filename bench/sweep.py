@@ -9,6 +9,7 @@ from typing import Callable
 
 from bench.errors import UserError
 from bench.orchestrate import GridResult, RayOptions, run_grid
+from bench.preflight import check_spec
 from bench.records import RunSpec
 from bench.registry import METHODS
 from bench.runner import make_spec, open_dataset, resolve_config
@@ -87,6 +88,8 @@ def expand_specs(req: SweepRequest) -> tuple[list[RunSpec], object]:
             for subject in subjects:
                 for seed in seeds:
                     specs.append(make_spec(method, cfg, subject, seed, ds, variant=label))
+    for spec in specs:  # before Ray starts and any record is written: a run that cannot finish is refused now
+        check_spec(spec, ds)
     return specs, ds
 
 

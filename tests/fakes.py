@@ -24,6 +24,8 @@ class InMemoryThingsEEG:
         self.test_concepts = [f"t{i:03d}" for i in range(n_test)]
         self.images_per_train_concept = per_concept
         self.train_image_concept = np.repeat(np.arange(n_concepts), per_concept)
+        self.n_train_images, self.n_test_images = n_concepts * per_concept, n_test
+        self.n_test_reps = test_reps
         self.feature_path = Path("/in-memory/features.npz")
         concept_latent = rng.normal(size=(n_concepts, dim))
         self._train_image = l2_normalize(concept_latent[self.train_image_concept] + 0.5 * rng.normal(size=(n_concepts * per_concept, dim)))
@@ -52,6 +54,14 @@ class InMemoryThingsEEG:
         self.reads.append(("test_eeg", subject))
         x = self._test[subject]
         return x[:, :n_reps].mean(1).astype(np.float32)
+
+    def test_repetitions(self, subject) -> int:
+        return self.n_test_reps  # a header read: not recorded as a read of test data
+
+    def feature_tables(self, partition):
+        """Shapes only (like the real dataset's header read): not recorded as a read."""
+        arrays = {"image": getattr(self, f"_{partition}_image"), "text": getattr(self, f"_{partition}_text")}
+        return {name: a.shape for name, a in arrays.items() if a is not None}
 
     def train_features(self):
         self.reads.append(("train_features",))

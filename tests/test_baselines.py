@@ -286,7 +286,7 @@ BASELINES = ("atm", "eegproject", "nice", "nice-ga", "nice-sa")
 #: 0-0.4 s (where the synthetic image-driven components lie), batches of 32, 20 epochs, a larger learning rate except
 #: for EEGProject's MLP, which overfits at 1e-3 on 96 rows.
 TINY_SETS = ("data.channels=occipital17", "data.tmax=0.4", "train.batch_size=32", "train.epochs=20",
-             "train.num_threads=1", "eval.kway=[2]", "eval.kway_repeats=5")
+             "train.num_threads=1", "eval.kway=[2]")
 TINY_LR = {"eegproject": 3e-4}
 
 
@@ -316,7 +316,7 @@ def test_same_seed_same_run_whatever_ran_before(tmp_path):
     """The initial weights come from the run's seed, not from the state other code left the global RNG in."""
     tiny_eeg = InMemoryThingsEEG(n_concepts=30, n_chans=8, n_times=80)  # 80 samples: above TSConv's minimum of 75
     cfg = resolve_config("nice", sets=["protocol.val_concepts=6", "train.epochs=2", "train.batch_size=32",
-                                       "train.num_threads=1", "eval.kway=[2]", "eval.kway_repeats=5"])
+                                       "train.num_threads=1", "eval.kway=[2]"])
     spec = make_spec("nice", cfg, 1, 0, tiny_eeg)
     first = execute_spec(spec, tiny_eeg, RunStore(tmp_path / "a"), progress=False)
     torch.rand(3)

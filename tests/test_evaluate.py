@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from bench.evaluate import (EvaluationError, ZeroShotEvaluator, cosine_similarity, kway_accuracy, kway_values,
-                            rank_counts)
+from bench.config_rules import kway_values
+from bench.evaluate import EvaluationError, ZeroShotEvaluator, cosine_similarity, kway_accuracy, rank_counts
 from bench.method import DataInfo, Method
 from bench.protocols import EvalSet
 

@@ -371,8 +371,7 @@ def test_bench_run_expands_the_ablation_into_five_variants(tiny_root):
 def test_end_to_end_run_beats_chance_and_records_k_per_epoch(tmp_path):
     ds = InMemoryThingsEEG(n_times=80, dim=16, n_concepts=60, per_concept=4, n_test=20, n_subjects=1)
     cfg = resolve_config("mcdb", sets=["protocol.val_concepts=6", "train.epochs=12", "train.batch_size=32",
-                                       "train.lr=1e-2", "train.num_threads=1", "eval.kway=[2]",
-                                       "eval.kway_repeats=2"])
+                                       "train.lr=1e-2", "train.num_threads=1", "eval.kway=[2]"])
     rec = execute_spec(make_spec("mcdb", cfg, 1, 0, ds), ds, RunStore(tmp_path), progress=False)
     assert rec.status == "completed", rec.error
     assert rec.metrics["top1"] >= 5 * rec.metrics["chance_top1"]  # 70–95 % over seeds 0–7; chance is 5 %

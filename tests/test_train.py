@@ -35,7 +35,7 @@ class LinearContrastive(Method):
 
 def config(*sets):
     return resolve_config("test-linear", sets=["protocol.val_concepts=4", "train.epochs=6", "train.batch_size=16",
-                                               "train.lr=0.01", "eval.kway=[2, 4]", "eval.kway_repeats=5", *sets])
+                                               "train.lr=0.01", "eval.kway=[2, 4]", *sets])
 
 
 def run(ds, tmp_path, *sets, seed=0, subject=1):

@@ -19,7 +19,8 @@ from bench.config import ConfigError
 from bench.data.cache import EEGHeader, cached_eeg, file_fingerprint, peek_header
 from bench.data.channels import requested_channels
 from bench.data.errors import DataFormatError, FeatureFileError
-from bench.data.features import PartitionFeatures, feature_files, find_feature_file, load_partition_any
+from bench.data.features import (PartitionFeatures, feature_files, find_feature_file, load_partition_any,
+                                 partition_tables)
 from bench.data.concepts import concept_name, make_prompts, refuse_overlapping_concepts
 from bench.data.layout import DataLayout, find_image_list, find_layout
 from bench.data.sidecar import find_sidecar, read_sidecar
@@ -171,6 +172,11 @@ class ThingsEEG:
     def test_features(self) -> PartitionFeatures:
         seal.guard_test_read("ThingsEEG.test_features()")
         return self._features_of("test", self.n_test_images, len(self.test_concepts))
+
+    def feature_tables(self, partition: str) -> dict[str, tuple[int, int]]:
+        """{image|text|centroid: (rows, dim)} the feature file holds for ``partition``, from its headers: a run checks
+        the sealed test partition's tables before training without reading them."""
+        return partition_tables(self.feature_path, partition)  # type: ignore[arg-type]
 
     def _features_of(self, partition: str, n_images: int, n_concepts: int) -> PartitionFeatures:
         feats = load_partition_any(self.feature_path, partition)  # type: ignore[arg-type]

@@ -228,6 +228,99 @@ def load_partition_any(path_or_dir: str | Path, partition: Partition) -> Partiti
     return _read_nice(files[0], files[1] if len(files) > 1 else None)
 
 
+# --- what a feature file holds, from its headers alone ------------------------------------------------------------
+TABLES = ("image", "text", "centroid")
+
+
+def partition_tables(path_or_dir: str | Path, partition: Partition) -> dict[str, tuple[int, int]]:
+    """{table: (rows, dim)} for the tables (image, text, centroid) ``partition`` holds, read from file headers only.
+
+    No feature value is read (npz and .npy headers; an ATM .pt is memory-mapped and only its shapes are looked at),
+    so a run may ask about the sealed test partition before training. NICE's (N, 1, D) arrays count as (N, D).
+    """
+    kind, files = feature_files(path_or_dir, partition)
+    if kind == "thingsbench":
+        shapes = _npz_shapes(files[0])
+        found = {t: shapes[f"{partition}_{t}"] for t in TABLES if f"{partition}_{t}" in shapes}
+        if "image" not in found:
+            raise FeatureFileError(f"{files[0]}: missing '{partition}_image' (has: {', '.join(sorted(shapes))})")
+    elif kind == "atm":
+        found = _atm_shapes(files[0])
+    else:
+        found = {"image": _npy_shape(files[0])}
+        if len(files) > 1:
+            found["centroid"] = _npy_shape(files[1])
+    return {t: _as_row_shape(files[0], t, shape) for t, shape in found.items()}
+
+
+def _as_row_shape(path: Path, table: str, shape: tuple[int, ...]) -> tuple[int, int]:
+    if len(shape) == 3 and shape[1] == 1:
+        shape = (shape[0], shape[2])
+    if len(shape) != 2:
+        raise FeatureFileError(f"{path}: {table} features must be 2-D (rows, dim), found shape {shape}")
+    return int(shape[0]), int(shape[1])
+
+
+def _npz_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Entry name → array shape of an .npz, from each member's .npy header."""
+    if not path.is_file():
+        raise FeatureFileError(f"feature file {path} does not exist")
+    shapes = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for name in zf.namelist():
+                if name.endswith(".npy"):
+                    with zf.open(name) as fh:
+                        shapes[name[:-4]] = _read_npy_header(fh)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise FeatureFileError(f"{path}: not a readable .npz feature file ({exc})") from exc
+    return shapes
+
+
+def _read_npy_header(fh) -> tuple[int, ...]:
+    version = np.lib.format.read_magic(fh)
+    # format 3.0 differs from 2.0 only in allowing utf-8 field names, which feature arrays do not have
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, _ = read(fh)
+    return tuple(shape)
+
+
+def _npy_shape(path: Path) -> tuple[int, ...]:
+    if not path.is_file():
+        raise FeatureFileError(f"feature file {path} does not exist")
+    try:
+        with open(path, "rb") as fh:
+            return _read_npy_header(fh)
+    except (ValueError, OSError, EOFError) as exc:
+        raise FeatureFileError(f"{path}: not a readable numeric .npy file ({exc})") from exc
+
+
+def _atm_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Shapes of an ATM .pt's img_features / text_features (memory-mapped: the values stay on disk)."""
+    if not path.is_file():
+        raise FeatureFileError(f"feature file {path} does not exist (ATM files come in _train.pt/_test.pt pairs)")
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # files written with torch.save's legacy format cannot be mapped: read them whole
+        obj = None
+    except Exception as exc:  # torch raises several types for refused or broken files
+        raise FeatureFileError(f"{path}: torch.load(weights_only=True) could not read it ({type(exc).__name__})"
+                               ) from exc
+    if obj is None:
+        part = _read_atm(path)
+        return {t: getattr(part, t).shape for t in ("image", "text") if getattr(part, t) is not None}
+    if isinstance(obj, torch.Tensor):
+        return {"image": tuple(obj.shape)}
+    if isinstance(obj, dict) and "img_features" in obj:
+        return {"image": tuple(obj["img_features"].shape),
+                **({"text": tuple(obj["text_features"].shape)} if obj.get("text_features") is not None else {})}
+    found = ", ".join(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
+    raise FeatureFileError(f"{path}: expected a dict with img_features (and text_features) as ATM writes, "
+                           f"found {found}")
+
+
 def _as_rows(path: Path, key: str, value) -> np.ndarray:
     """A (rows, dim) float32 array; the singleton middle axis of NICE's (N, 1, D) files is dropped."""
     arr = value.detach().cpu().float().numpy() if hasattr(value, "detach") else np.asarray(value, dtype=np.float32)
