@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from scipy.special import gammaln
 
-from bench.config_rules import kway_values
+from bench.config_rules import GALLERIES, kway_values
 from bench.errors import UserError
 from bench.protocols import EvalSet
 
@@ -37,7 +37,6 @@ SCORING_VERSION = 2
 #: largest difference allowed between unit-normalised embeddings of one input under two batchings (float32 GEMMs
 #: of different shapes differ by ~1e-6; anything that reads other samples differs by far more)
 PER_SAMPLE_TOLERANCE = 1e-3
-GALLERIES = ("image", "text", "centroid")
 
 
 class EvaluationError(UserError, RuntimeError):
