@@ -80,7 +80,9 @@ def plan(specs: list[RunSpec], store: RunStore, force: bool = False) -> Plan:
             continue
         seen.add(spec.spec_hash)
         key = (spec.method, spec.protocol, repr(sorted(spec.config["method"].items())))
-        code = codes[key] if key in codes else codes.setdefault(key, current_code(spec))
+        if key not in codes:  # hashing the sources once per method configuration is enough
+            codes[key] = current_code(spec)
+        code = codes[key]
         if not force and store.is_current(spec, code.digest):
             out.done.append(spec)
             continue
