@@ -46,7 +46,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from baselines.contrastive import LOG_INV_007, ContrastiveBaseline
+from baselines.contrastive import ContrastiveBaseline
+from bench.losses import LOG_INV_007
 from bench.losses import clip_loss
 from bench.method import Batch, DataInfo, LossOutput, TrainState
 from bench.registry import register_method

@@ -19,60 +19,15 @@ UBP) or when it extracts the features (ATM).
 """
 from __future__ import annotations
 
-import inspect
-import math
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.losses import clip_loss
+from bench.encoders.build import build_encoder
+from bench.losses import LOG_INV_007, LogitScale, clip_loss
 from bench.method import Batch, DataInfo, LossOutput, Method, TrainState
-from bench.registry import ENCODERS
-
-LOG_INV_007 = math.log(1 / 0.07)
-LOGIT_SCALE_TYPES = ("exp", "linear", "softplus")
-
-
-def build_encoder(name: str, info: DataInfo, n_outputs: int, encoder_kwargs: Mapping[str, Any]) -> nn.Module:
-    """The registered encoder ``name`` sized for the data (braindecode's signal arguments).
-
-    ``n_subjects`` comes from the data as well, for encoders that declare it (ATM-S), so an encoder swapped in by
-    config needs no other change.
-    """
-    cls = ENCODERS.get(name).obj
-    from_data: dict[str, Any] = dict(n_chans=info.n_chans, n_times=info.n_times, n_outputs=n_outputs,
-                                     sfreq=info.sfreq, chs_info=list(info.ch_names) or None)
-    if "n_subjects" in inspect.signature(cls).parameters:
-        from_data["n_subjects"] = info.n_subjects
-    clash = sorted(set(encoder_kwargs) & set(from_data))
-    if clash:
-        raise ValueError(f"method.encoder_kwargs sets {clash}, which come from the data; remove them")
-    return cls(**from_data, **encoder_kwargs)
-
-
-class LogitScale(nn.Module):
-    """The inverse temperature: ``exp(raw)``, ``raw`` or ``softplus(raw)``; ``raw`` is a parameter or a buffer."""
-
-    def __init__(self, init: float, kind: str = "exp", learnable: bool = True) -> None:
-        super().__init__()
-        if kind not in LOGIT_SCALE_TYPES:
-            raise ValueError(f"logit_scale_type must be one of {LOGIT_SCALE_TYPES}, got {kind!r}")
-        self.kind = kind
-        raw = torch.tensor(float(init))
-        if learnable:
-            self.raw = nn.Parameter(raw)
-        else:  # a buffer still travels with the state dict and the device, but no optimiser can move it
-            self.register_buffer("raw", raw)
-
-    def forward(self) -> torch.Tensor:
-        if self.kind == "exp":
-            return self.raw.exp()
-        if self.kind == "softplus":
-            return F.softplus(self.raw)
-        return self.raw
-
 
 class ContrastiveBaseline(Method):
     """An EEG encoder trained with symmetric InfoNCE against the image features (see the module docstring)."""
@@ -89,8 +44,6 @@ class ContrastiveBaseline(Method):
     def __init__(self, info: DataInfo, **hparams: Any) -> None:
         super().__init__(info, **hparams)
         h = self.hparams
-        if not isinstance(h["encoder_kwargs"], Mapping):
-            raise TypeError(f"method.encoder_kwargs must be a mapping, got {h['encoder_kwargs']!r}")
         self.encoder = build_encoder(h["encoder"], info, info.feature_dim, h["encoder_kwargs"])
         self.logit_scale = LogitScale(h["logit_scale_init"], h["logit_scale_type"], bool(h["learn_logit_scale"]))
 

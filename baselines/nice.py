@@ -33,7 +33,8 @@ Deviations from the reference code:
 """
 from __future__ import annotations
 
-from baselines.contrastive import LOG_INV_007, ContrastiveBaseline
+from baselines.contrastive import ContrastiveBaseline
+from bench.losses import LOG_INV_007
 from bench.encoders.tsconv import NICE_CITATION
 from bench.registry import register_method
 

@@ -1,8 +1,40 @@
 """Contrastive losses shared by the methods (NICE, ATM, EEGProject, MCDB)."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+#: log(1/0.07): CLIP's initial inverse temperature, used by every reference code base
+LOG_INV_007 = math.log(1 / 0.07)
+LOGIT_SCALE_TYPES = ("exp", "linear", "softplus")
+
+
+class LogitScale(nn.Module):
+    """The inverse temperature: ``exp(raw)``, ``raw`` or ``softplus(raw)``, optionally clipped at ``max_scale`` (CLIP
+    clips the scale, not its log); ``raw`` is a parameter, or a buffer when it must not learn."""
+
+    def __init__(self, init: float, kind: str = "exp", learnable: bool = True, max_scale: float | None = None) -> None:
+        super().__init__()
+        if kind not in LOGIT_SCALE_TYPES:
+            raise ValueError(f"logit_scale_type must be one of {LOGIT_SCALE_TYPES}, got {kind!r}")
+        self.kind, self.max_scale = kind, max_scale
+        raw = torch.tensor(float(init))
+        if learnable:
+            self.raw = nn.Parameter(raw)
+        else:  # a buffer still travels with the state dict and the device, but no optimiser can move it
+            self.register_buffer("raw", raw)
+
+    def forward(self) -> torch.Tensor:
+        if self.kind == "exp":
+            scale = self.raw.exp()
+        elif self.kind == "softplus":
+            scale = F.softplus(self.raw)
+        else:
+            scale = self.raw
+        return scale if self.max_scale is None else scale.clamp(max=float(self.max_scale))
 
 
 def clip_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from baselines.contrastive import LOG_INV_007, LogitScale
+from bench.losses import LOG_INV_007, LogitScale
 from bench.cli import main
 from bench.encoders import ATMSEncoder, ShortWindowError, TSConvEncoder
 from bench.losses import clip_loss, multi_positive_losses

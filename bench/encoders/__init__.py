@@ -5,6 +5,7 @@ Each encoder maps ``(batch, n_chans, n_times)`` (plus optional 0-based ``subject
 """
 from bench.encoders.atms import ATMSEncoder
 from bench.encoders.base import EEGEncoderMixin, ShortWindowError
+from bench.encoders.build import build_encoder
 from bench.encoders.eegproject import EEGProjectEncoder
 from bench.encoders.projector import ResidualProjector
 from bench.encoders.spatial import ChannelGraphAttention, ChannelSelfAttention
@@ -13,6 +14,6 @@ from bench.encoders.tsconv import TSConvEncoder, TSConvGAEncoder, TSConvSAEncode
 
 __all__ = [
     "ATMSEncoder", "ChannelGraphAttention", "ChannelSelfAttention", "EEGEncoderMixin", "EEGProjectEncoder",
-    "ResidualProjector", "ShortWindowError", "TSConvEncoder", "TSConvGAEncoder", "TSConvSAEncoder", "TSConvTrunk",
+    "ResidualProjector", "ShortWindowError", "build_encoder", "TSConvEncoder", "TSConvGAEncoder", "TSConvSAEncoder", "TSConvTrunk",
     "nice_init_",
 ]

@@ -10,7 +10,6 @@ in a shared space of the feature dimension, with one learnable logit scale.
 """
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any, ClassVar, Iterator
 
@@ -18,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.encoders import nice_init_
-from bench.losses import directional_clip_losses
+from bench.encoders import build_encoder, nice_init_
+from bench.losses import LogitScale, directional_clip_losses
 from bench.method import Batch, DataInfo, LossOutput, Method, TrainState
-from bench.registry import ENCODERS, register_method
+from bench.registry import register_method
 from methods.mcdb.adapters import ADAPTERS, build_adapter
 from methods.mcdb.balance import BalanceTracker, in_window, ogm_coefficients, positive_mass
 from methods.mcdb.perturbation import SCHEDULES, feature_sigma, gradient_noise, noise_generator, perturb_features
@@ -73,15 +72,6 @@ def _choice(name: str, value: Any, options: tuple[str, ...]) -> str:
     return value
 
 
-def build_eeg_encoder(name: str, info: DataInfo, out_dim: int, extra: dict) -> nn.Module:
-    """A registered encoder at the data's shape; ``n_subjects`` is filled in for encoders that take it (ATM-S)."""
-    cls = ENCODERS.get(name).obj
-    kwargs = dict(extra or {})
-    if "n_subjects" in inspect.signature(cls).parameters:
-        kwargs.setdefault("n_subjects", info.n_subjects)
-    return cls(n_chans=info.n_chans, n_times=info.n_times, n_outputs=out_dim, sfreq=info.sfreq, **kwargs)
-
-
 @register_method("mcdb", description="HMAVD/MCDB: EEG-image-text alignment with adapters, modal balance (MCDB) "
                                      "and stochastic perturbation regularization (SPR)",
                  citation="Sun et al., Decoding Visual Neural Representations by Multimodal with Dynamic Balancing, "
@@ -103,7 +93,7 @@ class MCDB(Method):
         hp = self.hparams
         self._validate(hp)
         dim = info.feature_dim
-        self.eeg_encoder = build_eeg_encoder(hp["encoder"], info, dim, hp["encoder_kwargs"])
+        self.eeg_encoder = build_encoder(hp["encoder"], info, dim, hp["encoder_kwargs"])
 
         def adapter() -> nn.Module:
             module = build_adapter(hp["adapter"], dim, hp["adapter_dropout"], hp["bottleneck_ratio"],
@@ -114,8 +104,8 @@ class MCDB(Method):
         self.text_adapter = None
         if hp["use_text"]:
             self.text_adapter = self.image_adapter if hp["adapter_shared"] else adapter()
-        self.logit_scale = nn.Parameter(torch.tensor(float(hp["logit_scale_init"])),
-                                        requires_grad=bool(hp["learn_logit_scale"]))
+        self.logit_scale = LogitScale(hp["logit_scale_init"], "exp", bool(hp["learn_logit_scale"]),
+                                      max_scale=float(hp["logit_scale_max"]))
         self.balance = BalanceTracker()
         self._step_k: list[tuple[torch.Tensor, torch.Tensor]] = []  # grad mode: k of each chunk of this step
         self._noise_seed = 0
@@ -158,7 +148,7 @@ class MCDB(Method):
         return features if self.text_adapter is None else self.text_adapter(features)
 
     def scale(self) -> torch.Tensor:
-        return self.logit_scale.exp().clamp(max=float(self.hparams["logit_scale_max"]))
+        return self.logit_scale()
 
     # --- training -------------------------------------------------------------------------------------------------
     def _window(self, state: TrainState) -> bool:
