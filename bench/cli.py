@@ -252,13 +252,15 @@ def leaderboard(
     plots_dir: Optional[Path] = typer.Option(None, "--plots-dir", help="Also write the plots (PNG and SVG) here."),
 ) -> None:
     """Compare methods: tables, paired tests across subjects, plots and a self-contained HTML report."""
-    from bench.leaderboard import parse_int_list, write_leaderboard
+    from bench.ids import parse_optional_ids
+    from bench.leaderboard import write_leaderboard
     from bench.paths import default_results_dir
 
     result = write_leaderboard(
         results_dir or default_results_dir(), fmt, out, table=table, reported=reported, use_reported=not no_reported,
         protocol=protocol, methods=[m for item in methods for m in item.split(",") if m.strip()] or None,
-        expect_subjects=parse_int_list(expect_subjects), expect_seeds=parse_int_list(expect_seeds), metric=metric,
+        expect_subjects=parse_optional_ids(expect_subjects, "expect-subjects"),
+        expect_seeds=parse_optional_ids(expect_seeds, "expect-seeds"), metric=metric,
         reference=reference, plots_dir=plots_dir)
     if result.out is None:
         typer.echo(result.text, nl=False)  # plain echo: rich would read "mcdb[+text]" as markup
@@ -367,20 +369,6 @@ def perf(
         console.print(f"report: {json_path}")
 
 
-def _subject_list(text: Optional[str]) -> Optional[list[int]]:
-    """"1,3,5-7" → [1, 3, 5, 6, 7]."""
-    if not text:
-        return None
-    out: list[int] = []
-    try:
-        for piece in (p.strip() for p in text.split(",") if p.strip()):
-            lo, _, hi = piece.partition("-")
-            out += list(range(int(lo), int(hi or lo) + 1))
-    except ValueError:
-        raise typer.BadParameter(f"--subjects takes numbers and ranges like 1,3,5-7, got {text!r}") from None
-    return sorted(set(out))
-
-
 @app.command()
 def preprocess(
     raw_root: Path = typer.Option(..., "--raw-root", help="Folder holding raw_data/sub-XX/ses-YY/raw_eeg_*.npy."),
@@ -404,10 +392,12 @@ def preprocess(
     """Rebuild a published THINGS-EEG view from the raw recordings (MNE epochs, MVNN, merged sessions)."""
     from bench.data.preprocess import get_profile
     from bench.data.preprocess import preprocess as run_preprocess
+    from bench.ids import parse_optional_ids
     from bench.data.sidecar import SIDECAR_NAME
 
     console.print(f"preprocessing {raw_root} → {out} ({get_profile(profile).describe()})")
-    written = run_preprocess(raw_root, out, profile, _subject_list(subjects), image_metadata=image_metadata,
+    written = run_preprocess(raw_root, out, profile, parse_optional_ids(subjects, "subjects"),
+                             image_metadata=image_metadata,
                              cache=cache, mvnn_covariance=mvnn_covariance, mvnn_dim=mvnn_dim,
                              shuffle_seed=seed if shuffle_reps else None, selection_seed=seed, n_sessions=sessions,
                              reps={"train": train_reps, "test": test_reps})

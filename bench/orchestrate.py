@@ -2,7 +2,7 @@
 
 The harness's store decides what is left to do (Ray's experiment state cannot add grid points on restore): a spec
 with a ``completed`` record is never scheduled again, so a killed sweep restarted with the same command computes
-only what is missing. Each trial goes through the same code path as `bench train` (:func:`bench.runner.run_spec`),
+only what is missing. Each trial goes through the same code path as `bench train` (:func:`bench.runner.claim_and_run`),
 holds the spec's lock while computing it, and writes its record itself; Ray only schedules.
 
 Trials with ``gpus_per_trial > 1`` (or ``workers_per_trial > 1``) run as DDP: the Tune trial is a light driver that
@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import os
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,15 +161,6 @@ def check_shared_storage(results_dir: Path) -> None:
 
 
 # --- the trial -------------------------------------------------------------------------------------------------------
-def _failed_record(spec: RunSpec, exc: BaseException, command: str | None = None) -> RunRecord:
-    from bench import provenance
-
-    return RunRecord(spec, FAILED, error={"type": type(exc).__name__, "message": str(exc),
-                                          "traceback": traceback.format_exc()},
-                     provenance={**provenance.collect("cpu", spec.data_fingerprint, command=command),
-                                 "finished_at": provenance.now()})
-
-
 def _report_epoch(entry: dict) -> None:
     from ray import tune
 
@@ -185,27 +175,26 @@ def run_trial(config: dict) -> None:
     from ray import tune
 
     from bench.provenance import driver_command
-    from bench.runner import RunBusyError, open_dataset, run_spec
+    from bench.runner import RunBusyError, record_setup_failure, run_spec
+    from bench.specs import open_dataset
 
     load_plugins(config)
     spec = RunSpec.from_dict(config["spec"])
     store = RunStore(config["results_dir"])
     if config.get("threads"):
         torch.set_num_threads(max(1, int(config["threads"])))  # Ray's OMP_NUM_THREADS does not reach torch's pool
-    try:
-        with driver_command(config.get("command")):  # the record names the user's `bench run`, not Ray's worker
+    with driver_command(config.get("command")):  # the record names the user's `bench run`, not Ray's worker
+        try:
             if config.get("ddp_workers", 1) > 1:
                 record = _run_ddp_trial(spec, store, config)
             else:
-                ds = open_dataset(spec.config)
-                record = run_spec(spec, ds, store, force=config["force"], progress=False,
+                record = run_spec(spec, open_dataset(spec.config), store, force=config["force"], progress=False,
                                   on_epoch=_report_epoch).record
-    except RunBusyError as exc:
-        tune.report({"status": "busy", "spec_hash": spec.spec_hash, "message": str(exc)})
-        return
-    except Exception as exc:  # outside the run itself (e.g. opening the data): still a record, never a lost run
-        record = _failed_record(spec, exc, config.get("command"))
-        store.write(record)
+        except RunBusyError as exc:
+            tune.report({"status": "busy", "spec_hash": spec.spec_hash, "message": str(exc)})
+            return
+        except Exception as exc:  # outside the run itself (e.g. opening the data): still a record, never a lost run
+            record = record_setup_failure(spec, store, exc)
     tune.report({"status": record.status, "spec_hash": spec.spec_hash,
                  "top1": record.metrics.get("top1", math.nan), "top5": record.metrics.get("top5", math.nan)})
 
@@ -220,7 +209,8 @@ def load_plugins(config: dict) -> None:
 
 def _ddp_worker(config: dict) -> None:
     from bench.provenance import driver_command
-    from bench.runner import execute_spec, open_dataset
+    from bench.runner import execute_spec
+    from bench.specs import open_dataset
 
     load_plugins(config)
     spec = RunSpec.from_dict(config["spec"])
@@ -229,28 +219,28 @@ def _ddp_worker(config: dict) -> None:
 
 
 def _run_ddp_trial(spec: RunSpec, store: RunStore, config: dict) -> RunRecord:
+    """The spec through the one store operation, computed by Ray Train workers (each runs Accelerate)."""
+    from bench.runner import claim_and_run
+
+    return claim_and_run(spec, store, lambda: _launch_ddp(spec, store, config), force=config["force"]).record
+
+
+def _launch_ddp(spec: RunSpec, store: RunStore, config: dict) -> RunRecord:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from bench.runner import RunBusyError, current_code
-
-    with store.claim(spec) as claimed:
-        if not claimed:
-            raise RunBusyError(f"{spec.label} is being computed by another process")
-        if not config["force"] and store.is_current(spec, current_code(spec).digest):
-            return store.read(spec.spec_hash)
-        workers, gpus = config["ddp_workers"], config["gpus_per_trial"]
-        per_worker = {"CPU": config["cpus_per_trial"], **({"GPU": gpus / workers} if gpus else {})}
-        trainer = TorchTrainer(_ddp_worker, train_loop_config=config,
-                               scaling_config=ScalingConfig(num_workers=workers, use_gpu=bool(gpus),
-                                                            resources_per_worker=per_worker),
-                               run_config=RunConfig(name=f"ddp-{spec.spec_hash}",
-                                                    storage_path=str(Path(config["results_dir"]) / "ray")))
-        trainer.fit()
-        record = store.read(spec.spec_hash)
-        if record is None:
-            raise RuntimeError(f"DDP workers finished without writing the record of {spec.label}")
-        return record
+    workers, gpus = config["ddp_workers"], config["gpus_per_trial"]
+    per_worker = {"CPU": config["cpus_per_trial"], **({"GPU": gpus / workers} if gpus else {})}
+    trainer = TorchTrainer(_ddp_worker, train_loop_config=config,
+                           scaling_config=ScalingConfig(num_workers=workers, use_gpu=bool(gpus),
+                                                        resources_per_worker=per_worker),
+                           run_config=RunConfig(name=f"ddp-{spec.spec_hash}",
+                                                storage_path=str(Path(config["results_dir"]) / "ray")))
+    trainer.fit()
+    record = store.read(spec.spec_hash)
+    if record is None:
+        raise RuntimeError(f"DDP workers finished without writing the record of {spec.label}")
+    return record
 
 
 # --- the grid --------------------------------------------------------------------------------------------------------

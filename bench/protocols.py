@@ -155,6 +155,10 @@ class Protocol:
     def training_subjects(self, ds: Any, subject: int) -> list[int]:
         raise NotImplementedError
 
+    def subjects_read(self, ds: Any, subject: int) -> list[int]:
+        """Every subject whose files a run on ``subject`` reads (its data fingerprint covers exactly these)."""
+        return sorted({*self.training_subjects(ds, subject), subject})
+
     def split(self, ds: Any, subject: int) -> Split:
         test_index = _subject_index(ds, subject)
         train_subjects = self.training_subjects(ds, subject)

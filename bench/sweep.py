@@ -12,34 +12,12 @@ from bench.orchestrate import GridResult, RayOptions, run_grid
 from bench.preflight import check_spec
 from bench.records import RunSpec
 from bench.registry import METHODS
-from bench.runner import make_spec, open_dataset, resolve_config
+from bench.ids import parse_ids
+from bench.specs import flag_overrides, make_spec, open_dataset, resolve_config
 
 
 class SweepError(UserError, ValueError):
     """A sweep request is malformed (subjects, seeds, methods)."""
-
-
-def parse_ids(text: str, what: str, available: list[int] | None = None) -> list[int]:
-    """``"all"`` (needs ``available``), ``"1,2,5"`` or ranges ``"1-3,7"`` → sorted unique ints."""
-    text = text.strip()
-    if text == "all":
-        if available is None:
-            raise SweepError(f"--{what} all is not defined here")
-        return list(available)
-    out: set[int] = set()
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if not m:
-            raise SweepError(f"--{what} {text!r}: expected 'all', '1,2,5' or '1-3', not {part!r}")
-        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-        if hi < lo:
-            raise SweepError(f"--{what} {text!r}: empty range {part!r}")
-        out.update(range(lo, hi + 1))
-    if not out:
-        raise SweepError(f"--{what} {text!r} names nothing")
-    if available is not None and (missing := sorted(out - set(available))):
-        raise SweepError(f"--{what}: {missing} not in the dataset (it has {available})")
-    return sorted(out)
 
 
 def ablation_variants(method: str) -> list[tuple[str | None, dict]]:
@@ -67,8 +45,7 @@ class SweepRequest:
 
 def expand_specs(req: SweepRequest) -> tuple[list[RunSpec], object]:
     """Every run spec of the request (and the opened dataset, whose fingerprints the specs carry)."""
-    overrides = {"protocol.name": req.protocol,
-                 "data.root": str(Path(req.data_root).resolve()) if req.data_root else None}
+    overrides = flag_overrides(req.protocol, req.data_root)
     base_cfgs = {m: resolve_config(m, req.config_files, req.sets, overrides) for m in req.methods}
     data_keys = {json.dumps(c["data"], sort_keys=True) for c in base_cfgs.values()}
     if len(data_keys) > 1:

@@ -70,14 +70,9 @@ def overrides_to_sets(overrides: dict[str, Any]) -> list[str]:
 
 def tune_trial(config: dict) -> None:
     """One search point: train every listed subject in lockstep and report mean validation top-1 per epoch."""
-    from ray import tune
-
     from bench import seal
-    from bench.evaluate import ZeroShotEvaluator
-    from bench.registry import METHODS, PROTOCOLS
-    from bench.runner import data_info, open_dataset, resolve_config
     from bench.orchestrate import load_plugins
-    from bench.train import Trainer, seed_everything
+    from bench.specs import make_spec, open_dataset, resolve_config
 
     load_plugins(config)
     if config.get("threads"):
@@ -87,32 +82,39 @@ def tune_trial(config: dict) -> None:
     sets = [*config["sets"], *overrides_to_sets(config["overrides"])]
     cfg = resolve_config(config["method"], config["config_files"], sets, config["flag_overrides"])
     ds = open_dataset(cfg)
+    specs = [make_spec(config["method"], cfg, subject, config["seed"], ds) for subject in config["subjects"]]
     with seal.sealed(f"bench tune is training {config['method']}"):  # tune never reads the test partition
-        protocol = PROTOCOLS.get(cfg["protocol"]["name"]).obj.from_config(cfg)
-        runs = []
-        for subject in config["subjects"]:
-            split = protocol.split(ds, subject)
-            seed_everything(config["seed"])  # initial weights from the trial's seed, as in `bench run`
-            method = METHODS.create(config["method"], info=data_info(ds, split), **cfg["method"])
-            evaluator = ZeroShotEvaluator(kway=(), galleries=("image",))
-            trainer = Trainer(cfg["train"], config["seed"], evaluator, progress=False)
-            runs.append({"split": split, "trainer": trainer, "epochs": trainer.epochs(method, split.train, split.val),
-                         "last": math.nan, "best": -math.inf})
-        epoch = 0
-        while True:
-            advanced = False
-            for run in runs:
-                entry = next(run["epochs"], None)
-                if entry is not None:
-                    advanced = True
-                    if entry.get("val_top1") is not None:
-                        run["last"], run["best"] = entry["val_top1"], max(run["best"], entry["val_top1"])
-            if not advanced:
-                break
-            epoch += 1
-            tune.report({"val_top1": float(np.nanmean([r["last"] for r in runs])),
-                         "val_top1_best": float(np.mean([r["best"] for r in runs])), "epoch": epoch,
-                         "test_opened": any(r["split"].test.opened for r in runs)})
+        _train_in_lockstep(specs, ds)
+
+
+def _train_in_lockstep(specs: list, ds) -> None:
+    """Advance every subject's run one epoch at a time; report the mean validation top-1 after each epoch."""
+    from ray import tune
+
+    from bench.runner import prepare_run
+    from bench.train import Trainer
+
+    runs = []
+    for spec in specs:
+        run = prepare_run(spec, ds)  # the same split, seeding and method building as `bench run`
+        trainer = Trainer(spec.config["train"], spec.seed, run.evaluator, progress=False)
+        runs.append({"split": run.split, "epochs": trainer.epochs(run.method, run.split.train, run.split.val),
+                     "last": math.nan, "best": -math.inf})
+    epoch = 0
+    while True:
+        advanced = False
+        for run in runs:
+            entry = next(run["epochs"], None)
+            if entry is not None:
+                advanced = True
+                if entry.get("val_top1") is not None:
+                    run["last"], run["best"] = entry["val_top1"], max(run["best"], entry["val_top1"])
+        if not advanced:
+            break
+        epoch += 1
+        tune.report({"val_top1": float(np.nanmean([r["last"] for r in runs])),
+                     "val_top1_best": float(np.mean([r["best"] for r in runs])), "epoch": epoch,
+                     "test_opened": any(r["split"].test.opened for r in runs)})
 
 
 @dataclass
@@ -142,13 +144,12 @@ class TuneOutcome:
 def run_tune(req: TuneRequest, ray: RayOptions, printer=print) -> TuneOutcome:
     from ray import tune
 
+    from bench.ids import parse_ids
     from bench.registry import loaded_plugins
-    from bench.runner import open_dataset, resolve_config
-    from bench.sweep import parse_ids
+    from bench.specs import flag_overrides, open_dataset, resolve_config
 
-    flag_overrides = {"protocol.name": req.protocol,
-                      "data.root": str(Path(req.data_root).resolve()) if req.data_root else None}
-    resolved = resolve_config(req.method, req.config_files, req.sets, flag_overrides)
+    flags = flag_overrides(req.protocol, req.data_root)
+    resolved = resolve_config(req.method, req.config_files, req.sets, flags)
     space = load_search_space(req.search, resolved)
     subjects = parse_ids(req.subjects, "subjects", open_dataset(resolved).subjects)
     if req.scheduler not in ("fifo", "asha"):
@@ -161,7 +162,7 @@ def run_tune(req: TuneRequest, ray: RayOptions, printer=print) -> TuneOutcome:
         scheduler = tune.schedulers.ASHAScheduler(time_attr="training_iteration",
                                                   max_t=int(resolved["train"]["epochs"]), grace_period=1)
     base = {"method": req.method, "config_files": [str(Path(f).resolve()) for f in req.config_files],
-            "sets": list(req.sets), "flag_overrides": flag_overrides, "subjects": subjects, "seed": req.seed,
+            "sets": list(req.sets), "flag_overrides": flags, "subjects": subjects, "seed": req.seed,
             "threads": ray.cpus_per_trial, "plugins": loaded_plugins()}
     tuner = tune.Tuner(
         tune.with_resources(tune_trial, {"cpu": ray.cpus_per_trial, "gpu": ray.gpus_per_trial}),
@@ -188,7 +189,7 @@ def run_tune(req: TuneRequest, ray: RayOptions, printer=print) -> TuneOutcome:
     best = max(trials, key=lambda t: max(h["val_top1"] for h in t["history"]))
     best_val = max(h["val_top1"] for h in best["history"])
     best_cfg = resolve_config(req.method, req.config_files, [*req.sets, *overrides_to_sets(best["overrides"])],
-                              flag_overrides)
+                              flags)
     out = Path(req.out) if req.out else results_dir / "tune" / f"{req.method}-best.yaml"
     header = (f"# bench tune --method {req.method} --search {req.search}: best of {len(trials)} trial(s) by mean "
               f"validation top-1 {best_val:.2f}% over subjects {subjects} ({dt.date.today()})\n"

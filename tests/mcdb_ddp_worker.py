@@ -10,7 +10,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from bench.registry import METHODS, PROTOCOLS  # noqa: E402
-from bench.runner import data_info, resolve_config  # noqa: E402
+from bench.specs import data_info, resolve_config  # noqa: E402
 from bench.train import Trainer  # noqa: E402
 from fakes import InMemoryThingsEEG  # noqa: E402
 
@@ -19,7 +19,7 @@ ds = InMemoryThingsEEG(n_times=80, dim=16, n_concepts=60, per_concept=4, n_test=
 cfg = resolve_config("mcdb", sets=["protocol.val_concepts=6", "train.epochs=3", "train.batch_size=32",
                                    "train.lr=1e-2", "train.selection=last", *sys.argv[1:]])
 split = PROTOCOLS.get(cfg["protocol"]["name"]).obj.from_config(cfg).split(ds, 1)
-method = METHODS.create("mcdb", info=data_info(ds, split), **cfg["method"])
+method = METHODS.create("mcdb", info=data_info(ds, split.train), **cfg["method"])
 fit = Trainer(cfg["train"], 0, progress=False).fit(method, split.train, split.val)
 flat = torch.cat([p.detach().flatten() for p in method.parameters()])
 copies = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]

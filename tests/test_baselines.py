@@ -19,7 +19,8 @@ from bench.losses import clip_loss, multi_positive_losses
 from bench.method import Batch, DataInfo, TrainState
 from bench.records import RunStore
 from bench.registry import METHODS
-from bench.runner import execute_spec, make_spec, resolve_config
+from bench.runner import execute_spec
+from bench.specs import make_spec, resolve_config
 from bench.train import build_optimizer
 from fakes import InMemoryThingsEEG
 from test_encoders import (ATMS_63x250, EEGPROJECT_17x250, GA_63x250, NICE_63x250, SA_63x250, count, projector_params,

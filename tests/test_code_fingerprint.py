@@ -6,7 +6,8 @@ import pytest
 import bench.evaluate
 from bench.code_fingerprint import fingerprint_method
 from bench.records import RunStore
-from bench.runner import resolve_config, train_one
+from bench.runner import train_one
+from bench.specs import resolve_config
 
 
 def modules_of(method: str) -> set[str]:

@@ -111,7 +111,7 @@ def test_allowed_values_pass(item):
 
 def test_the_shipped_recipes_pass():
     from bench.registry import METHODS
-    from bench.runner import resolve_config
+    from bench.specs import resolve_config
 
     for method in METHODS.names():
         resolve_config(method)

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from bench.cli import main as cli_main
-from bench.leaderboard import (LeaderboardError, build_leaderboard, csv_table, load_reported, parse_int_list, render,
+from bench.leaderboard import (LeaderboardError, build_leaderboard, csv_table, load_reported, render,
                                render_leaderboard, rich_tables)
 from bench.leaderboard.aggregate import runs_frame
 from bench.records import RunStore
@@ -160,13 +160,6 @@ def test_reported_csv_problems_name_file_and_line(tmp_path, body, message):
     path.write_text(body)
     with pytest.raises(LeaderboardError, match=message):
         load_reported(path)
-
-
-def test_parse_int_list():
-    assert parse_int_list("1-3,5") == [1, 2, 3, 5] and parse_int_list("0,1,2") == [0, 1, 2]
-    assert parse_int_list(None) is None
-    with pytest.raises(LeaderboardError, match="use e.g. 1-10"):
-        parse_int_list("1-x")
 
 
 def test_csv_holds_one_table(board):

@@ -13,7 +13,7 @@ from bench.cli import main
 from bench.config import ConfigError
 from bench.data.errors import FeatureFileError
 from bench.preflight import check_spec
-from bench.runner import make_spec, resolve_config
+from bench.specs import make_spec, resolve_config
 from conftest import BENCH
 from fakes import InMemoryThingsEEG
 

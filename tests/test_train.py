@@ -10,7 +10,8 @@ from bench.losses import clip_loss
 from bench.method import LossOutput, Method
 from bench.records import RunStore
 from bench.registry import register_method
-from bench.runner import execute_spec, make_spec, resolve_config
+from bench.runner import execute_spec
+from bench.specs import make_spec, resolve_config
 from fakes import InMemoryThingsEEG
 
 

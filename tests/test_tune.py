@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from bench.orchestrate import RayOptions
-from bench.runner import resolve_config
+from bench.specs import resolve_config
 from bench.tune import TuneError, TuneRequest, load_search_space, run_tune
 
 pytestmark = pytest.mark.ray

@@ -9,8 +9,8 @@ from .errors import LeaderboardError
 from .report import (FORMATS, TABLES, Leaderboard, build_leaderboard, csv_table, display_tables, render,
                      render_leaderboard, rich_tables, write_plots)
 from .reported import load_reported
-from .writer import parse_int_list, write_leaderboard
+from .writer import write_leaderboard
 
 __all__ = ["FORMATS", "TABLES", "Leaderboard", "LeaderboardError", "build_leaderboard", "csv_table",
-           "display_tables", "load_reported", "parse_int_list", "render", "render_leaderboard", "rich_tables",
+           "display_tables", "load_reported", "render", "render_leaderboard", "rich_tables",
            "write_leaderboard", "write_plots"]

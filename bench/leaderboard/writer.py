@@ -51,23 +51,3 @@ def write_leaderboard(results_dir: str | Path, fmt: str = "md", out: str | Path 
     if plots_dir is not None:
         result.plots = write_plots(board, plots_dir, stem=result.out.stem if result.out else "leaderboard")
     return result
-
-
-def parse_int_list(text: str | None) -> list[int] | None:
-    """'1-10' → 1..10, '0,1,2' → [0, 1, 2], '1-3,5' → [1, 2, 3, 5]; None or '' → None."""
-    if not text:
-        return None
-    values: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        try:
-            if "-" in part:
-                lo, hi = (int(x) for x in part.split("-", 1))
-                if hi < lo:
-                    raise ValueError
-                values.extend(range(lo, hi + 1))
-            else:
-                values.append(int(part))
-        except ValueError:
-            raise LeaderboardError(f"cannot read {text!r} as integers: use e.g. 1-10 or 0,1,2") from None
-    return sorted(set(values))

@@ -163,7 +163,7 @@ def _generate(out: Path, preset: str, report: dict, say) -> Path:
 def _training(root: Path, methods: list[str], device, profile: Profile, opts: PerfOptions, say) -> list[dict]:
     from bench.data.dataset import ThingsEEG
     from bench.perf.throughput import TrainingRows, measure_method
-    from bench.runner import resolve_config
+    from bench.specs import resolve_config
 
     ds = ThingsEEG.open(root)
     rows = TrainingRows(ds, subject=1)

@@ -16,7 +16,8 @@ import torch
 
 from bench.orchestrate import RayOptions, init_ray, run_grid
 from bench.records import COMPLETED, RunStore
-from bench.runner import make_spec, open_dataset, resolve_config, run_spec
+from bench.runner import run_spec
+from bench.specs import make_spec, open_dataset, resolve_config
 
 METHOD = "nice"
 

@@ -18,11 +18,9 @@ import numpy as np
 import torch
 
 from bench.evaluate import ZeroShotEvaluator
-from bench.method import DataInfo
 from bench.perf.reference import ReferenceLoop
 from bench.protocols import EvalSet, SealedTest, TrainSet
-from bench.registry import METHODS
-from bench.train import Trainer, seed_everything
+from bench.train import Trainer
 
 #: validation rows the Trainer scores after its epoch: it must validate, but that is not what is measured here
 N_VAL_ROWS = 8
@@ -70,11 +68,10 @@ class TrainingRows:
 
 
 def build_method(name: str, cfg: dict, ds, train: TrainSet):
-    seed_everything(0)
-    info = DataInfo(n_chans=ds.n_chans, n_times=ds.n_times, sfreq=float(ds.sfreq), ch_names=tuple(ds.ch_names),
-                    feature_dim=int(train.image.shape[1]), n_subjects=len(ds.subjects),
-                    n_train_concepts=len(ds.train_concepts), has_text=train.text is not None)
-    return METHODS.create(name, info=info, **cfg["method"])
+    from bench.runner import build_method as build  # the runs' own builder: same seeding, same DataInfo
+    from bench.specs import data_info
+
+    return build(name, cfg, data_info(ds, train), seed=0)
 
 
 def trainer_config(cfg: dict, batch_size: int, compile_model: bool) -> dict:
