@@ -28,6 +28,8 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
+from bench.ablation import FULL_LABEL
+
 
 @dataclass(frozen=True)
 class DataInfo:
@@ -82,6 +84,10 @@ class Method(nn.Module):
     defaults: ClassVar[dict[str, Any]] = {}
     requires_text: ClassVar[bool] = False
     closed_form: ClassVar[bool] = False
+    #: the variants `bench run --ablation` adds, in the order they add components: label → dotted config overrides
+    ablations: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: the label of the full method's row, after its variants, in the ablation table
+    ablation_full_label: ClassVar[str] = FULL_LABEL
 
     def __init__(self, info: DataInfo, **hparams: Any):
         super().__init__()

@@ -42,6 +42,9 @@ class RunSpec:
     seed: int
     data_fingerprint: str
     variant: str | None = None  # ablation label (e.g. "base", "+text"); None for the method as configured
+    #: the method's declared ablation ({"order": [labels], "full_label": label}) when `bench run --ablation` made the
+    #: spec: how its ablation table reads. Not part of the hash or of equality: it describes the run, it is not one.
+    ablation: dict | None = field(default=None, compare=False)
 
     @property
     def spec_hash(self) -> str:
@@ -60,7 +63,7 @@ class RunSpec:
     @classmethod
     def from_dict(cls, d: dict) -> "RunSpec":
         return cls(**{k: d[k] for k in ("method", "config", "protocol", "subject", "seed", "data_fingerprint")},
-                   variant=d.get("variant"))
+                   variant=d.get("variant"), ablation=d.get("ablation"))
 
 
 @dataclass
@@ -91,6 +94,8 @@ class RunRecord:
             "code_fingerprint": self.code_fingerprint,
             "metrics": self.metrics, "timings": self.timings, "provenance": self.provenance, "split": self.split,
             "extras": self.extras, "error": self.error,
+            # only where a sweep declared it, so that the records of every other run keep their fields
+            **({"ablation": self.spec.ablation} if self.spec.ablation is not None else {}),
         }
 
     @classmethod
@@ -99,12 +104,15 @@ class RunRecord:
             raise RecordError(f"{source}: schema {d.get('schema')!r}, expected {SCHEMA!r}")
         try:
             spec = RunSpec(method=d["method"], config=d["config"], protocol=d["protocol"], subject=d["subject"],
-                           seed=d["seed"], data_fingerprint=d["data_fingerprint"], variant=d.get("variant"))
+                           seed=d["seed"], data_fingerprint=d["data_fingerprint"], variant=d.get("variant"),
+                           ablation=d.get("ablation"))
             rec = cls(spec=spec, status=d["status"], metrics=d.get("metrics") or {}, timings=d.get("timings") or {},
                       provenance=d.get("provenance") or {}, split=d.get("split") or {}, extras=d.get("extras") or {},
                       error=d.get("error"), code_fingerprint=d.get("code_fingerprint"))
         except KeyError as exc:
             raise RecordError(f"{source}: missing field {exc.args[0]!r}") from None
+        if (problem := _ablation_problem(spec.ablation)) is not None:
+            raise RecordError(f"{source}: {problem}")
         if rec.status not in (COMPLETED, FAILED):
             raise RecordError(f"{source}: status {rec.status!r}, expected {COMPLETED!r} or {FAILED!r}")
         if d.get("spec_hash") != spec.spec_hash:
@@ -177,6 +185,20 @@ def read_record(path: str | Path) -> RunRecord:
     except (OSError, json.JSONDecodeError) as exc:
         raise RecordError(f"run record {path} is unreadable: {exc}") from exc
     return RunRecord.from_dict(data, source=str(path))
+
+
+def _ablation_problem(value: Any) -> str | None:
+    """What is wrong with a record's ablation declaration (records are files anyone can edit); None: nothing."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"order", "full_label"}:
+        return 'ablation must be null or {"order": [labels], "full_label": label}'
+    order = value["order"]
+    if not isinstance(order, list) or not all(isinstance(v, str) for v in order) or len(set(order)) != len(order):
+        return "ablation.order must be a list of distinct labels"
+    if not isinstance(value["full_label"], str):
+        return "ablation.full_label must be a string"
+    return None
 
 
 def _json_default(obj: Any) -> Any:

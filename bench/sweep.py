@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+from bench.ablation import registered_declaration
 from bench.errors import UserError
 from bench.orchestrate import GridResult, RayOptions, run_grid
 from bench.preflight import check_spec
@@ -57,6 +58,8 @@ def expand_specs(req: SweepRequest) -> tuple[list[RunSpec], object]:
     specs = []
     for method in req.methods:
         variants = ablation_variants(method) if req.ablation else [(None, {})]
+        # each run carries how its ablation table reads (not hashed): the leaderboard needs no method-specific order
+        declared = registered_declaration(method) if req.ablation else None
         for label, variant_sets in variants:
             # the variant's switches come last so a user's --set cannot silently undo them
             cfg = base_cfgs[method] if not variant_sets else resolve_config(
@@ -64,7 +67,8 @@ def expand_specs(req: SweepRequest) -> tuple[list[RunSpec], object]:
                 overrides)
             for subject in subjects:
                 for seed in seeds:
-                    specs.append(make_spec(method, cfg, subject, seed, ds, variant=label))
+                    spec = make_spec(method, cfg, subject, seed, ds, variant=label)
+                    specs.append(replace(spec, ablation=declared))
     for spec in specs:  # before Ray starts and any record is written: a run that cannot finish is refused now
         check_spec(spec, ds)
     return specs, ds

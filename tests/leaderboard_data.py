@@ -3,6 +3,7 @@
 intra: subjects 1-8 × seeds 0,1 for nice, atm, mcdb and mcdb's four ablation variants, except that
   atm sub-02 seed 0 FAILED and atm sub-03 seed 1 is MISSING (never ran);
 inter: nice and mcdb, subjects 1-4, seed 0 only.
+The intra mcdb records carry MCDB's ablation declaration, as `bench run --ablation` writes it; the inter ones do not.
 Scores are a fixed formula of (method, subject, seed) so every number in the goldens can be checked by hand.
 mcdb beats nice and atm on every subject (significant after Holm with 8 subjects); atm − nice changes sign
 across subjects (not significant).
@@ -19,6 +20,8 @@ REPORTED_CSV = Path(__file__).parent / "fixtures" / "leaderboard" / "reported.cs
 INTRA = {("nice", None): 14.0, ("atm", None): 15.0, ("mcdb", "base"): 18.0, ("mcdb", "+text"): 21.0,
          ("mcdb", "+adapter"): 22.5, ("mcdb", "+mcdb"): 24.0, ("mcdb", None): 25.0}
 INTER = {("nice", None): 5.0, ("mcdb", None): 8.0}
+#: what `bench run --ablation` copies from the MCDB class into each spec it expands
+MCDB_ABLATION = {"order": ["base", "+text", "+adapter", "+mcdb"], "full_label": "+spr (full)"}
 SUBJECT_OFFSET = {1: 0.0, 2: -2.0, 3: 3.0, 4: 1.5, 5: -1.0, 6: 2.0, 7: 0.5, 8: -3.0}
 # Per-method wobble so that paired differences are not constant across subjects (their std must not be 0).
 WOBBLE = {"nice": (0.0, 0.4, -0.2, 0.1, 0.9, -0.6, 0.3, 0.0),
@@ -29,8 +32,9 @@ WOBBLE = {"nice": (0.0, 0.4, -0.2, 0.1, 0.9, -0.6, 0.3, 0.0),
 def spec(method, variant, protocol, subject, seed):
     config = {"method": {"name": method, "variant": variant}, "train": {"epochs": 3, "lr": 3e-4},
               "protocol": {"name": protocol}}
+    ablation = MCDB_ABLATION if (method, protocol) == ("mcdb", "intra") else None
     return RunSpec(method=method, config=config, protocol=protocol, subject=subject, seed=seed,
-                   data_fingerprint="synthetic-fixture", variant=variant)
+                   data_fingerprint="synthetic-fixture", variant=variant, ablation=ablation)
 
 
 def completed(method, variant, protocol, subject, seed, base):

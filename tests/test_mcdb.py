@@ -366,6 +366,11 @@ def test_bench_run_expands_the_ablation_into_five_variants(tiny_root):
     assert [s.variant for s in specs] == ["base", "+text", "+adapter", "+mcdb", None]
     assert len({s.spec_hash for s in specs}) == 5
     assert [s.config["method"]["spr"] for s in specs] == ["none"] * 4 + ["grad"]
+    # every run carries how its ablation table reads, so the leaderboard needs no MCDB-specific constant
+    declared = {"order": ["base", "+text", "+adapter", "+mcdb"], "full_label": "+spr (full)"}
+    assert all(s.ablation == declared for s in specs)
+    plain, _ = expand_specs(SweepRequest(methods=["mcdb"], subjects="1", data_root=tiny_root))
+    assert plain[0].ablation is None and plain[0].spec_hash == specs[-1].spec_hash  # not hashed: the same run
 
 
 # --- end to end -----------------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from bench.records import COMPLETED, FAILED, RecordError, RunRecord, RunSpec, RunStore
+from bench.records import COMPLETED, FAILED, RecordError, RunRecord, RunSpec, RunStore, read_record
 
 
 def spec(**kw):
@@ -47,6 +47,26 @@ def test_code_fingerprint_round_trips_outside_the_spec(tmp_path):
     old = json.loads(path.read_text())
     del old["code_fingerprint"]  # records written before the field existed
     assert RunRecord.from_dict(old).code_fingerprint is None
+
+
+def test_the_ablation_declaration_rides_along_outside_the_hash(tmp_path):
+    declared = {"order": ["base", "+text"], "full_label": "+all (full)"}
+    a = spec(variant="base", ablation=declared)
+    assert a.spec_hash == spec(variant="base").spec_hash and a == spec(variant="base")  # the same run
+    assert RunSpec.from_dict(a.to_dict()).ablation == declared  # through a Ray trial's config
+    store = RunStore(tmp_path)
+    store.write(RunRecord(a, COMPLETED, metrics={"top1": 1.0}))
+    assert store.read(a.spec_hash).spec.ablation == declared
+    assert "ablation" not in RunRecord(spec(), COMPLETED).to_dict()  # records of other runs keep their fields
+
+
+@pytest.mark.parametrize("bad", [["base"], {"order": ["base"]}, {"order": "base", "full_label": "x"},
+                                 {"order": ["a", "a"], "full_label": "x"}, {"order": [], "full_label": 3}])
+def test_a_malformed_ablation_declaration_is_named(tmp_path, bad):
+    data = RunRecord(spec(), COMPLETED, metrics={"top1": 1.0}).to_dict()
+    (tmp_path / "r.json").write_text(json.dumps({**data, "ablation": bad}))
+    with pytest.raises(RecordError, match=r"r\.json: ablation"):
+        read_record(tmp_path / "r.json")
 
 
 def test_tampered_or_corrupt_records_are_named(tmp_path):

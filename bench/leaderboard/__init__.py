@@ -5,9 +5,10 @@
 
 or, in one call, ``render_leaderboard(records, fmt="md")``; ``write_leaderboard`` is what the CLI runs.
 """
+from .board import Leaderboard, build_leaderboard
+from .contents import TABLES, csv_table, display_tables
 from .errors import LeaderboardError
-from .report import (FORMATS, TABLES, Leaderboard, build_leaderboard, csv_table, display_tables, render,
-                     render_leaderboard, rich_tables, write_plots)
+from .report import FORMATS, render, render_leaderboard, rich_tables, write_plots
 from .reported import load_reported
 from .writer import write_leaderboard
 

@@ -7,6 +7,7 @@ failure counts and the completeness flag, never to a mean.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -14,16 +15,13 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from bench.ablation import FULL_LABEL, registered_declaration
 from bench.config import canonical_json
 from bench.data.sidecar import TEST_WHITENED
 from bench.records import COMPLETED, FAILED, RunRecord
 
 from .errors import LeaderboardError
 
-#: Ablation rows of a method, in the order its components are added.
-VARIANT_ORDER = ("base", "+text", "+adapter", "+mcdb")
-#: The label of the full method (variant None) as the last ablation row.
-FULL_LABELS = {"mcdb": "+spr (full)"}
 TIMING_COLUMNS = ("load_s", "train_s", "eval_s", "samples_per_s", "epochs_run")
 #: Notes a row's flag carries besides its completeness, and what each means (the tables' footnotes say it).
 NOTE_TEST_WHITENED = f"MVNN {TEST_WHITENED}"
@@ -65,6 +63,7 @@ def runs_frame(records: Iterable[RunRecord]) -> pd.DataFrame:
             "error": (rec.error or {}).get("type") if rec.status == FAILED else None,
             "device": rec.provenance.get("device") if completed else None, "name": display_name(s.method, s.variant),
             "code": rec.code_fingerprint, "mvnn_covariance": _mvnn_covariance(rec.provenance),
+            "ablation": canonical_json(s.ablation) if s.ablation is not None else None,  # hashable, for value_counts
         }
         for k, scores in (m.get("kway") or {}).items():
             if not str(k).isdigit():
@@ -77,7 +76,7 @@ def runs_frame(records: Iterable[RunRecord]) -> pd.DataFrame:
         rows.append(row)
     base_cols = ["method", "base", "variant", "protocol", "subject", "seed", "status", "spec_hash", "config_hash",
                  "top1", "top5", "n_test", "chance_top1", "chance_top5", "error", "device", "name", "code",
-                 "mvnn_covariance", *TIMING_COLUMNS]
+                 "mvnn_covariance", "ablation", *TIMING_COLUMNS]
     runs = pd.DataFrame(rows, columns=base_cols + sorted({c for r in rows for c in r} - set(base_cols), key=_kway_key))
     runs = _split_mixed_code(_split_mixed_configs(runs))
     _reject_duplicate_cells(runs)
@@ -341,23 +340,26 @@ def chance_levels(runs: pd.DataFrame) -> dict[str, float]:
 
 
 def ablation_table(runs: pd.DataFrame, grids: dict[str, Grid]) -> pd.DataFrame:
-    """For each method with variant runs: its variants in canonical order, then the full method, with deltas.
+    """For each method with variant runs: its variants in its declared order, then the full method, with deltas.
 
     Δ is the difference of the across-subject means to the previous row (what adding that component bought).
     """
     summary = summary_table(runs, grids)
     names = runs.drop_duplicates("method")[["method", "base", "variant"]]
     summary = summary.merge(names, on="method", how="left")
+    declared = ablation_declarations(runs)
     rows = []
     for (protocol, base), part in summary.groupby(["protocol", "base"], sort=True):
         if part.variant.isna().all():
             continue
-        part = part.assign(_order=part.variant.map(_variant_rank)).sort_values(["_order", "method"], kind="stable")
+        order, full_label = declared[base]
+        part = part.assign(_order=[_variant_rank(v, order) for v in part.variant])
+        part = part.sort_values(["_order", "method"], kind="stable")
         prev = None
         for _, r in part.iterrows():
             plain = r.variant is None or pd.isna(r.variant)
             suffix = r.method[len(display_name(base, None if plain else r.variant)):]  # "@config", " (code …)"
-            label = FULL_LABELS.get(base, "full") if plain else r.variant
+            label = full_label if plain else r.variant
             rows.append({"method": base, "protocol": protocol, "variant": label + suffix,
                          "entry": r.method, "top1_mean": r.top1_mean, "top1_std": r.top1_std,
                          "top5_mean": r.top5_mean, "top5_std": r.top5_std,
@@ -367,6 +369,22 @@ def ablation_table(runs: pd.DataFrame, grids: dict[str, Grid]) -> pd.DataFrame:
             prev = r
     return pd.DataFrame(rows, columns=["method", "protocol", "variant", "entry", "top1_mean", "top1_std", "top5_mean",
                                        "top5_std", "delta_top1", "delta_top5", "n_subjects", "complete", "flag"])
+
+
+def ablation_declarations(runs: pd.DataFrame) -> dict[str, tuple[list[str], str]]:
+    """Per base method with variant runs: (its variants' order, its full row's label).
+
+    From the records (the declaration most of them carry, should code have changed it between runs), else from the
+    installed method's declaration, else none: variants by name, the full row labelled "full".
+    """
+    out = {}
+    for base, part in runs[runs.variant.notna()].groupby("base", sort=True):
+        carried = runs.ablation[(runs.base == base) & runs.ablation.notna()].value_counts(sort=True)
+        # value_counts breaks ties by first appearance; the sorted index makes the choice independent of record order
+        top = sorted(carried.index[carried == carried.max()]) if len(carried) else []
+        plan = json.loads(top[0]) if top else registered_declaration(base)
+        out[base] = (list(plan["order"]), plan["full_label"]) if plan else ([], FULL_LABEL)
+    return out
 
 
 def timings_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -406,10 +424,11 @@ def validation_curves(records: Iterable[RunRecord], runs: pd.DataFrame) -> pd.Da
 # -------------------------------------------------------------------------------------------------------- helpers
 
 
-def _variant_rank(variant) -> int:
+def _variant_rank(variant, order: Sequence[str]) -> int:
+    """Declared variants in their order, undeclared ones after them (then by name), the full method last."""
     if variant is None or (isinstance(variant, float) and math.isnan(variant)):
-        return len(VARIANT_ORDER) + 1
-    return VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER)
+        return len(order) + 1
+    return order.index(variant) if variant in order else len(order)
 
 
 def _kway_key(col: str):

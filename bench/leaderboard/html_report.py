@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 from . import markup
-
-if TYPE_CHECKING:
-    from .report import Leaderboard
+from .board import Leaderboard
+from .contents import display_tables, figures, overview
 
 _CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto; max-width: 78rem;
@@ -29,14 +28,12 @@ figcaption { color: #5a6478; font-size: .85rem; }
 """
 
 
-def html_page(board: "Leaderboard", which: Sequence[str], title: str, plots: bool = True) -> str:
-    from .report import _overview, display_tables, figures
-
+def html_page(board: Leaderboard, which: Sequence[str], title: str, plots: bool = True) -> str:
     e = html.escape
-    body = [f"<h1>{e(title)}</h1>", f'<p class="overview">{e(_overview(board))}</p>']
+    body = [f"<h1>{e(title)}</h1>", f'<p class="overview">{e(overview(board))}</p>']
     figs = {}
     if plots:
-        from . import plots as plotting
+        from . import plots as plotting  # matplotlib is slow to import: only pages with plots pay for it
 
         for protocol, name, fig in figures(board):
             figs.setdefault(protocol, []).append((name, plotting.png_base64(fig)))

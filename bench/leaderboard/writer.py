@@ -9,7 +9,8 @@ from bench.io import atomic_write_text
 from bench.records import RunStore
 
 from .errors import LeaderboardError
-from .report import build_leaderboard, render, write_plots
+from .board import build_leaderboard
+from .report import render, write_plots
 from .reported import load_reported
 
 

@@ -87,6 +87,7 @@ class MCDB(Method):
         "+adapter": {"method.use_text": True, "method.mcdb": "none", "method.spr": "none"},
         "+mcdb": {"method.use_text": True, "method.spr": "none"},
     }
+    ablation_full_label: ClassVar[str] = "+spr (full)"  # the last component the full method adds
 
     def __init__(self, info: DataInfo, **hparams: Any):
         super().__init__(info, **hparams)
