@@ -24,11 +24,8 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from bench.errors import UserError
-
-
-class ConfigError(UserError, ValueError):
-    """A config file or override is invalid; the message names the source and the key."""
+from bench.config_rules import check
+from bench.errors import ConfigError
 
 
 #: harness keys whose value may be a name or a list (``eval.kway: auto | [2, 4]``, ``data.channels: all63 | [O1, Oz]``):
@@ -157,7 +154,6 @@ def resolve(
     sets: Iterable[str] = (),
 ) -> dict:
     """The fully resolved and checked config for ``method`` (see the module docstring for the layer order)."""
-    from bench.config_rules import check  # imported here: the rules module imports ConfigError from this one
 
     cdir = config_dir()
     cfg = load_yaml(cdir / "defaults.yaml")

@@ -16,7 +16,7 @@ import difflib
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from bench.config import ConfigError
+from bench.errors import ConfigError
 
 #: ``eval.kway: auto``: the k-way ladder of ATM (Li et al. 2024), kept where k < the number of test images
 KWAY_LADDER = (2, 4, 10, 50, 100, 200)

@@ -7,3 +7,8 @@ have to import every module at start-up to know which exceptions are the user's 
 
 class UserError(Exception):
     pass
+
+
+class ConfigError(UserError, ValueError):
+    """A config file or override is invalid; the message names the source and the key (kept here so the config
+    modules, which all raise it, need not import each other)."""

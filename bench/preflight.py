@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.config import ConfigError
+from bench.errors import ConfigError
 from bench.config_rules import kway_values
 from bench.data.errors import FeatureFileError
 from bench.records import RunSpec

@@ -51,7 +51,12 @@ def _resolve(name: str, known: dict[str, Path]) -> str | None:
 
 def import_graph(root: Path, package: str) -> dict[str, set[str]]:
     """Module → the modules of the same tree it imports, anywhere in its source (self-imports left out)."""
-    known = module_names(root, package)
+    return trees_graph([(root, package)])
+
+
+def trees_graph(trees: list[tuple[Path, str]]) -> dict[str, set[str]]:
+    """:func:`import_graph` over several packages at once, so imports between them are edges too."""
+    known = {name: path for root, package in trees for name, path in module_names(root, package).items()}
     edges: dict[str, set[str]] = {}
     for module, path in known.items():
         tree = ast.parse(path.read_text(), filename=str(path))

@@ -2,7 +2,8 @@
 import pytest
 import yaml
 
-from bench.config import ConfigError, parse_set, resolve
+from bench.config import parse_set, resolve
+from bench.errors import ConfigError
 
 
 @pytest.fixture

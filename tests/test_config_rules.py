@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.config import ConfigError, leaf_keys, resolve
+from bench.config import leaf_keys, resolve
+from bench.errors import ConfigError
 from bench.config_rules import RULES, did_you_mean, kway_values
 
 DEFAULTS = Path(__file__).resolve().parent.parent / "configs" / "defaults.yaml"

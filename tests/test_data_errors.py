@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from bench.config import ConfigError
+from bench.errors import ConfigError
 from bench.data.cache import eeg_cache_root
 from bench.data.channels import THINGS_63
 from bench.data.dataset import ThingsEEG

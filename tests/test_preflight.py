@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bench.cli import main
-from bench.config import ConfigError
+from bench.errors import ConfigError
 from bench.data.errors import FeatureFileError
 from bench.preflight import check_spec
 from bench.specs import make_spec, resolve_config

@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 from typing import Sequence
 
-from bench.config import ConfigError
+from bench.errors import ConfigError
 
 THINGS_63: tuple[str, ...] = tuple("""
 Fp1 Fp2 AF7 AF3 AFz AF4 AF8 F7 F5 F3 F1 F2 F4 F6 F8 FT9 FT7 FC5 FC3 FC1 FCz FC2 FC4 FC6 FT8 FT10 T7 C5 C3 C1 Cz C2

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from bench import seal
-from bench.config import ConfigError
+from bench.errors import ConfigError
 from bench.data.cache import EEGHeader, cached_eeg, file_fingerprint, peek_header
 from bench.data.channels import requested_channels
 from bench.data.errors import DataFormatError, FeatureFileError

@@ -98,7 +98,7 @@ PRESETS: dict[str, Preset] = {
 
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
-        from bench.config import ConfigError
+        from bench.errors import ConfigError
 
         raise ConfigError(f"unknown synthetic preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name]

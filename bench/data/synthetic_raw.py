@@ -75,7 +75,7 @@ RAW_PRESETS: dict[str, RawPreset] = {
 
 def get_raw_preset(name: str) -> RawPreset:
     if name not in RAW_PRESETS:
-        from bench.config import ConfigError
+        from bench.errors import ConfigError
 
         raise ConfigError(f"unknown raw synthetic preset {name!r}; choose one of {', '.join(RAW_PRESETS)}")
     return RAW_PRESETS[name]

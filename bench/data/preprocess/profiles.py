@@ -44,7 +44,7 @@ MVNN_COVARIANCES = ("train", "train+test")
 
 def get_profile(name: str) -> Profile:
     if name not in PROFILES:
-        from bench.config import ConfigError
+        from bench.errors import ConfigError
 
         raise ConfigError(f"unknown preprocessing profile {name!r}; choose one of {', '.join(PROFILES)}")
     return PROFILES[name]
