@@ -40,13 +40,22 @@ def test_two_learning_rates_picked_by_validation_without_test_metrics(ray_sessio
     assert cfg["train"]["lr"] == outcome.best_overrides["train.lr"] and cfg["train"]["epochs"] == 3
 
 
-def test_asha_scheduler_runs(ray_session, tiny_root, tmp_path):
+def test_asha_stops_weak_trials_early(ray_session, tiny_root, tmp_path):
+    """One trial at a time, in grid order: the first sets the bar at ASHA's first rung (epoch 1); a later trial that
+    scores below it there must be stopped before the last epoch. FIFO would run every trial for all epochs, so this
+    fails if the scheduler silently falls back."""
     search = tmp_path / "search.yaml"
-    search.write_text("train.lr: {loguniform: [1.0e-4, 1.0e-1]}\n")
-    outcome = run_tune(TuneRequest(method="linear-contrastive", search=search, num_samples=3, scheduler="asha",
-                                   subjects="1", data_root=tiny_root, results_dir=tmp_path, sets=QUICK),
-                       RayOptions(), printer=lambda s: None)
-    assert len(outcome.trials) == 3 and outcome.config_path.is_file()
+    search.write_text("train.lr: {grid: [1.0e-12, 0.02, 0.05]}\n")  # untrained first: on tiny it validates best
+    outcome = run_tune(TuneRequest(method="linear-contrastive", search=search, num_samples=1, scheduler="asha",
+                                   subjects="1", data_root=tiny_root, results_dir=tmp_path,
+                                   sets=(*QUICK, "train.epochs=6")),
+                       RayOptions(max_concurrent=1), printer=lambda s: None)
+    by_lr = {t["overrides"]["train.lr"]: t["history"] for t in outcome.trials}
+    bar = by_lr[1.0e-12][0]["val_top1"]
+    assert len(by_lr[1.0e-12]) == 6
+    weaker = [lr for lr in (0.02, 0.05) if by_lr[lr][0]["val_top1"] < bar]
+    assert weaker, {lr: h[0]["val_top1"] for lr, h in by_lr.items()}  # the premise: someone is weaker at rung 1
+    assert all(len(by_lr[lr]) < 6 for lr in weaker), {lr: len(h) for lr, h in by_lr.items()}
 
 
 def test_search_space_errors(tmp_path):
