@@ -196,9 +196,3 @@ def resolve(
 def canonical_json(obj: Any) -> str:
     """A stable text form for hashing: sorted keys, no whitespace, floats as Python writes them."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def dump_yaml(cfg: Mapping, path: str | Path) -> None:
-    from bench.io import atomic_write_text
-
-    atomic_write_text(path, yaml.safe_dump(dict(cfg), sort_keys=False))

@@ -20,7 +20,7 @@ import inspect
 import re
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,7 +38,6 @@ class Entry:
     description: str
     citation: str
     origin: str
-    extra: dict = field(default_factory=dict)
 
 
 # Names become file and folder names (configs/methods/<name>.yaml, tune/<name>-best.yaml, report anchors), so each must be
@@ -87,12 +86,12 @@ class Registry:
         self._discovering = False
 
     # --- registration -----------------------------------------------------------------------------------------
-    def register(self, name: str, *, description: str, citation: str = "", **extra: Any) -> Callable:
+    def register(self, name: str, *, description: str, citation: str = "") -> Callable:
         if not description:
             raise ValueError(f"{self.kind} {name!r} must declare a one-line description")
 
         def decorator(obj: Any) -> Any:
-            self.add(Entry(name, obj, description.strip(), citation.strip(), _origin(obj), dict(extra)))
+            self.add(Entry(name, obj, description.strip(), citation.strip(), _origin(obj)))
             return obj
 
         return decorator
@@ -205,8 +204,8 @@ REGISTRIES: dict[str, Registry] = {
 }
 
 
-def register_method(name: str, *, description: str, citation: str = "", **extra: Any) -> Callable:
-    return METHODS.register(name, description=description, citation=citation, **extra)
+def register_method(name: str, *, description: str, citation: str = "") -> Callable:
+    return METHODS.register(name, description=description, citation=citation)
 
 
 def list_methods(pattern: str = "*") -> list[str]:
@@ -217,8 +216,8 @@ def create_method(name: str, **overrides: Any) -> Any:
     return METHODS.create(name, **overrides)
 
 
-def register_encoder(name: str, *, description: str, citation: str = "", **extra: Any) -> Callable:
-    return ENCODERS.register(name, description=description, citation=citation, **extra)
+def register_encoder(name: str, *, description: str, citation: str = "") -> Callable:
+    return ENCODERS.register(name, description=description, citation=citation)
 
 
 def list_encoders(pattern: str = "*") -> list[str]:
@@ -229,24 +228,24 @@ def create_encoder(name: str, **overrides: Any) -> Any:
     return ENCODERS.create(name, **overrides)
 
 
-def register_feature_extractor(name: str, *, description: str, citation: str = "", **extra: Any) -> Callable:
-    return FEATURES.register(name, description=description, citation=citation, **extra)
+def register_feature_extractor(name: str, *, description: str, citation: str = "") -> Callable:
+    return FEATURES.register(name, description=description, citation=citation)
 
 
 def list_feature_extractors(pattern: str = "*") -> list[str]:
     return FEATURES.list(pattern)
 
 
-def register_dataset(name: str, *, description: str, citation: str = "", **extra: Any) -> Callable:
-    return DATASETS.register(name, description=description, citation=citation, **extra)
+def register_dataset(name: str, *, description: str, citation: str = "") -> Callable:
+    return DATASETS.register(name, description=description, citation=citation)
 
 
 def list_datasets(pattern: str = "*") -> list[str]:
     return DATASETS.list(pattern)
 
 
-def register_protocol(name: str, *, description: str, citation: str = "", **extra: Any) -> Callable:
-    return PROTOCOLS.register(name, description=description, citation=citation, **extra)
+def register_protocol(name: str, *, description: str, citation: str = "") -> Callable:
+    return PROTOCOLS.register(name, description=description, citation=citation)
 
 
 def list_protocols(pattern: str = "*") -> list[str]:
