@@ -26,7 +26,7 @@ from bench.method import DataInfo
 from bench.preflight import check_spec
 from bench.protocols import Split
 from bench.records import COMPLETED, FAILED, RunRecord, RunSpec, RunStore
-from bench.registry import METHODS, PROTOCOLS
+from bench.registry import METHODS, PROTOCOLS, method_recipe
 from bench.train import Trainer, seed_everything
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def resolve_config(method: str, config_files=(), sets=(), overrides: dict[str, A
     # JSON is valid YAML, so flag values pass through the same --set parser (and its validation) as user input
     flag_sets = [f"{k}={json.dumps(v)}" for k, v in (overrides or {}).items() if v is not None]
     return resolve(method, method_defaults=getattr(entry.obj, "defaults", {}), config_files=config_files,
-                   sets=[*sets, *flag_sets])
+                   sets=[*sets, *flag_sets], find_recipe=method_recipe)
 
 
 def open_dataset(cfg: dict):
