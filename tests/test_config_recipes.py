@@ -1,5 +1,5 @@
 """Recipes: ``extends``, each method's recipe beside its module setting only what differs from the method's defaults,
-and the resolved config of every built-in unchanged.
+the resolved config of every built-in unchanged, and a valid search space for every built-in method.
 
 Regenerate the resolved-config golden after an intended recipe change with
 ``UPDATE_GOLDEN=1 pytest tests/test_config_recipes.py`` and review the diff: every run's spec hash depends on it.
@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from bench.config import ConfigError, leaf_keys, recipe_layers, resolve
+from bench.method import DataInfo
 from bench.registry import METHODS, method_recipe
 from bench.runner import resolve_config
 
@@ -136,3 +137,28 @@ def test_nice_training_block_is_written_once():
     for extending in ("baselines/nice-sa.yaml", "baselines/nice-ga.yaml", "configs/recipes/mcdb-nice-paper.yaml"):
         assert yaml.safe_load((REPO / extending).read_text()) == {"extends": "nice"}, extending
 
+
+# --- search spaces ------------------------------------------------------------------------------------------------
+def _sample_points(spec: dict) -> list:
+    kind, args = next(iter(spec.items()))
+    if kind in ("choice", "grid"):
+        return list(args)
+    return [args[0], args[1] - 1] if kind == "randint" else list(args)  # randint's upper bound is exclusive
+
+
+@pytest.mark.parametrize("method", BUILTINS)
+def test_every_builtin_has_a_search_space_of_valid_keys_and_values(method):
+    from bench.tune import load_search_space
+
+    path = REPO / "configs" / "search" / f"{method}.yaml"
+    resolved = resolve_config(method)
+    space = load_search_space(path, resolved)  # every key must name a key of the method's resolved config
+    raw = yaml.safe_load(path.read_text())
+    assert set(space) == set(raw) and set(raw) <= set(leaf_keys(resolved))
+    info = DataInfo(n_chans=63, n_times=250, sfreq=250.0, ch_names=tuple(f"E{i}" for i in range(63)), feature_dim=16,
+                    n_subjects=10, n_train_concepts=1654, has_text=True)
+    for key, spec in raw.items():  # each end of a range and each choice passes the config rules
+        for value in _sample_points(spec):
+            cfg = resolve_config(method, sets=[f"{key}={json.dumps(value)}"])
+            if key.startswith("method."):  # and the method accepts it (an encoder argument's name, a range)
+                METHODS.create(method, info=info, **cfg["method"])
