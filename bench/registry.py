@@ -65,11 +65,12 @@ def _origin(obj: Any) -> str:
 
 
 def package_modules(packages: tuple[str, ...]) -> list[str]:
-    """Every module of ``packages`` and their sub-packages, listed from the files on disk (not from install metadata)."""
+    """Every module of ``packages`` and their sub-packages, listed from the files on disk (not install metadata)."""
     names = []
     for package in packages:
         root = importlib.import_module(package)
-        # walk_packages imports each sub-package to list it; a module that fails is re-raised by the import after
+        # walk_packages imports sub-packages to list them and skips one that fails; discover() then imports each
+        # listed name, so a broken built-in module still fails loudly
         names.extend(info.name for info in pkgutil.walk_packages(root.__path__, package + "."))
     return names
 

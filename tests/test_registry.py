@@ -125,7 +125,7 @@ HOSTILE_NAMES = ["../../x", "a/b", "..", "a..b", "<script>alert(1)</script>", "N
 
 @pytest.mark.parametrize("name", HOSTILE_NAMES)
 def test_unsafe_names_are_refused_naming_the_plugin_file(tmp_path, name):
-    """A registered name becomes a file name (configs/methods/<name>.yaml): it must be one harmless path component."""
+    """A registered name becomes a file name (its recipe <name>.yaml): it must be one harmless path component."""
     path = tmp_path / "hostile_plugin.py"
     path.write_text(f"from bench.registry import register_method\n\n"
                     f"@register_method({name!r}, description='hostile')\nclass Hostile:\n    pass\n")
