@@ -27,7 +27,7 @@ label all training data with the held-out subject's id. ``per_subject`` gives ea
 subject the model must not know (leave-one-subject-out test) then falls back to the shared token, which training
 never reaches.
 
-Recipe: ``configs/methods/atm.yaml`` (AdamW 3e-4, weight decay 0.01, batch 64, 40 epochs, single trials,
+Recipe: ``baselines/atm.yaml`` (AdamW 3e-4, weight decay 0.01, batch 64, 40 epochs, single trials,
 63 channels).
 
 Deviations from the reference code:
@@ -61,15 +61,16 @@ SUBJECT_TOKENS = ("single", "per_subject")
                           "NeurIPS 2024 (arXiv 2403.07721)")
 class ATM(ContrastiveBaseline):
     requires_text = True
+    # the reference's model (ATMS_retrieval.py); the training recipe is baselines/atm.yaml
     defaults = {
-        "encoder": "atms",
-        "encoder_kwargs": {},
-        "logit_scale_init": LOG_INV_007,
-        "logit_scale_type": "linear",
-        "learn_logit_scale": True,
-        "normalize_eeg": False,
-        "text_weight": 0.01,
-        "subject_tokens": "single",
+        "encoder": "atms",                # iTransformer (1 layer, 4 heads, d_model 250, d_ff 256, dropout 0.25)
+        "encoder_kwargs": {},             # + Enc_eeg + Proj_eeg
+        "logit_scale_init": LOG_INV_007,  # ATMS.logit_scale = nn.Parameter(torch.ones([]) * np.log(1 / 0.07))
+        "logit_scale_type": "linear",     # ClipLoss multiplies by the raw parameter (no exp)
+        "learn_logit_scale": True,        # part of eeg_model.parameters(), so AdamW trains it
+        "normalize_eeg": False,           # eeg_features reach ClipLoss as Proj_eeg's LayerNorm output
+        "text_weight": 0.01,              # loss = alpha * img_loss + (1 - alpha) * text_loss, alpha = 0.99
+        "subject_tokens": "single",       # one id per run: sub-XX within a subject; the held-out id for LOSO
     }
 
     def __init__(self, info: DataInfo, **hparams: Any) -> None:

@@ -9,7 +9,7 @@ ShrinkAdapter and Shallow Alignment.
 Model: the ``eegproject`` encoder (``bench/encoders/eegproject.py``): flatten 17 × 250 → Linear → residual
 GELU/Linear/Dropout(0.3) → LayerNorm, to the feature dimension (1024 for RN50). Loss: ``ClipLoss`` of ``base/utils.py``
 on ``softplus(τ) · e · iᵀ``, τ learnable from log(1/0.07) (softplus ≈ 2.73), the EEG embedding **not** normalised
-(only the image features are), the mean of the two cross-entropies. Recipe: ``configs/methods/eegproject.yaml``
+(only the image features are), the mean of the two cross-entropies. Recipe: ``baselines/eegproject.yaml``
 (AdamW 1e-4, weight decay 1e-4, batch 1024, up to 50 epochs, averaged repetitions, the 17 occipital/parietal
 channels). UBP's leave-one-subject-out runs use lr 1e-5: ``--set train.lr=1e-5`` with ``--protocol inter``.
 
@@ -33,11 +33,12 @@ from bench.registry import register_method
                  citation="Wu et al., Bridging the Vision-Brain Gap with an Uncertainty-Aware Blur Prior, CVPR 2025 "
                           "(arXiv 2503.04207)")
 class EEGProject(ContrastiveBaseline):
+    # the reference's model (UBP main.py); the training recipe is baselines/eegproject.yaml
     defaults = {
-        "encoder": "eegproject",
+        "encoder": "eegproject",          # flatten -> Linear -> residual GELU/Linear/Dropout(0.3) -> LayerNorm
         "encoder_kwargs": {},
-        "logit_scale_init": LOG_INV_007,
-        "logit_scale_type": "softplus",
-        "learn_logit_scale": True,
-        "normalize_eeg": False,
+        "logit_scale_init": LOG_INV_007,  # EEGProjectLayer.logit_scale = nn.Parameter(ones([]) * np.log(1 / 0.07))
+        "logit_scale_type": "softplus",   # logit_scale = self.brain.softplus(logit_scale)
+        "learn_logit_scale": True,        # a parameter of the brain module, which the optimiser receives
+        "normalize_eeg": False,           # eeg_z enters ClipLoss un-normalised; only img_z is normalised
     }

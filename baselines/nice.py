@@ -8,7 +8,7 @@ averaged EEG to the image-feature dimension (768 for CLIP ViT-L/14). Loss: both 
 ``(CE(s·E·Iᵀ) + CE(s·I·Eᵀ)) / 2`` with s = e^log(1/0.07) = 14.29, **fixed**: ``nice_stand.py`` creates
 ``logit_scale`` as a parameter but never passes it to Adam, so ``learn_logit_scale: false``. NICE's image projector
 (``Proj_img``) returns its input unchanged, so the raw image features are the targets (``encode_image`` is the
-identity). Recipe: ``configs/methods/nice.yaml`` (Adam 2e-4, betas 0.5/0.999, batch 1000, 200 epochs, averaged
+identity). Recipe: ``baselines/nice.yaml`` (Adam 2e-4, betas 0.5/0.999, batch 1000, 200 epochs, averaged
 training repetitions, 63 channels).
 
 NICE-SA's default is ``sa_mode: attention`` (the attention the paper describes), not the released code's function.
@@ -42,23 +42,27 @@ from bench.registry import register_method
 @register_method("nice", description="NICE: TSConv + residual projector, symmetric InfoNCE at a fixed temperature "
                                      "(averaged trials, 63 channels)", citation=NICE_CITATION)
 class NICE(ContrastiveBaseline):
+    # the reference's model (nice_stand.py); the training recipe is baselines/nice.yaml
     defaults = {
-        "encoder": "tsconv",
+        "encoder": "tsconv",              # Enc_eeg (PatchEmbedding) + Proj_eeg (1440 -> feature dim, dropout 0.5)
         "encoder_kwargs": {},
-        "logit_scale_init": LOG_INV_007,
-        "logit_scale_type": "exp",
-        "learn_logit_scale": False,
-        "normalize_eeg": True,
+        "logit_scale_init": LOG_INV_007,  # nn.Parameter(torch.ones([]) * np.log(1 / 0.07))
+        "logit_scale_type": "exp",        # logit_scale = self.logit_scale.exp()
+        "learn_logit_scale": False,       # not in Adam's parameter list: the scale stays 1/0.07 = 14.29
+        "normalize_eeg": True,            # eeg_features / eeg_features.norm(dim=1, keepdim=True)
     }
 
 
 @register_method("nice-sa", description="NICE-SA: NICE with a channel self-attention front end",
                  citation=NICE_CITATION)
 class NICESA(NICE):
+    # ResidualAdd(LayerNorm(250), channel_attention, Dropout(0.3)) before Enc_eeg + Proj_eeg; encoder_kwargs
+    # {sa_mode: reference} gives the released code's variant (see the module docstring)
     defaults = {**NICE.defaults, "encoder": "tsconv-sa"}
 
 
 @register_method("nice-ga", description="NICE-GA: NICE with a channel graph-attention front end (every sample)",
                  citation=NICE_CITATION)
 class NICEGA(NICE):
+    # ResidualAdd(EEG_GAT (GATConv 250 -> 250, 1 head), Dropout(0.3)) before Enc_eeg + Proj_eeg
     defaults = {**NICE.defaults, "encoder": "tsconv-ga"}

@@ -1,12 +1,18 @@
-"""Configuration: YAML layers, ``--set`` overrides, validation with suggestions.
+"""Configuration: YAML layers, ``--set`` overrides, ``extends``, validation with suggestions.
 
 Layers, lowest first::
 
-    configs/defaults.yaml            harness sections (data, protocol, train, eval) and an empty ``method`` section
-    method defaults                  the hyper-parameters the method class declares (its ``defaults`` dict)
-    configs/methods/<method>.yaml    the method's published recipe (may touch any section)
-    --config FILE                    the user's file(s), in order
-    --set a.b=c                      repeatable, last wins
+    configs/defaults.yaml   harness sections (data, protocol, train, eval) and an empty ``method`` section
+    method defaults         the hyper-parameters the method class declares (its ``defaults`` dict): the ``method``
+                            section, written only there
+    the method's recipe     ``<method>.yaml`` beside the module that registers the method (``baselines/nice.yaml``,
+                            ``methods/mcdb/mcdb.yaml``, a plugin's own folder): the published recipe, setting only
+                            what differs from the layers below (may touch any section)
+    --config FILE           the user's file(s), in order
+    --set a.b=c             repeatable, last wins
+
+A recipe or ``--config`` file may start with ``extends: <method>``: that method's recipe (and its own parents) is
+applied first, then the file's keys, so a shared block (NICE's training recipe) is written once.
 
 The key set of the first two layers is the schema: a later layer may change values but never add keys, and an
 unknown key is rejected with the nearest valid key suggested. Each value keeps its default's type; the resolved
@@ -20,7 +26,7 @@ import difflib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
@@ -34,7 +40,7 @@ MULTI_TYPE_KEYS = frozenset({"data.channels", "eval.kway"})
 
 
 def config_dir() -> Path:
-    """Where ``defaults.yaml`` and ``methods/*.yaml`` live (``BENCH_CONFIG_DIR`` overrides the repository's)."""
+    """Where ``defaults.yaml`` lives (``BENCH_CONFIG_DIR`` overrides the repository's ``configs``)."""
     return Path(os.environ.get("BENCH_CONFIG_DIR") or Path(__file__).resolve().parent.parent / "configs")
 
 
@@ -147,13 +153,52 @@ def parse_set(item: str) -> dict:
     return tree
 
 
+#: finds a method's recipe file by method name (None: the method has none); :func:`bench.registry.method_recipe`
+RecipeFinder = Callable[[str], "Path | None"]
+
+
+def _parent_recipe(path: Path, parent: Any, find_recipe: RecipeFinder | None) -> Path:
+    """The file that ``path``'s ``extends: <parent>`` names, or a ConfigError naming ``path``."""
+    if not isinstance(parent, str) or not parent:
+        raise ConfigError(f"{path}: extends expects a method name such as 'nice', found {parent!r}")
+    if find_recipe is None:
+        raise ConfigError(f"{path}: extends: {parent!r} cannot be followed here (no method registry to find it in)")
+    try:
+        found = find_recipe(parent)
+    except UserError as exc:  # an unknown method: the registry's message suggests the nearest name
+        raise ConfigError(f"{path}: extends: {exc}") from exc
+    if found is None or not Path(found).is_file():
+        raise ConfigError(f"{path}: extends: method {parent!r} has no recipe file to extend"
+                          f"{f' (expected {found})' if found else ''}")
+    return Path(found)
+
+
+def recipe_layers(path: str | Path, find_recipe: RecipeFinder | None = None,
+                  _chain: tuple[Path, ...] = ()) -> list[tuple[dict, str]]:
+    """``(layer, source)`` pairs of a recipe file, parents first: ``extends: <method>`` applies that method's recipe."""
+    path = Path(path)
+    if path.resolve() in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, path.resolve()))
+        raise ConfigError(f"{_chain[-1]}: extends makes a cycle ({cycle}); expected a chain that ends in a recipe "
+                          f"without extends")
+    data = load_yaml(path)
+    if "extends" not in data:
+        return [(data, str(path))]
+    parent = _parent_recipe(path, data.pop("extends"), find_recipe)
+    return [*recipe_layers(parent, find_recipe, (*_chain, path.resolve())), (data, str(path))]
+
+
 def resolve(
     method: str | None = None,
     method_defaults: Mapping | None = None,
     config_files: Iterable[str | Path] = (),
     sets: Iterable[str] = (),
+    find_recipe: RecipeFinder | None = None,
 ) -> dict:
-    """The fully resolved and checked config for ``method`` (see the module docstring for the layer order)."""
+    """The fully resolved and checked config for ``method`` (see the module docstring for the layer order).
+
+    ``find_recipe`` maps a method name to its recipe file; it finds ``method``'s own recipe and every ``extends``.
+    """
 
     cdir = config_dir()
     cfg = load_yaml(cdir / "defaults.yaml")
@@ -169,20 +214,14 @@ def resolve(
 
     if method_defaults:
         cfg["method"] = {**cfg["method"], **copy.deepcopy(dict(method_defaults))}
+    recipe = find_recipe(method) if method and find_recipe else None
+    files = [*([recipe] if recipe is not None and Path(recipe).is_file() else []), *config_files]
+    for f in files:
+        for layer, source in recipe_layers(f, find_recipe):
+            layer.pop("method_name", None)  # a saved resolved config (e.g. from `bench tune`) can be fed back
+            apply(layer, source)
     if method:
-        method_file = cdir / "methods" / f"{method}.yaml"
-        # Defence in depth: the registry already refuses names like '../../x', but a recipe is code-adjacent input
-        # and must never be read from outside the config folder, whatever name reaches here.
-        if not method_file.resolve().is_relative_to((cdir / "methods").resolve()):
-            raise ConfigError(f"method name {method!r} points the recipe at {method_file.resolve()}, outside the "
-                              f"config folder {cdir / 'methods'}; expected a plain name such as 'nice'")
-        if method_file.is_file():
-            apply(load_yaml(method_file), str(method_file))
         cfg["method_name"] = method
-    for f in config_files:
-        user = load_yaml(f)
-        user.pop("method_name", None)  # a saved resolved config (e.g. from `bench tune`) can be fed back
-        apply(user, str(f))
     for item in sets:
         apply(parse_set(item), f"--set {item}")
     check(cfg, origin, layers)
@@ -192,9 +231,3 @@ def resolve(
 def canonical_json(obj: Any) -> str:
     """A stable text form for hashing: sorted keys, no whitespace, floats as Python writes them."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def dump_yaml(cfg: Mapping, path: str | Path) -> None:
-    from bench.io import atomic_write_text
-
-    atomic_write_text(path, yaml.safe_dump(dict(cfg), sort_keys=False))

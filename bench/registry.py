@@ -5,8 +5,10 @@ protocols). Components register with a decorator (``@register_method("nice", des
 are listed with glob patterns (``list_methods("nice*")``) and built by name
 (``create_method("nice", lr=1e-3)``), as in timm.
 
-Built-in methods are declared through the ``bench.methods`` entry-point group in ``pyproject.toml``, exactly as a
-third-party package declares its own, and a single file can be loaded with ``--plugin path/to/file.py``.
+Built-in methods are found by importing every module of the ``baselines`` and ``methods`` packages from disk, so a
+new file there is found without reinstalling; a third-party package declares its methods through the
+``bench.methods`` entry-point group, and a single file can be loaded with ``--plugin path/to/file.py``. A method's
+recipe is ``<name>.yaml`` beside the module that defines it (:func:`method_recipe`).
 """
 from __future__ import annotations
 
@@ -17,10 +19,11 @@ import importlib
 import importlib.metadata
 import importlib.util
 import inspect
+import pkgutil
 import re
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,10 +41,9 @@ class Entry:
     description: str
     citation: str
     origin: str
-    extra: dict = field(default_factory=dict)
 
 
-# Names become file and folder names (configs/methods/<name>.yaml, tune/<name>-best.yaml, report anchors), so each must be
+# Names become file and folder names (the recipe <name>.yaml, tune/<name>-best.yaml, report anchors), so each must be
 # one harmless path component: ``..`` fits the character class, so it is refused on its own.
 NAME_RULE = "[a-z0-9][a-z0-9._+-]* (lower case; no '..' and no '/')"
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9._+\-]*")
@@ -62,6 +64,17 @@ def _origin(obj: Any) -> str:
         return getattr(obj, "__module__", "?")
 
 
+def package_modules(packages: tuple[str, ...]) -> list[str]:
+    """Every module of ``packages`` and their sub-packages, listed from the files on disk (not install metadata)."""
+    names = []
+    for package in packages:
+        root = importlib.import_module(package)
+        # walk_packages imports sub-packages to list them and skips one that fails; discover() then imports each
+        # listed name, so a broken built-in module still fails loudly
+        names.extend(info.name for info in pkgutil.walk_packages(root.__path__, package + "."))
+    return names
+
+
 def suggest(name: str, choices: list[str]) -> str:
     """' Did you mean: a, b?' for the closest names, or '' when nothing is close."""
     close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
@@ -71,28 +84,31 @@ def suggest(name: str, choices: list[str]) -> str:
 class Registry:
     """A named table of components.
 
-    ``group`` names the entry-point group scanned on first use (e.g. ``bench.methods``): each entry point is
-    loaded, which runs its module's ``@register_*`` decorators. An entry point may also name an unregistered class
+    On first use the registry imports ``builtin_modules``, then every module of ``builtin_packages`` (walked on disk),
+    then loads each entry point of ``group`` (e.g. ``bench.methods``); importing a module runs its ``@register_*``
+    decorators. An entry point may also name an unregistered class
     or factory; it is then registered under the entry point's name, using its ``description``/``citation``
     attributes.
     """
 
-    def __init__(self, kind: str, group: str | None = None, builtin_modules: tuple[str, ...] = ()):
+    def __init__(self, kind: str, group: str | None = None, builtin_modules: tuple[str, ...] = (),
+                 builtin_packages: tuple[str, ...] = ()):
         self.kind = kind
         self.group = group
         self.builtin_modules = builtin_modules
+        self.builtin_packages = builtin_packages
         self._entries: dict[str, Entry] = {}
         self._lock = threading.RLock()
         self._discovered = False
         self._discovering = False
 
     # --- registration -----------------------------------------------------------------------------------------
-    def register(self, name: str, *, description: str, citation: str = "", **extra: Any) -> Callable:
+    def register(self, name: str, *, description: str, citation: str = "") -> Callable:
         if not description:
             raise ValueError(f"{self.kind} {name!r} must declare a one-line description")
 
         def decorator(obj: Any) -> Any:
-            self.add(Entry(name, obj, description.strip(), citation.strip(), _origin(obj), dict(extra)))
+            self.add(Entry(name, obj, description.strip(), citation.strip(), _origin(obj)))
             return obj
 
         return decorator
@@ -110,13 +126,13 @@ class Registry:
 
     # --- discovery --------------------------------------------------------------------------------------------
     def discover(self) -> None:
-        """Import built-in modules and load entry points, once."""
+        """Import built-in modules and packages and load entry points, once."""
         with self._lock:
             if self._discovered or self._discovering:
                 return
             self._discovering = True
             try:
-                for module in self.builtin_modules:
+                for module in (*self.builtin_modules, *package_modules(self.builtin_packages)):
                     importlib.import_module(module)
                 if self.group:
                     for ep in importlib.metadata.entry_points(group=self.group):
@@ -194,7 +210,8 @@ def loaded_plugins() -> list[str]:
 
 
 # --- the five registries and their timm-style functions -----------------------------------------------------------
-METHODS = Registry("method", group="bench.methods")
+# built-in methods come from the package folders, third-party ones from the entry-point group
+METHODS = Registry("method", group="bench.methods", builtin_packages=("baselines", "methods"))
 ENCODERS = Registry("encoder", group="bench.encoders", builtin_modules=("bench.encoders",))
 FEATURES = Registry("feature extractor", group="bench.features", builtin_modules=("bench.extract",))
 DATASETS = Registry("dataset", group="bench.datasets", builtin_modules=("bench.data.dataset",))
@@ -205,8 +222,8 @@ REGISTRIES: dict[str, Registry] = {
 }
 
 
-def register_method(name: str, *, description: str, citation: str = "", **extra: Any) -> Callable:
-    return METHODS.register(name, description=description, citation=citation, **extra)
+def register_method(name: str, *, description: str, citation: str = "") -> Callable:
+    return METHODS.register(name, description=description, citation=citation)
 
 
 def list_methods(pattern: str = "*") -> list[str]:
@@ -217,8 +234,30 @@ def create_method(name: str, **overrides: Any) -> Any:
     return METHODS.create(name, **overrides)
 
 
-def register_encoder(name: str, *, description: str, citation: str = "", **extra: Any) -> Callable:
-    return ENCODERS.register(name, description=description, citation=citation, **extra)
+def recipe_path(entry: Entry) -> Path | None:
+    """``<name>.yaml`` beside the module that defines the method (None when that module has no file).
+
+    The path comes from the registered object's own source file, never from user input, so a plugin ships its recipe
+    next to its code and nothing else on disk can be read as a recipe.
+    """
+    try:
+        source = inspect.getsourcefile(entry.obj)
+    except TypeError:  # built in C or made at run time: no folder to look in
+        return None
+    if not source:
+        return None
+    # defence in depth: add() already refused unsafe names, but an Entry can be built by hand
+    check_name("method", entry.name, entry.origin)
+    return Path(source).parent / f"{entry.name}.yaml"
+
+
+def method_recipe(name: str) -> Path | None:
+    """Where the recipe of the registered method ``name`` lives (it may not exist: then the method has none)."""
+    return recipe_path(METHODS.get(name))
+
+
+def register_encoder(name: str, *, description: str, citation: str = "") -> Callable:
+    return ENCODERS.register(name, description=description, citation=citation)
 
 
 def list_encoders(pattern: str = "*") -> list[str]:
@@ -229,24 +268,24 @@ def create_encoder(name: str, **overrides: Any) -> Any:
     return ENCODERS.create(name, **overrides)
 
 
-def register_feature_extractor(name: str, *, description: str, citation: str = "", **extra: Any) -> Callable:
-    return FEATURES.register(name, description=description, citation=citation, **extra)
+def register_feature_extractor(name: str, *, description: str, citation: str = "") -> Callable:
+    return FEATURES.register(name, description=description, citation=citation)
 
 
 def list_feature_extractors(pattern: str = "*") -> list[str]:
     return FEATURES.list(pattern)
 
 
-def register_dataset(name: str, *, description: str, citation: str = "", **extra: Any) -> Callable:
-    return DATASETS.register(name, description=description, citation=citation, **extra)
+def register_dataset(name: str, *, description: str, citation: str = "") -> Callable:
+    return DATASETS.register(name, description=description, citation=citation)
 
 
 def list_datasets(pattern: str = "*") -> list[str]:
     return DATASETS.list(pattern)
 
 
-def register_protocol(name: str, *, description: str, citation: str = "", **extra: Any) -> Callable:
-    return PROTOCOLS.register(name, description=description, citation=citation, **extra)
+def register_protocol(name: str, *, description: str, citation: str = "") -> Callable:
+    return PROTOCOLS.register(name, description=description, citation=citation)
 
 
 def list_protocols(pattern: str = "*") -> list[str]:

@@ -13,7 +13,7 @@ from bench.config import resolve
 from bench.method import DataInfo
 from bench.protocols import TrainSet
 from bench.records import RunSpec
-from bench.registry import DATASETS, METHODS, PROTOCOLS
+from bench.registry import DATASETS, METHODS, PROTOCOLS, method_recipe
 
 
 def flag_overrides(protocol: str | None = None, data_root: str | Path | None = None) -> dict[str, Any]:
@@ -27,7 +27,7 @@ def resolve_config(method: str, config_files=(), sets=(), overrides: dict[str, A
     # JSON is valid YAML, so flag values pass through the same --set parser (and its validation) as user input
     flag_sets = [f"{k}={json.dumps(v)}" for k, v in (overrides or {}).items() if v is not None]
     return resolve(method, method_defaults=getattr(entry.obj, "defaults", {}), config_files=config_files,
-                   sets=[*sets, *flag_sets])
+                   sets=[*sets, *flag_sets], find_recipe=method_recipe)
 
 
 def open_dataset(cfg: dict):

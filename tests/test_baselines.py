@@ -122,32 +122,6 @@ def test_builds_and_trains_a_step(name, shape):
         assert method.encode_image(batch.image).shape == batch.image.shape
 
 
-# --- the published recipes ----------------------------------------------------------------------------------------
-RECIPES = {
-    "nice": dict(optimizer="adam", lr=2e-4, betas=[0.5, 0.999], weight_decay=0.0, batch_size=1000, epochs=200,
-                 channels="all63", train_average=True),
-    "atm": dict(optimizer="adamw", lr=3e-4, betas=[0.9, 0.999], weight_decay=0.01, batch_size=64, epochs=40,
-                channels="all63", train_average=False),
-    "eegproject": dict(optimizer="adamw", lr=1e-4, betas=[0.9, 0.999], weight_decay=1e-4, batch_size=1024,
-                       epochs=50, channels="occipital17", train_average=True),
-}
-RECIPES["nice-sa"] = RECIPES["nice-ga"] = RECIPES["nice"]
-RECIPES["mcdb"] = dict(optimizer="adam", lr=1e-3, betas=[0.5, 0.999], weight_decay=0.0, batch_size=64, epochs=40,
-                       channels="all63", train_average=True)  # sized for the synthetic CPU budget (configs/methods)
-
-
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_recipe(name):
-    cfg = resolve_config(name)
-    recipe = RECIPES[name]
-    train = {k: cfg["train"][k] for k in ("optimizer", "lr", "betas", "weight_decay", "batch_size", "epochs")}
-    assert train == {k: recipe[k] for k in train}
-    assert (cfg["data"]["channels"], cfg["data"]["train_average"]) == (recipe["channels"], recipe["train_average"])
-    assert cfg["train"]["selection"] == "best_val" and cfg["data"]["tmax"] - cfg["data"]["tmin"] == 1.0
-    # the recipe file restates the class defaults, so `create_method(name)` and `bench train` build the same model
-    assert cfg["method"] == METHODS.get(name).obj.defaults
-
-
 # --- loss details -------------------------------------------------------------------------------------------------
 def test_logit_scale_parametrisations():
     assert LogitScale(LOG_INV_007, "exp")().item() == pytest.approx(1 / 0.07)

@@ -8,30 +8,37 @@ from bench.errors import ConfigError
 
 @pytest.fixture
 def config_dir(tmp_path, monkeypatch):
-    (tmp_path / "methods").mkdir()
+    (tmp_path / "recipes").mkdir()
     (tmp_path / "defaults.yaml").write_text(yaml.safe_dump({
         "train": {"lr": 0.1, "epochs": 10, "betas": [0.9, 0.999], "grad_clip": None, "compile": False},
         "data": {"channels": "all63"},
         "method": {},
     }))
-    (tmp_path / "methods" / "toy.yaml").write_text(yaml.safe_dump({"train": {"lr": 0.2, "epochs": 20},
+    (tmp_path / "recipes" / "toy.yaml").write_text(yaml.safe_dump({"train": {"lr": 0.2, "epochs": 20},
                                                                     "method": {"width": 64}}))
     monkeypatch.setenv("BENCH_CONFIG_DIR", str(tmp_path))
     return tmp_path
+
+
+def find(config_dir):
+    """A recipe finder over a folder (the registry's finder looks beside each method's module)."""
+    return lambda name: config_dir / "recipes" / f"{name}.yaml"
 
 
 def test_layers_apply_in_order(config_dir, tmp_path):
     user = tmp_path / "user.yaml"
     user.write_text(yaml.safe_dump({"train": {"lr": 0.3}, "method": {"depth": 3}}))
     cfg = resolve("toy", method_defaults={"width": 32, "depth": 1}, config_files=[user],
-                  sets=["train.lr=0.4", "data.channels=occipital17"])
+                  sets=["train.lr=0.4", "data.channels=occipital17"], find_recipe=find(config_dir))
     assert cfg["train"] == {"lr": 0.4, "epochs": 20, "betas": [0.9, 0.999], "grad_clip": None, "compile": False}
     assert cfg["method"] == {"width": 64, "depth": 3}  # method defaults < method file < user file
     assert cfg["data"]["channels"] == "occipital17"
     assert cfg["method_name"] == "toy"
     # each layer on its own
-    assert resolve("toy", method_defaults={"width": 32, "depth": 1})["train"]["lr"] == 0.2
+    assert resolve("toy", method_defaults={"width": 32, "depth": 1}, find_recipe=find(config_dir))["train"]["lr"] == 0.2
+    assert resolve("toy", method_defaults={"width": 32, "depth": 1})["train"]["lr"] == 0.1  # no finder: no recipe
     assert resolve(None)["train"]["lr"] == 0.1
+    assert resolve("other", find_recipe=find(config_dir))["train"]["lr"] == 0.1  # a method without a recipe file
 
 
 def test_unknown_key_suggests_nearest(config_dir):
@@ -81,18 +88,3 @@ def test_repository_defaults_parse(monkeypatch):
     monkeypatch.delenv("BENCH_CONFIG_DIR", raising=False)
     cfg = resolve(None)
     assert cfg["train"]["lr"] == pytest.approx(3e-4) and cfg["protocol"]["name"] == "intra"
-
-
-def test_recipes_are_read_only_from_the_config_folder(tmp_path, monkeypatch):
-    """Even a name that slipped past the registry cannot make resolve() read a YAML file outside configs/methods."""
-    cdir = tmp_path / "cfg"
-    (cdir / "methods").mkdir(parents=True)
-    (cdir / "defaults.yaml").write_text(yaml.safe_dump({"train": {"lr": 0.1}, "method": {}}))
-    planted = {"train": {"lr": 99.0}}
-    (tmp_path / "x.yaml").write_text(yaml.safe_dump(planted))  # cfg/methods/../../x.yaml
-    (cdir / "y.yaml").write_text(yaml.safe_dump(planted))  # cfg/methods/../y.yaml: in the config dir, not methods/
-    monkeypatch.setenv("BENCH_CONFIG_DIR", str(cdir))
-    for name in ("../../x", "../y", str(tmp_path / "x"), "sub/../../../x"):
-        with pytest.raises(ConfigError, match=r"method name .* outside the config folder .*methods.*plain name"):
-            resolve(name)
-    assert resolve("plain")["train"]["lr"] == 0.1  # an unknown plain name just has no recipe

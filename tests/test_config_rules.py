@@ -141,17 +141,17 @@ def test_the_message_names_the_layer_that_set_the_value(tmp_path):
 
 
 def test_a_method_recipe_is_named_as_the_source(tmp_path, monkeypatch):
-    (tmp_path / "methods").mkdir()
     (tmp_path / "defaults.yaml").write_text(DEFAULTS.read_text())
-    (tmp_path / "methods" / "toy.yaml").write_text("train:\n  schedule: cosin\n")
+    (tmp_path / "toy.yaml").write_text("train:\n  schedule: cosin\n")
     monkeypatch.setenv("BENCH_CONFIG_DIR", str(tmp_path))
+    beside = {"find_recipe": lambda name: tmp_path / f"{name}.yaml"}
     with pytest.raises(ConfigError, match=r"toy.yaml: train.schedule must be one of constant, cosine, step; got "
                                           r"'cosin'. Did you mean cosine\?"):
-        resolve("toy")
+        resolve("toy", **beside)
     (tmp_path / "defaults.yaml").write_text(DEFAULTS.read_text().replace("epochs: 50", "epochs: 0"))
-    (tmp_path / "methods" / "toy.yaml").write_text("{}\n")
+    (tmp_path / "toy.yaml").write_text("{}\n")
     with pytest.raises(ConfigError, match=r"defaults.yaml: train.epochs must be an integer >= 1; got 0"):
-        resolve("toy")
+        resolve("toy", **beside)
 
 
 def test_a_reduced_schema_is_checked_only_where_it_has_keys(tmp_path, monkeypatch):

@@ -1,4 +1,7 @@
-"""Registry behaviour: registration, lookup with suggestions, entry points, plugin files, the CLI listing."""
+"""Registry behaviour: registration, lookup with suggestions, entry points, plugin files, the CLI listing,
+built-ins found on disk and recipes beside their methods."""
+import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -122,7 +125,7 @@ HOSTILE_NAMES = ["../../x", "a/b", "..", "a..b", "<script>alert(1)</script>", "N
 
 @pytest.mark.parametrize("name", HOSTILE_NAMES)
 def test_unsafe_names_are_refused_naming_the_plugin_file(tmp_path, name):
-    """A registered name becomes a file name (configs/methods/<name>.yaml): it must be one harmless path component."""
+    """A registered name becomes a file name (its recipe <name>.yaml): it must be one harmless path component."""
     path = tmp_path / "hostile_plugin.py"
     path.write_text(f"from bench.registry import register_method\n\n"
                     f"@register_method({name!r}, description='hostile')\nclass Hostile:\n    pass\n")
@@ -169,3 +172,74 @@ def test_cli_refuses_a_plugin_with_an_unsafe_name(tmp_path):
                          timeout=120)
     assert out.returncode == 1 and str(path) in out.stderr and "'../../x' is not allowed" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+# --- built-ins found from the package folders, recipes beside their methods ---------------------------------------
+def test_builtin_packages_are_walked_on_disk(tmp_path, monkeypatch):
+    """A module dropped into a built-in package registers without any install metadata (no entry point)."""
+    pkg = tmp_path / "walked_pkg_xyz"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "deep.py").write_text("from walked_pkg_xyz import REG\n\n"
+                                         "@REG.register('deep-one', description='found by walking')\n"
+                                         "class Deep:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg = Registry("method", builtin_packages=("walked_pkg_xyz",))
+    import walked_pkg_xyz
+
+    walked_pkg_xyz.REG = reg
+    assert reg.list() == ["deep-one"]
+
+
+def test_recipe_is_the_yaml_beside_the_method_module(tmp_path):
+    from bench.registry import Entry, method_recipe, recipe_path
+
+    assert method_recipe("nice") == Path(__file__).parents[1] / "baselines" / "nice.yaml"
+    assert method_recipe("mcdb") == Path(__file__).parents[1] / "methods" / "mcdb" / "mcdb.yaml"
+    path = tmp_path / "beside_method.py"
+    path.write_text(PLUGIN.format(tag="beside"))
+    load_plugin(path)
+    assert method_recipe("plugin-method-beside") == tmp_path / "plugin-method-beside.yaml"
+    # the name is never a path: an Entry built by hand with a hostile name is refused before any path is formed
+    with pytest.raises(RegistryError, match=r"'\.\./\.\./x' is not allowed"):
+        recipe_path(Entry("../../x", METHODS.get("nice").obj, "hostile", "", "by hand"))
+    assert recipe_path(Entry("no-file", len, "a builtin", "", "by hand")) is None  # no source file, no recipe
+
+
+TOY_METHOD = '''
+from baselines.ridge import Ridge
+from bench.registry import register_method
+
+
+@register_method("toy", description="ridge under another name (a new built-in baseline)")
+class Toy(Ridge):
+    defaults = {**Ridge.defaults, "alpha": 1.0}
+'''
+TOY_RECIPE = "data:\n  channels: occipital17\nmethod:\n  alpha: 3.0\n"
+
+
+def test_a_new_builtin_takes_one_method_file_and_one_recipe_beside_it(tiny_root, tmp_path):
+    """baselines/toy.py + baselines/toy.yaml in a copy of the package: listed and trained, no reinstall."""
+    import shutil
+
+    repo = Path(__file__).parents[1]
+    shutil.copytree(repo / "baselines", tmp_path / "src" / "baselines",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "src" / "baselines" / "toy.py").write_text(TOY_METHOD)
+    (tmp_path / "src" / "baselines" / "toy.yaml").write_text(TOY_RECIPE)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "src"), str(repo)])}
+    bench = str(Path(sys.executable).with_name("bench"))
+    listed = subprocess.run([bench, "list", "methods"], capture_output=True, text=True, timeout=300, env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert "toy" in listed.stdout.split() and "nice" in listed.stdout.split()
+    out = subprocess.run([bench, "train", "--method", "toy", "--subject", "1", "--data-root", str(tiny_root),
+                          "--results-dir", str(tmp_path / "results"), "--set", "protocol.val_concepts=4", "--quiet"],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    (record,) = (tmp_path / "results" / "runs").glob("*.json")
+    record = json.loads(record.read_text())
+    config = record["config"]
+    assert record["status"] == "completed" and record["method"] == "toy"
+    assert config["method_name"] == "toy" and config["method"]["alpha"] == 3.0  # the recipe beside the method
+    assert config["data"]["channels"] == "occipital17"

@@ -102,10 +102,6 @@ class EEGEncoderMixin:
         self.sfreq = sfreq
         self.chs_info = chs_info
 
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return (1, self.n_chans, self.n_times)
-
     def check_input(self, x: torch.Tensor, subject: torch.Tensor | None = None) -> None:
         """Name the expected shape instead of letting a matmul fail with two numbers."""
         if x.ndim != 3 or tuple(x.shape[1:]) != (self.n_chans, self.n_times):

@@ -1,0 +1,54 @@
+"""Print the resolved config of every built-in method, named recipe and ablation variant, one JSON line each.
+
+Run it on two checkouts and diff the outputs: run records hash their resolved config, so a refactor of the config
+layers (recipes, defaults, ``extends``) must leave every line byte-identical. ``tests/golden/resolved_configs.jsonl``
+holds its output; ``tests/test_config_recipes.py`` compares against it.
+
+    PYTHONPATH=. python scripts/dump_resolved_configs.py > after.jsonl
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Iterator
+
+from bench.registry import METHODS
+from bench.runner import resolve_config
+
+NAMED_RECIPES = {"mcdb": ["configs/recipes/mcdb-nice-paper.yaml"]}
+BUILTIN_PACKAGES = ("baselines", "methods")
+
+
+def builtin_methods() -> list[str]:
+    return [n for n in METHODS.names() if METHODS.get(n).obj.__module__.split(".")[0] in BUILTIN_PACKAGES]
+
+
+def cases(methods: list[str]) -> Iterator[tuple[str, tuple, tuple]]:
+    """(method, config files, --set items): each method alone, under LOSO, with its named recipes and ablations."""
+    for method in methods:
+        yield method, (), ()
+        yield method, (), ("protocol.name=inter",)
+        for recipe in NAMED_RECIPES.get(method, []):
+            yield method, (recipe,), ()
+        for switches in (getattr(METHODS.get(method).obj, "ablations", None) or {}).values():
+            sets = tuple(f"{k}={json.dumps(v)}" for k, v in switches.items())
+            yield method, (), sets
+            for recipe in NAMED_RECIPES.get(method, []):
+                yield method, (recipe,), sets
+
+
+def lines(root: Path = Path(".")) -> Iterator[str]:
+    for method, files, sets in cases(builtin_methods()):
+        cfg = resolve_config(method, [root / f for f in files], sets)
+        # insertion order kept on purpose: a changed key order is a changed file a user reads
+        yield json.dumps({"method": method, "files": files, "sets": sets, "config": cfg})
+
+
+def main() -> None:
+    for line in lines():
+        sys.stdout.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
