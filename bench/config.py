@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, Mapping
 import yaml
 
 from bench.config_rules import check
-from bench.errors import ConfigError
+from bench.errors import ConfigError, UserError
 
 
 #: harness keys whose value may be a name or a list (``eval.kway: auto | [2, 4]``, ``data.channels: all63 | [O1, Oz]``):
