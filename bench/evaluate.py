@@ -9,9 +9,9 @@ The scoring rules (``SCORING_VERSION`` names them; a record made under other rul
 * **Non-finite output fails the run.** NaN/Inf in the EEG or gallery embeddings raise :class:`EvaluationError`
   naming the partition and the method; nothing is scored.
 * **Per-sample embeddings.** The galleries are embedded before any query. Each embedding may depend only on its own
-  input and the trained model: a copy of the method made before it sees any test input embeds the queries again,
-  one at a time in a shuffled order, before any gallery; any difference beyond float tolerance fails the run
-  ("encode_eeg is not per-sample").
+  input and the trained model: a copy of the method made before it sees any test input embeds the queries again in
+  a shuffled order and in batches of 1, 7 and 13, before any gallery; any difference beyond float tolerance fails
+  the run ("encode_eeg is not per-sample").
 * **Exact k-way** (2/4/10/…, as ATM reports): the expected accuracy over every draw of k−1 distractors among the
   other n−1 rows, in closed form (multivariate hypergeometric over distractors that beat, tie or lose to the
   target), with ties by expectation as above; top-5 is reported for k ≥ 50. No seed, no draw noise.
@@ -131,9 +131,24 @@ class Embedded:
     metrics: dict
 
 
-def _in_batches(encode_rows, order: np.ndarray, batch_size: int) -> np.ndarray:
-    """``encode_rows(rows)`` over ``order`` in batches, returned in the original row order."""
-    out = np.concatenate([encode_rows(order[start:start + batch_size]) for start in range(0, len(order), batch_size)])
+#: batch sizes the per-sample probe cycles through, in a shuffled order: singletons, and sizes that no scoring batch
+#: has, so an output that depends on its batch mates (or their number) changes somewhere
+PROBE_BATCH_SIZES = (1, 7, 13)
+
+
+def _chunks(order: np.ndarray, sizes) -> list[np.ndarray]:
+    """``order`` cut into consecutive chunks whose sizes cycle through ``sizes``."""
+    out, start, i = [], 0, 0
+    while start < len(order):
+        out.append(order[start:start + sizes[i % len(sizes)]])
+        start += sizes[i % len(sizes)]
+        i += 1
+    return out
+
+
+def _in_batches(encode_rows, order: np.ndarray, sizes) -> np.ndarray:
+    """``encode_rows(rows)`` over ``order`` cut into batches of ``sizes`` (cycled), returned in row order."""
+    out = np.concatenate([encode_rows(rows) for rows in _chunks(order, sizes)])
     result = np.empty_like(out)
     result[order] = out
     return result
@@ -192,9 +207,9 @@ class ZeroShotEvaluator:
             embedded = {}
             for name, (encoder, table) in self._tables(data, galleries).items():
                 encode_rows = _table_encoder(getattr(method, encoder), table, device)
-                embedded[name] = _in_batches(encode_rows, np.arange(len(table)), self.batch_size)
+                embedded[name] = _in_batches(encode_rows, np.arange(len(table)), (self.batch_size,))
                 check_finite(embedded[name], f"{what} {name} gallery embeddings of {name_of}.{encoder}")
-            eeg = _in_batches(_eeg_encoder(method, data, device), np.arange(len(data)), self.batch_size)
+            eeg = _in_batches(_eeg_encoder(method, data, device), np.arange(len(data)), (self.batch_size,))
             check_finite(eeg, f"{what} EEG embeddings of {name_of}.encode_eeg")
             return eeg, embedded
         finally:
@@ -203,15 +218,15 @@ class ZeroShotEvaluator:
     @torch.no_grad()
     def check_per_sample(self, probe, data: EvalSet, eeg: np.ndarray, galleries: dict[str, np.ndarray],
                          device) -> None:
-        """Embed again with ``probe`` (an untouched copy of the method): the queries one at a time in a shuffled
-        order before any gallery, then each gallery in shuffled batches of 7. Any difference fails the run."""
+        """Embed again with ``probe`` (an untouched copy of the method): the queries first, in a shuffled order and in
+        batches of 1, 7 and 13 (:data:`PROBE_BATCH_SIZES`), then each gallery the same way. Any difference fails."""
         probe.eval()
         rng = np.random.default_rng([self.seed, len(data)])
         tables = self._tables(data, galleries)
-        again = {"EEG": _in_batches(_eeg_encoder(probe, data, device), rng.permutation(len(data)), 1)}
+        again = {"EEG": _in_batches(_eeg_encoder(probe, data, device), rng.permutation(len(data)), PROBE_BATCH_SIZES)}
         for name, (encoder, table) in tables.items():
             encode_rows = _table_encoder(getattr(probe, encoder), table, device)
-            again[name] = _in_batches(encode_rows, rng.permutation(len(table)), 7)
+            again[name] = _in_batches(encode_rows, rng.permutation(len(table)), PROBE_BATCH_SIZES)
         encoders = {"EEG": "encode_eeg", **{name: encoder for name, (encoder, _) in tables.items()}}
         for name, first in {"EEG": eeg, **galleries}.items():
             diff = np.abs(_unit_rows(first) - _unit_rows(again[name]))
@@ -219,8 +234,8 @@ class ZeroShotEvaluator:
             if not np.isfinite(diff).all() or worst > PER_SAMPLE_TOLERANCE:
                 raise EvaluationError(
                     f"{type(probe).__name__}.{encoders[name]} is not per-sample: its output depends on the batch "
-                    f"({name} embeddings differ by up to {worst:.3g} when the same inputs are embedded one by one "
-                    f"in another order); a test embedding may depend only on its own input and the trained model")
+                    f"({name} embeddings differ by up to {worst:.3g} when the same inputs are embedded in other "
+                    f"batches, in another order); a test embedding may depend only on its own input and the trained model")
 
     # --- scoring ------------------------------------------------------------------------------------------------
     def retrieval(self, eeg_emb: np.ndarray, gallery_emb: np.ndarray, fold: np.ndarray) -> dict:

@@ -18,7 +18,8 @@ targets it must embed.
 The encoders must be **per-sample**: each output row of ``encode_eeg``/``encode_image``/``encode_text`` depends only on
 its own input row and the trained weights, never on the rest of the batch, earlier calls or the gallery. The
 evaluator embeds the galleries before the queries, then checks the rule by embedding everything again with a copy of
-the method, one query at a time in another order, and fails the run on any difference (no transduction).
+the method, in other batches (of 1, 7 and 13) and another order, and fails the run on any difference (no
+transduction).
 """
 from __future__ import annotations
 
