@@ -7,6 +7,8 @@
   share of each global batch (``train.batch_size`` is the global batch), so N processes run the same number of
   optimiser steps on the same samples as one process does.
 * Model selection on validation top-1 (``best_val``) or the last epoch; early stopping with ``train.patience``.
+* One epoch is steps of :meth:`Trainer._optimizer_step` (one global batch in ``train.grad_accum`` chunks); the
+  Method API (``bench/method.py``) says which hook runs per chunk, per step and per epoch.
 """
 from __future__ import annotations
 
