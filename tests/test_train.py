@@ -8,10 +8,11 @@ import torch
 from torch import nn
 
 from bench.losses import clip_loss
-from bench.method import LossOutput, Method
+from bench.method import DataInfo, LossOutput, Method
+from bench.protocols import IntraSubject
 from bench.records import RunStore
-from bench.registry import METHODS, PROTOCOLS, register_method
-from bench.runner import data_info, execute_spec, make_spec, resolve_config
+from bench.registry import register_method
+from bench.runner import execute_spec, make_spec, resolve_config
 from bench.train import Trainer
 from fakes import InMemoryThingsEEG
 
@@ -142,8 +143,11 @@ def fit_probe(*sets):
     cfg = resolve_config("test-step-probe", sets=["protocol.val_concepts=4", "train.epochs=3", "train.batch_size=16",
                                                   "train.optimizer=sgd", "train.lr=0.1", "train.momentum=0",
                                                   "train.weight_decay=0", "train.selection=last", *sets])
-    split = PROTOCOLS.get("intra").obj.from_config(cfg).split(ds, 1)
-    method = METHODS.create("test-step-probe", info=data_info(ds, split), **cfg["method"])
+    split = IntraSubject.from_config(cfg).split(ds, 1)
+    info = DataInfo(n_chans=ds.n_chans, n_times=ds.n_times, sfreq=ds.sfreq, ch_names=tuple(ds.ch_names),
+                    feature_dim=split.train.image.shape[1], n_subjects=len(ds.subjects),
+                    n_train_concepts=len(ds.train_concepts), has_text=True)
+    method = StepProbe(info, **cfg["method"])
     Trainer(cfg["train"], 0, progress=False).fit(method, split.train, split.val)
     return method, len(split.train)
 
