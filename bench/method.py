@@ -8,6 +8,19 @@ A method is an ``nn.Module`` with
 * optional hooks: :meth:`on_train_start`, :meth:`after_backward` (gradients are there, the optimiser has not
   stepped), :meth:`on_epoch_end` (may return numbers to log into the run record's ``extras``).
 
+When each is called, in a gradient fit (one optimiser *step* per global batch of ``train.batch_size`` rows; each
+process takes its share and splits it into ``train.grad_accum`` *chunks*):
+
+* :meth:`on_train_start` once, before the first step;
+* :meth:`training_loss` once per chunk, with ``state.chunk`` (0-based) of ``state.n_chunks`` and ``state.step`` the
+  step it belongs to; the trainer divides the loss by ``n_chunks`` before backward and averages the logs the same
+  way into the epoch's curve. It needs no per-step memory: what a step-level hook needs, it returns in its logs;
+* :meth:`after_backward` once per step, after every chunk's backward (gradients summed over the chunks and, under
+  DDP, all-reduced), before gradient clipping and the optimiser step; ``state.chunk_logs`` holds the logs each
+  chunk's ``training_loss`` returned, in chunk order, values as returned (tensors not detached or averaged);
+* :meth:`on_epoch_end` once per epoch after its last step, before validation; ``state.last_logs`` is the epoch's
+  curve entry (mean training loss and logs).
+
 Methods without gradient training (closed-form ridge) set ``closed_form = True`` and implement
 :meth:`fit_closed_form`, which receives the training set and nothing else.
 
@@ -65,13 +78,17 @@ class LossOutput:
 
 @dataclass
 class TrainState:
-    """What hooks may read: where training is, and the optimiser's parameters (for gradient hooks)."""
+    """What hooks may read: where training is (see the module docstring for when each hook runs)."""
 
-    epoch: int
+    epoch: int                      # 1-based
     epochs: int
-    step: int
+    step: int                       # optimiser steps taken before this one, over the whole fit
     steps_per_epoch: int
-    last_logs: dict[str, float] = field(default_factory=dict)
+    last_logs: dict[str, float] = field(default_factory=dict)  # the last finished epoch's curve entry
+    chunk: int = 0                  # training_loss: this chunk's index within the step
+    n_chunks: int = 1               # chunks in this step (train.grad_accum, fewer when the batch is short)
+    #: after_backward: the logs of this step's chunks, in order (filled chunk by chunk during the step)
+    chunk_logs: list[dict[str, Any]] = field(default_factory=list)
     rank: int = 0
     world: int = 1
     #: average a tensor over processes (identity in one process): hooks that derive numbers from the local batch
@@ -119,6 +136,7 @@ class Method(nn.Module):
         return out.loss, out.logs
 
     def training_loss(self, batch: Batch, state: TrainState) -> LossOutput:
+        """The loss of one accumulation chunk (``state.chunk`` of ``state.n_chunks``) of the step ``state.step``."""
         raise NotImplementedError
 
     def fit_closed_form(self, eeg: torch.Tensor, image: torch.Tensor, subject: torch.Tensor | None) -> None:
@@ -128,7 +146,7 @@ class Method(nn.Module):
         pass
 
     def after_backward(self, state: TrainState) -> None:
-        pass
+        """Once per optimiser step, gradients summed over its chunks; ``state.chunk_logs`` are those chunks' logs."""
 
     def on_epoch_end(self, state: TrainState) -> dict[str, float] | None:
         return None

@@ -7,6 +7,8 @@
   share of each global batch (``train.batch_size`` is the global batch), so N processes run the same number of
   optimiser steps on the same samples as one process does.
 * Model selection on validation top-1 (``best_val``) or the last epoch; early stopping with ``train.patience``.
+* One epoch is steps of :meth:`Trainer._optimizer_step` (one global batch in ``train.grad_accum`` chunks); the
+  Method API (``bench/method.py``) says which hook runs per chunk, per step and per epoch.
 """
 from __future__ import annotations
 
@@ -135,7 +137,63 @@ def check_finite_loss(mean_loss: float, first_bad_step: int, epoch: int, steps_p
                           f"{steps_per_epoch} (global step {(epoch - 1) * steps_per_epoch + step}): the run diverged")
 
 
+@dataclass
+class EpochTotals:
+    """One epoch's running sums, kept on the device so that the epoch syncs with the host once."""
+
+    loss_sum: torch.Tensor
+    first_bad: torch.Tensor  # the first step (1-based) whose loss was not finite; -1 while none was
+    log_sums: dict = field(default_factory=dict)
+    steps: int = 0
+    samples: int = 0
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> "EpochTotals":
+        return cls(loss_sum=torch.zeros((), device=device),
+                   first_bad=torch.full((), -1, dtype=torch.long, device=device))
+
+    def add_chunk(self, loss: torch.Tensor, logs: dict, n_chunks: int) -> None:
+        """A chunk's loss and logs, weighted as its backward pass was (1 / chunks), into the current step."""
+        self.loss_sum += loss.detach().float() / n_chunks
+        bad = ~torch.isfinite(loss.detach()) & (self.first_bad < 0)
+        self.first_bad = torch.where(bad, torch.full_like(self.first_bad, self.steps + 1), self.first_bad)
+        for k, v in logs.items():
+            self.log_sums[k] = self.log_sums.get(k, 0.0) + (v.detach().float() if torch.is_tensor(v) else v) / n_chunks
+
+    def entry(self, epoch: int) -> dict:
+        """The epoch's curve entry: mean training loss and mean logs per step (``float()`` syncs, once per epoch)."""
+        return {"epoch": epoch, "train_loss": float(self.loss_sum) / self.steps,
+                **{k: float(v) / self.steps for k, v in self.log_sums.items()}}
+
+
+@dataclass
+class Selection:
+    """Model selection across epochs: the best validation top-1 so far, its weights, epochs validated since."""
+
+    best: float = -1.0
+    best_state: dict | None = None
+    since_best: int = 0
+
+
+@dataclass
+class GradientFit:
+    """What every step of one gradient fit shares."""
+
+    method: Method
+    model: torch.nn.Module  # the method as the accelerator wrapped it (DDP, torch.compile)
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    data: DeviceData
+    state: TrainState
+    generator: torch.Generator  # draws each epoch's permutation, the same in every process
+    accum: int
+    acc: object  # the Accelerator
+
+
 class Trainer:
+    """Fits a method: per epoch :meth:`_train_epoch` (steps of :meth:`_optimizer_step`), then the method's epoch hook,
+    :meth:`_validate_and_select` and :meth:`_should_stop`; :meth:`_finish` loads the selected weights."""
+
     def __init__(self, train_cfg: dict, seed: int, evaluator: ZeroShotEvaluator | None = None,
                  progress: bool = True, log_prefix: str = "", on_epoch: Callable[[dict], None] | None = None):
         self.cfg, self.seed = train_cfg, int(seed)
@@ -160,104 +218,133 @@ class Trainer:
             torch.set_num_threads(int(cfg["num_threads"]))
         seed_everything(self.seed)
         acc = self.accelerator = make_accelerator(cfg["mixed_precision"])
-        device = acc.device
-        result = self.result = FitResult(device=str(device), num_processes=acc.num_processes,
-                                         mixed_precision=acc.mixed_precision)
-        method.to(device)
-        data = DeviceData(train, device)
+        self.result = FitResult(device=str(acc.device), num_processes=acc.num_processes,
+                                mixed_precision=acc.mixed_precision)
+        method.to(acc.device)
+        data = DeviceData(train, acc.device)
         t0 = time.perf_counter()
         if method.closed_form:
-            method.fit_closed_form(data.eeg.to(device, torch.float32), data.image[data.row_image], data.row_subject)
-            scores = self.evaluator.validate(method, val, device)
-            result.curve = [{"epoch": 1, "val_top1": scores["top1"], "val_top5": scores["top5"]}]
-            result.best_epoch = result.selected_epoch = result.epochs_run = 1
-            result.best_val_top1 = scores["top1"]
-            result.train_s = time.perf_counter() - t0
-            result.samples_per_s = len(data) / max(result.train_s, 1e-9)
-            yield result.curve[0]
+            yield self._fit_closed_form(method, data, val, t0)
             return
-        yield from self._fit_gradient(method, data, val, acc, result, t0)
+        yield from self._fit_gradient(self._prepare(method, data, acc), val, t0)
 
-    def _fit_gradient(self, method: Method, data: DeviceData, val: EvalSet, acc, result: FitResult, t0: float
-                      ) -> Iterator[dict]:
+    def _fit_closed_form(self, method: Method, data: DeviceData, val: EvalSet, t0: float) -> dict:
+        device, result = self.accelerator.device, self.result
+        method.fit_closed_form(data.eeg.to(device, torch.float32), data.image[data.row_image], data.row_subject)
+        scores = self.evaluator.validate(method, val, device)
+        result.curve = [{"epoch": 1, "val_top1": scores["top1"], "val_top5": scores["top5"]}]
+        result.best_epoch = result.selected_epoch = result.epochs_run = 1
+        result.best_val_top1 = scores["top1"]
+        result.train_s = time.perf_counter() - t0
+        result.samples_per_s = len(data) / max(result.train_s, 1e-9)
+        return result.curve[0]
+
+    def _prepare(self, method: Method, data: DeviceData, acc) -> GradientFit:
+        """Optimiser, schedule and the accelerator's wrapping; then the method's ``on_train_start`` hook."""
         cfg = self.cfg
-        device, world, rank = acc.device, acc.num_processes, acc.process_index
-        n, batch_size, accum = len(data), int(cfg["batch_size"]), int(cfg["grad_accum"])
-        steps_per_epoch = max(1, math.ceil(n / batch_size))
+        steps_per_epoch = max(1, math.ceil(len(data) / int(cfg["batch_size"])))
         optimizer = build_optimizer(method, cfg)
         schedule = build_schedule(optimizer, cfg, steps_per_epoch)
         model = torch.compile(method) if cfg["compile"] else method
         model, optimizer = acc.prepare(model, optimizer)
         generator = torch.Generator().manual_seed(self.seed)
-        state = TrainState(epoch=0, epochs=int(cfg["epochs"]), step=0, steps_per_epoch=steps_per_epoch)
-        state.rank, state.world = rank, world
-        if world > 1:
+        state = TrainState(epoch=0, epochs=int(cfg["epochs"]), step=0, steps_per_epoch=steps_per_epoch,
+                           rank=acc.process_index, world=acc.num_processes)
+        if acc.num_processes > 1:
             state.all_reduce_mean = lambda t: acc.reduce(t, reduction="mean")
         method.on_train_start(state)
+        return GradientFit(method=method, model=model, optimizer=optimizer, schedule=schedule, data=data,
+                           state=state, generator=generator, accum=int(cfg["grad_accum"]), acc=acc)
 
-        best_state, best, since_best, seen, step_s = None, -1.0, 0, 0, 0.0
-        bar = self._progress_bar(state.epochs, acc.is_main_process)
-        for epoch in range(1, state.epochs + 1):
-            state.epoch = epoch
-            method.train()
-            perm = torch.randperm(n, generator=generator)  # identical in every process: same seed, same draws
-            loss_sum, log_sums, n_steps = torch.zeros((), device=device), {}, 0
-            first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first step with a non-finite loss
+    def _fit_gradient(self, fit: GradientFit, val: EvalSet, t0: float) -> Iterator[dict]:
+        result, selection = self.result, Selection()
+        seen, step_s = 0, 0.0
+        bar = self._progress_bar(fit.state.epochs, fit.acc.is_main_process)
+        for epoch in range(1, fit.state.epochs + 1):
             t_epoch = time.perf_counter()
-            for global_idx in torch.tensor_split(perm, steps_per_epoch):
-                local = global_idx[rank::world]
-                chunks = [c for c in torch.tensor_split(local, accum) if len(c)]
-                for j, chunk in enumerate(chunks):
-                    sync = contextlib.nullcontext() if j == len(chunks) - 1 else acc.no_sync(model)
-                    with sync, acc.autocast():
-                        loss, logs = model(data.batch(chunk), state)
-                        acc.backward(loss / len(chunks))
-                    loss_sum += loss.detach().float() / len(chunks)
-                    bad = ~torch.isfinite(loss.detach()) & (first_bad < 0)
-                    first_bad = torch.where(bad, torch.full_like(first_bad, n_steps + 1), first_bad)
-                    for k, v in logs.items():
-                        log_sums[k] = log_sums.get(k, 0.0) + (v.detach().float() if torch.is_tensor(v) else v) / len(chunks)
-                method.after_backward(state)
-                if cfg["grad_clip"]:
-                    acc.clip_grad_norm_(method.parameters(), float(cfg["grad_clip"]))
-                optimizer.step()
-                schedule.step()
-                optimizer.zero_grad(set_to_none=True)
-                state.step += 1
-                n_steps += 1
-                seen += len(global_idx)
-            entry = {"epoch": epoch, "train_loss": float(loss_sum) / n_steps,  # float() syncs once per epoch
-                     **{k: float(v) / n_steps for k, v in log_sums.items()}}
-            check_finite_loss(entry["train_loss"], int(first_bad), epoch, steps_per_epoch)
-            step_s += time.perf_counter() - t_epoch
-            state.last_logs = entry
-            for key, value in (method.on_epoch_end(state) or {}).items():
+            entry, samples = self._train_epoch(fit, epoch)
+            seen, step_s = seen + samples, step_s + time.perf_counter() - t_epoch
+            fit.state.last_logs = entry
+            for key, value in (fit.method.on_epoch_end(fit.state) or {}).items():
                 result.extras.setdefault(key, []).append(value)
-            if epoch % int(cfg["val_every"]) == 0 or epoch == state.epochs:
-                scores = self._validate(method, val, acc)
-                entry.update(val_top1=scores["top1"], val_top5=scores["top5"])
-                if scores["top1"] is not None and scores["top1"] > best:
-                    best, since_best, result.best_epoch = scores["top1"], 0, epoch
-                    if cfg["selection"] == "best_val":
-                        best_state = copy.deepcopy({k: v.detach().cpu() for k, v in method.state_dict().items()})
-                else:
-                    since_best += int(cfg["val_every"])
+            if epoch % int(self.cfg["val_every"]) == 0 or epoch == fit.state.epochs:
+                self._validate_and_select(fit, val, entry, selection)
             result.curve.append(entry)
-            if self.on_epoch is not None and acc.is_main_process:
-                self.on_epoch(entry)
-            if bar is not None:
-                val_top1 = entry.get("val_top1")
-                bar.set_postfix(loss=f"{entry['train_loss']:.3f}", val_top1="-" if val_top1 is None else f"{val_top1:.1f}")
-                bar.update(1)
+            self._report(entry, bar, fit.acc.is_main_process)
             result.epochs_run = epoch
             yield entry
-            if cfg["patience"] is not None and since_best >= int(cfg["patience"]):
+            if self._should_stop(selection):
                 result.stopped_early = True
                 break
         if bar is not None:
             bar.close()
-        self._select(method, cfg["selection"], best_state, result)
-        result.best_val_top1 = best
+        self._finish(fit.method, selection, t0, seen, step_s)
+
+    def _train_epoch(self, fit: GradientFit, epoch: int) -> tuple[dict, int]:
+        """One pass over the training set; its curve entry and the number of samples it used."""
+        fit.state.epoch = epoch
+        fit.method.train()
+        perm = torch.randperm(len(fit.data), generator=fit.generator)  # identical in every process: same seed, draws
+        totals = EpochTotals.zeros(fit.acc.device)
+        for global_idx in torch.tensor_split(perm, fit.state.steps_per_epoch):
+            self._optimizer_step(fit, global_idx, totals)
+        entry = totals.entry(epoch)
+        check_finite_loss(entry["train_loss"], int(totals.first_bad), epoch, fit.state.steps_per_epoch)
+        return entry, totals.samples
+
+    def _optimizer_step(self, fit: GradientFit, global_idx: torch.Tensor, totals: EpochTotals) -> None:
+        """One optimiser step on one global batch: this process's share, in ``grad_accum`` chunks, each calling
+        ``training_loss`` and backward (DDP syncs on the last); then ``after_backward``, clipping, the update."""
+        acc, state = fit.acc, fit.state
+        local = global_idx[acc.process_index::acc.num_processes]
+        chunks = [c for c in torch.tensor_split(local, fit.accum) if len(c)]
+        state.n_chunks, state.chunk_logs = len(chunks), []
+        for j, chunk in enumerate(chunks):
+            state.chunk = j
+            sync = contextlib.nullcontext() if j == len(chunks) - 1 else acc.no_sync(fit.model)
+            with sync, acc.autocast():
+                loss, logs = fit.model(fit.data.batch(chunk), state)
+                acc.backward(loss / len(chunks))
+            state.chunk_logs.append(logs)
+            totals.add_chunk(loss, logs, len(chunks))
+        fit.method.after_backward(state)
+        if self.cfg["grad_clip"]:
+            acc.clip_grad_norm_(fit.method.parameters(), float(self.cfg["grad_clip"]))
+        fit.optimizer.step()
+        fit.schedule.step()
+        fit.optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        totals.steps += 1
+        totals.samples += len(global_idx)
+
+    def _validate_and_select(self, fit: GradientFit, val: EvalSet, entry: dict, selection: Selection) -> None:
+        """Validation scores into ``entry``; an epoch better than every earlier one becomes the best (its weights kept
+        for ``best_val``). Non-finite validation output scores ``None`` and never becomes the best."""
+        scores = self._validate(fit.method, val, fit.acc)
+        entry.update(val_top1=scores["top1"], val_top5=scores["top5"])
+        if scores["top1"] is not None and scores["top1"] > selection.best:
+            selection.best, selection.since_best, self.result.best_epoch = scores["top1"], 0, entry["epoch"]
+            if self.cfg["selection"] == "best_val":
+                selection.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in fit.method.state_dict().items()})
+        else:
+            selection.since_best += int(self.cfg["val_every"])
+
+    def _should_stop(self, selection: Selection) -> bool:
+        """Early stopping: ``train.patience`` epochs validated without a better top-1."""
+        return self.cfg["patience"] is not None and selection.since_best >= int(self.cfg["patience"])
+
+    def _report(self, entry: dict, bar, main_process: bool) -> None:
+        if self.on_epoch is not None and main_process:
+            self.on_epoch(entry)
+        if bar is not None:
+            val_top1 = entry.get("val_top1")
+            bar.set_postfix(loss=f"{entry['train_loss']:.3f}", val_top1="-" if val_top1 is None else f"{val_top1:.1f}")
+            bar.update(1)
+
+    def _finish(self, method: Method, selection: Selection, t0: float, seen: int, step_s: float) -> None:
+        result = self.result
+        self._select(method, self.cfg["selection"], selection.best_state, result)
+        result.best_val_top1 = selection.best
         result.train_s = time.perf_counter() - t0
         result.samples_per_s = seen / max(step_s, 1e-9)  # optimisation steps only, validation excluded
         method.eval()

@@ -51,11 +51,14 @@ def state(epoch=1, epochs=10, step=0, **kw) -> TrainState:
 
 
 def gradients(model: MCDB, batch: Batch, st: TrainState, seed=0) -> dict[str, torch.Tensor]:
-    """Gradients after backward and the after_backward hook, with dropout and noise drawn from one seed."""
+    """Gradients after backward and the after_backward hook, with dropout and noise drawn from one seed; one chunk
+    per step, whose logs the hook receives as the trainer hands them (``state.chunk_logs``)."""
     model.train()
     model.zero_grad(set_to_none=True)
     torch.manual_seed(seed)
-    model.training_loss(batch, st).loss.backward()
+    out = model.training_loss(batch, st)
+    out.loss.backward()
+    st.chunk_logs = [out.logs]
     model.after_backward(st)
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -180,6 +183,21 @@ def test_grad_mode_scales_each_adapters_gradients_by_the_reduced_k():
     for name, g in plain.items():
         expected = g * k_img if name.startswith("image_adapter.") else g
         torch.testing.assert_close(graded[name], expected, msg=name)
+
+
+def test_grad_mode_scales_by_the_mean_k_of_the_steps_chunks():
+    """Under gradient accumulation the step's gradient sums its chunks, so each adapter is scaled by the mean k of
+    the chunks, read from the logs the trainer hands after_backward (the method keeps no per-step memory)."""
+    model, st = make(mcdb="grad", spr="none"), state()
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    st.chunk_logs = [{"k_img": torch.tensor(0.2), "k_txt": torch.tensor(1.0)},
+                     {"k_img": torch.tensor(0.6), "k_txt": torch.tensor(0.5)}]
+    model.after_backward(st)
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    for name, expected in (("image_adapter.linear.weight", 0.4), ("text_adapter.linear.weight", 0.75),
+                           ("eeg_encoder.projector.linear.weight", 1.0)):
+        torch.testing.assert_close(grads[name], torch.full_like(grads[name], expected), msg=name)
 
 
 # --- SPR ----------------------------------------------------------------------------------------------------------

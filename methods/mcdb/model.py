@@ -108,7 +108,6 @@ class MCDB(Method):
         self.logit_scale = LogitScale(hp["logit_scale_init"], "exp", bool(hp["learn_logit_scale"]),
                                       max_scale=float(hp["logit_scale_max"]))
         self.balance = BalanceTracker()
-        self._step_k: list[tuple[torch.Tensor, torch.Tensor]] = []  # grad mode: k of each chunk of this step
         self._noise_seed = 0
         if hp["spr"] == "grad" and not list(self._spr_parameters()):
             raise ValueError(f"mcdb: spr=grad with spr_targets={hp['spr_targets']!r} finds no tensor to perturb "
@@ -180,8 +179,6 @@ class MCDB(Method):
             l_txt = eeg_to_txt + txt_to_eeg
 
         k_img, k_txt, scores = self._coefficients(s_img, s_txt, state)
-        if hp["mcdb"] == "grad":
-            self._step_k.append((k_img, k_txt))
         loss_k_img, loss_k_txt = (k_img, k_txt) if hp["mcdb"] == "loss" else (1.0, 1.0)
         l_cos = self._cosine_loss(eeg, img, txt)
         loss = hp["w"] * (loss_k_img * l_img + loss_k_txt * l_txt) + hp["lambda_cos"] * l_cos
@@ -228,21 +225,21 @@ class MCDB(Method):
         # the harness seeds every process alike, so this base seed (hence the SPR noise) is the same in all of them
         self._noise_seed = torch.initial_seed()
         self.balance.reset()
-        self._step_k = []
 
     def after_backward(self, state: TrainState) -> None:
         """grad-mode MCDB: g ← k_m·g on modality m's adapter; grad-mode SPR: g ← g + N(0, (σ·std(g))²).
 
-        As in OGM-GE, the noise std is that of the gradient before modulation. The gradients here are already
-        all-reduced, k is the same in every process, and the noise generator depends on (seed, step) only.
+        k is the mean over the step's accumulation chunks of the k each chunk's ``training_loss`` logged
+        (``state.chunk_logs``). As in OGM-GE, the noise std is that of the gradient before modulation. The gradients
+        here are already all-reduced, k is the same in every process, and the noise generator depends on (seed, step)
+        only.
         """
         hp = self.hparams
-        step_k, self._step_k = self._step_k, []
         window = self._window(state)
         scale_by: dict[int, torch.Tensor] = {}
-        if hp["mcdb"] == "grad" and window and step_k:
-            k_img = torch.stack([k for k, _ in step_k]).mean()
-            k_txt = torch.stack([k for _, k in step_k]).mean()
+        if hp["mcdb"] == "grad" and window and state.chunk_logs:
+            k_img = torch.stack([logs["k_img"] for logs in state.chunk_logs]).mean()
+            k_txt = torch.stack([logs["k_txt"] for logs in state.chunk_logs]).mean()
             for module, k in ((self.image_adapter, k_img), (self.text_adapter, k_txt)):
                 for p in module.parameters():
                     scale_by[id(p)] = k
