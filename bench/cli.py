@@ -94,7 +94,7 @@ def train(
 ) -> None:
     """Train, select on validation and test one run; writes one record under <results-dir>/runs/."""
     from bench.paths import default_results_dir
-    from bench.runner import train_one
+    from bench.execute import train_one
 
     outcome = train_one(method, subject, seed, protocol=protocol, data_root=data_root,
                         results_dir=results_dir or default_results_dir(), config_files=config, sets=set_,
@@ -122,7 +122,7 @@ def _say(message: str) -> None:
 
 
 def _ray_options(address, cpus_per_trial, gpus_per_trial, workers_per_trial, max_concurrent):
-    from bench.orchestrate import RayOptions
+    from bench.ray_scheduler import RayOptions
 
     return RayOptions(address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
                       workers_per_trial=workers_per_trial, max_concurrent=max_concurrent)
@@ -152,7 +152,7 @@ def run(
 ) -> None:
     """Run methods × subjects × seeds as Ray Tune trials, skipping completed runs; print the leaderboard."""
     from bench.paths import default_results_dir
-    from bench.sweep import SweepRequest, print_summary, run_sweep
+    from bench.grid import SweepRequest, print_summary, run_sweep
 
     req = SweepRequest(methods=[m.strip() for m in method.split(",") if m.strip()], subjects=subjects, seeds=seeds,
                        protocol=protocol, data_root=data_root, results_dir=results_dir or default_results_dir(),
@@ -186,7 +186,7 @@ def tune(
 ) -> None:
     """Search hyper-parameters on validation top-1 only; write the best config for `bench run --config`."""
     from bench.paths import default_results_dir
-    from bench.tune import TuneRequest, run_tune
+    from bench.hparam_search import TuneRequest, run_tune
 
     rdir = results_dir or default_results_dir()
     ray_opts = _ray_options(address, cpus_per_trial, gpus_per_trial, 1, max_concurrent)
@@ -198,7 +198,7 @@ def tune(
                   f"with {outcome.best_overrides}")
     console.print(f"best config: {outcome.config_path}")
     if final_test:
-        from bench.sweep import SweepRequest, print_summary, run_sweep
+        from bench.grid import SweepRequest, print_summary, run_sweep
 
         req = SweepRequest(methods=[method], subjects=subjects, seeds=str(seed), protocol=protocol,
                            data_root=data_root, results_dir=rdir, config_files=(outcome.config_path,))

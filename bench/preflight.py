@@ -12,7 +12,7 @@ refused before anything is trained or recorded:
 * ``data.test_repetitions`` is at most what the subject's test file holds.
 
 The test partition stays sealed: only file headers are read (feature shapes, the EEG file's repetition count),
-never a test array. :func:`bench.runner.train_one` and :func:`bench.sweep.expand_specs` call :func:`check_spec`
+never a test array. :func:`bench.execute.train_one` and :func:`bench.grid.expand_specs` call :func:`check_spec`
 before any record is written and before Ray is started.
 """
 from __future__ import annotations

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from bench.registry import METHODS
-from bench.runner import resolve_config
+from bench.execute import resolve_config
 
 NAMED_RECIPES = {"mcdb": ["configs/recipes/mcdb-nice-paper.yaml"]}
 BUILTIN_PACKAGES = ("baselines", "methods")

@@ -19,7 +19,7 @@ from bench.losses import clip_loss, multi_positive_losses
 from bench.method import Batch, DataInfo, TrainState
 from bench.records import RunStore
 from bench.registry import METHODS
-from bench.runner import execute_spec
+from bench.execute import execute_spec
 from bench.specs import make_spec, resolve_config
 from bench.train import build_optimizer
 from fakes import InMemoryThingsEEG

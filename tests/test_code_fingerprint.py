@@ -6,7 +6,7 @@ import pytest
 import bench.evaluate
 from bench.code_fingerprint import fingerprint_method
 from bench.records import RunStore
-from bench.runner import train_one
+from bench.execute import train_one
 from bench.specs import resolve_config
 
 

@@ -15,7 +15,7 @@ import yaml
 from bench.config import ConfigError, leaf_keys, recipe_layers, resolve
 from bench.method import DataInfo
 from bench.registry import METHODS, method_recipe
-from bench.runner import resolve_config
+from bench.execute import resolve_config
 
 REPO = Path(__file__).parents[1]
 GOLDEN = Path(__file__).parent / "golden" / "resolved_configs.jsonl"
@@ -148,7 +148,7 @@ def _sample_points(spec: dict) -> list:
 
 @pytest.mark.parametrize("method", BUILTINS)
 def test_every_builtin_has_a_search_space_of_valid_keys_and_values(method):
-    from bench.tune import load_search_space
+    from bench.hparam_search import load_search_space
 
     path = REPO / "configs" / "search" / f"{method}.yaml"
     resolved = resolve_config(method)

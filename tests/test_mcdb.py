@@ -16,9 +16,9 @@ from bench.losses import directional_clip_losses, multi_positive_losses
 from bench.method import Batch, DataInfo, TrainState
 from bench.records import RunStore
 from bench.registry import METHODS
-from bench.runner import execute_spec
+from bench.execute import execute_spec
 from bench.specs import make_spec, resolve_config
-from bench.sweep import SweepRequest, expand_specs
+from bench.grid import SweepRequest, expand_specs
 from conftest import BENCH
 from fakes import InMemoryThingsEEG
 from methods.mcdb import DEFAULTS, MCDB

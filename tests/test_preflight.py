@@ -34,10 +34,10 @@ def no_centroid_features(tiny_root, tmp_path_factory):
 @pytest.fixture
 def nothing_trains(monkeypatch):
     """Fail loudly if a run gets as far as executing (building the method, training, writing a record)."""
-    import bench.runner
+    import bench.execute
 
     started = []
-    monkeypatch.setattr(bench.runner, "execute_spec", lambda *a, **k: started.append(a) or pytest.fail("a run ran"))
+    monkeypatch.setattr(bench.execute, "execute_spec", lambda *a, **k: started.append(a) or pytest.fail("a run ran"))
     return started
 
 
@@ -90,11 +90,11 @@ def test_the_bench_train_script_exits_1_with_one_line(tiny_root, tmp_path):
 @pytest.mark.parametrize("bad,expected", [("train.selection=bset", "Did you mean best_val?"),
                                           ("eval.kway=[1000]", "1000-way needs k < 40 test images")])
 def test_bench_run_refuses_before_ray_starts(bad, expected, tiny_root, tmp_path, capsys, monkeypatch):
-    import bench.orchestrate
-    import bench.sweep
+    import bench.ray_scheduler
+    import bench.grid
 
-    monkeypatch.setattr(bench.orchestrate, "init_ray", lambda *a, **k: pytest.fail("Ray was started"))
-    monkeypatch.setattr(bench.sweep, "run_grid", lambda *a, **k: pytest.fail("runs were scheduled"))
+    monkeypatch.setattr(bench.ray_scheduler, "init_ray", lambda *a, **k: pytest.fail("Ray was started"))
+    monkeypatch.setattr(bench.grid, "run_grid", lambda *a, **k: pytest.fail("runs were scheduled"))
     with pytest.raises(SystemExit) as exit_:
         main(["run", "--method", "ridge,nice", "--subjects", "1,2", "--seeds", "0,1", "--data-root", str(tiny_root),
               "--results-dir", str(tmp_path), "--set", bad])

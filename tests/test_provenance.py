@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from bench import provenance
-from bench.orchestrate import RayOptions
-from bench.runner import train_one
-from bench.sweep import SweepRequest, run_sweep
+from bench.ray_scheduler import RayOptions
+from bench.execute import train_one
+from bench.grid import SweepRequest, run_sweep
 
 QUICK = ("protocol.val_concepts=4",)
 

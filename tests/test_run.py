@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.orchestrate import RayOptions
+from bench.ray_scheduler import RayOptions
 from bench.records import RunStore
-from bench.sweep import SweepRequest, run_sweep
+from bench.grid import SweepRequest, run_sweep
 from conftest import BENCH
 
 pytestmark = pytest.mark.ray

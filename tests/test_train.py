@@ -12,7 +12,7 @@ from bench.method import DataInfo, LossOutput, Method
 from bench.protocols import IntraSubject
 from bench.records import RunStore
 from bench.registry import register_method
-from bench.runner import execute_spec
+from bench.execute import execute_spec
 from bench.specs import make_spec, resolve_config
 from bench.train import Trainer
 from fakes import InMemoryThingsEEG

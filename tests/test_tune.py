@@ -4,9 +4,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.orchestrate import RayOptions
+from bench.ray_scheduler import RayOptions
 from bench.specs import resolve_config
-from bench.tune import TuneError, TuneRequest, load_search_space, run_tune
+from bench.hparam_search import TuneError, TuneRequest, load_search_space, run_tune
 
 pytestmark = pytest.mark.ray
 PLUGIN = Path(__file__).with_name("plugin_methods.py")

@@ -1,5 +1,5 @@
-"""Ray overhead: K identical short runs as a Ray Tune grid (:func:`bench.orchestrate.run_grid`) against the same runs
-one after another in this process (:func:`bench.runner.run_spec`).
+"""Ray overhead: K identical short runs as a Ray Tune grid (:func:`bench.ray_scheduler.run_grid`) against the same runs
+one after another in this process (:func:`bench.execute.run_spec`).
 
 Each trial is a real run (load, train, validate, test, record) whose epoch count is calibrated to last about
 ``trial_s`` seconds. Overhead = (Ray wall − ideal) / ideal with ideal = serial wall / concurrency; reported with and
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from bench.orchestrate import RayOptions, init_ray, run_grid
+from bench.ray_scheduler import RayOptions, init_ray, run_grid
 from bench.records import COMPLETED, RunStore
-from bench.runner import run_spec
+from bench.execute import run_spec
 from bench.specs import make_spec, open_dataset, resolve_config
 
 METHOD = "nice"

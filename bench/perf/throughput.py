@@ -68,7 +68,7 @@ class TrainingRows:
 
 
 def build_method(name: str, cfg: dict, ds, train: TrainSet):
-    from bench.runner import build_method as build  # the runs' own builder: same seeding, same DataInfo
+    from bench.execute import build_method as build  # the runs' own builder: same seeding, same DataInfo
     from bench.specs import data_info
 
     return build(name, cfg, data_info(ds, train), seed=0)

@@ -1,4 +1,5 @@
-"""`bench run`: methods × subjects × seeds (× ablation variants) → run specs → Ray Tune → records → leaderboard."""
+"""Grid expansion for `bench run`: methods × subjects × seeds (× ablation variants) → run specs, checked before
+anything runs; then :mod:`bench.ray_scheduler` runs them and :func:`print_summary` shows the leaderboard."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ from typing import Callable
 
 from bench.ablation import registered_declaration
 from bench.errors import UserError
-from bench.orchestrate import GridResult, RayOptions, run_grid
+from bench.ray_scheduler import GridResult, RayOptions, run_grid
 from bench.preflight import check_spec
 from bench.records import RunSpec
 from bench.registry import METHODS

@@ -28,7 +28,7 @@ import yaml
 
 from bench.config import check_key, load_yaml
 from bench.errors import UserError
-from bench.orchestrate import RayOptions, check_resources, init_ray
+from bench.ray_scheduler import RayOptions, check_resources, init_ray
 from bench.io import atomic_write_text
 
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "grid", "randint")
@@ -71,7 +71,7 @@ def overrides_to_sets(overrides: dict[str, Any]) -> list[str]:
 def tune_trial(config: dict) -> None:
     """One search point: train every listed subject in lockstep and report mean validation top-1 per epoch."""
     from bench import seal
-    from bench.orchestrate import load_plugins
+    from bench.ray_scheduler import load_plugins
     from bench.specs import make_spec, open_dataset, resolve_config
 
     load_plugins(config)
@@ -91,7 +91,7 @@ def _train_in_lockstep(specs: list, ds) -> None:
     """Advance every subject's run one epoch at a time; report the mean validation top-1 after each epoch."""
     from ray import tune
 
-    from bench.runner import prepare_run
+    from bench.execute import prepare_run
     from bench.train import Trainer
 
     runs = []

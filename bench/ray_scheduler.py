@@ -1,8 +1,8 @@
-"""`bench run`: expand run specs, drop the completed ones, run the rest as Ray Tune trials.
+"""Scheduling runs on Ray: drop the specs with a current completed record, run the rest as Ray Tune trials.
 
 The harness's store decides what is left to do (Ray's experiment state cannot add grid points on restore): a spec
 with a ``completed`` record is never scheduled again, so a killed sweep restarted with the same command computes
-only what is missing. Each trial goes through the same code path as `bench train` (:func:`bench.runner.claim_and_run`),
+only what is missing. Each trial goes through the same code path as `bench train` (:func:`bench.execute.claim_and_run`),
 holds the spec's lock while computing it, and writes its record itself; Ray only schedules.
 
 Trials with ``gpus_per_trial > 1`` (or ``workers_per_trial > 1``) run as DDP: the Tune trial is a light driver that
@@ -71,7 +71,7 @@ class Plan:
 
 def plan(specs: list[RunSpec], store: RunStore, force: bool = False) -> Plan:
     """Which specs to run: those without a completed record of the current code. Duplicate specs run once."""
-    from bench.runner import current_code, stale_reason
+    from bench.execute import current_code, stale_reason
 
     out, seen, codes = Plan(), set(), {}
     for spec in specs:
@@ -175,7 +175,7 @@ def run_trial(config: dict) -> None:
     from ray import tune
 
     from bench.provenance import driver_command
-    from bench.runner import RunBusyError, record_setup_failure, run_spec
+    from bench.execute import RunBusyError, record_setup_failure, run_spec
     from bench.specs import open_dataset
 
     load_plugins(config)
@@ -209,7 +209,7 @@ def load_plugins(config: dict) -> None:
 
 def _ddp_worker(config: dict) -> None:
     from bench.provenance import driver_command
-    from bench.runner import execute_spec
+    from bench.execute import execute_spec
     from bench.specs import open_dataset
 
     load_plugins(config)
@@ -220,7 +220,7 @@ def _ddp_worker(config: dict) -> None:
 
 def _run_ddp_trial(spec: RunSpec, store: RunStore, config: dict) -> RunRecord:
     """The spec through the one store operation, computed by Ray Train workers (each runs Accelerate)."""
-    from bench.runner import claim_and_run
+    from bench.execute import claim_and_run
 
     return claim_and_run(spec, store, lambda: _launch_ddp(spec, store, config), force=config["force"]).record
 
