@@ -6,7 +6,8 @@ A method is an ``nn.Module`` with
 * optional heads/adapters over the frozen targets: :meth:`encode_image`, :meth:`encode_text` (identity by default);
 * a loss: :meth:`training_loss` on one :class:`Batch`;
 * optional hooks: :meth:`on_train_start`, :meth:`after_backward` (gradients are there, the optimiser has not
-  stepped), :meth:`on_epoch_end` (may return numbers to log into the run record's ``extras``).
+  stepped; may return per-group learning-rate multipliers for that step), :meth:`on_epoch_end` (may return
+  numbers to log into the run record's ``extras``).
 
 When each is called, in a gradient fit (one optimiser *step* per global batch of ``train.batch_size`` rows; each
 process takes its share and splits it into ``train.grad_accum`` *chunks*):
@@ -145,12 +146,17 @@ class Method(nn.Module):
     def on_train_start(self, state: TrainState) -> None:
         pass
 
-    def after_backward(self, state: TrainState) -> None:
-        """Once per optimiser step, gradients summed over its chunks; ``state.chunk_logs`` are those chunks' logs."""
+    def after_backward(self, state: TrainState) -> dict[str, float] | None:
+        """Once per optimiser step, gradients summed over its chunks; ``state.chunk_logs`` are those chunks' logs.
+
+        May return ``{group name: multiplier}``: the trainer multiplies those :meth:`param_groups`' learning rates for
+        this step's ``optimizer.step()`` only (an update scale that Adam does not normalise away, as it does a
+        gradient scale)."""
 
     def on_epoch_end(self, state: TrainState) -> dict[str, float] | None:
         return None
 
     def param_groups(self) -> list[dict] | None:
-        """Optional optimiser parameter groups; None = all trainable parameters in one group."""
+        """Optional optimiser parameter groups (a ``"name"`` key lets :meth:`after_backward` scale one's step);
+        None = all trainable parameters in one group."""
         return None

@@ -81,6 +81,23 @@ def build_optimizer(method: Method, cfg: dict) -> torch.optim.Optimizer:
     raise ValueError(f"train.optimizer must be adam, adamw or sgd, not {name!r}")
 
 
+@contextlib.contextmanager
+def scaled_lr(optimizer: torch.optim.Optimizer, scale: dict[str, float]) -> Iterator[None]:
+    """The named param groups' learning rates multiplied for one step (``Method.after_backward``), then restored."""
+    groups = [g for g in optimizer.param_groups if g.get("name") in scale]
+    if len(groups) != len(scale):
+        unknown = sorted(set(scale) - {g.get("name") for g in groups})
+        raise ValueError(f"after_backward scaled param groups the optimiser does not have: {unknown}")
+    saved = [g["lr"] for g in groups]
+    for g in groups:
+        g["lr"] = g["lr"] * scale[g["name"]]
+    try:
+        yield
+    finally:
+        for g, lr in zip(groups, saved):
+            g["lr"] = lr
+
+
 def build_schedule(optimizer: torch.optim.Optimizer, cfg: dict, steps_per_epoch: int):
     """Per-step LR multiplier: linear warm-up, then constant, cosine to zero, or step decay per epoch."""
     total = max(1, cfg["epochs"] * steps_per_epoch)
@@ -307,10 +324,11 @@ class Trainer:
                 acc.backward(loss / len(chunks))
             state.chunk_logs.append(logs)
             totals.add_chunk(loss, logs, len(chunks))
-        fit.method.after_backward(state)
+        lr_scale = fit.method.after_backward(state) or {}
         if self.cfg["grad_clip"]:
             acc.clip_grad_norm_(fit.method.parameters(), float(self.cfg["grad_clip"]))
-        fit.optimizer.step()
+        with scaled_lr(fit.optimizer, lr_scale):
+            fit.optimizer.step()
         fit.schedule.step()
         fit.optimizer.zero_grad(set_to_none=True)
         state.step += 1
