@@ -1,10 +1,12 @@
 """MCDB: losses, balance coefficients, SPR noise, every switch's effect on the gradients, DDP safety, ablation
 variants, the hand-counted parameter count, and one end-to-end run through the harness."""
+import dataclasses
 import json
 import math
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,10 +20,11 @@ from bench.records import RunStore
 from bench.registry import METHODS
 from bench.execute import execute_spec
 from bench.specs import make_spec, resolve_config
+from bench.train import EpochTotals, GradientFit, Trainer, build_optimizer, build_schedule, make_accelerator
 from bench.grid import SweepRequest, expand_specs
 from conftest import BENCH
 from fakes import InMemoryThingsEEG
-from methods.mcdb import DEFAULTS, MCDB
+from methods.mcdb import DEFAULTS, MCDB, model as mcdb_model
 from methods.mcdb.adapters import BottleneckAdapter
 from methods.mcdb.balance import in_window, ogm_coefficients
 from methods.mcdb.perturbation import feature_sigma, gradient_noise, noise_generator, perturb_features
@@ -113,11 +116,14 @@ def test_text_confidence_is_the_probability_mass_on_the_own_concept():
     eeg = torch.eye(3)[[0, 0, 1]]
     text = torch.eye(3)[[0, 0, 1]]
     concept = torch.tensor([0, 0, 1])
-    _, _, conf_mp = text_alignment("multi_positive", eeg, text, concept, torch.tensor(2.0))
+    _, _, (conf_mp, norm_mp) = text_alignment("multi_positive", eeg, text, concept, torch.tensor(2.0))
     e2, e0 = math.exp(2.0), 1.0
     torch.testing.assert_close(conf_mp, torch.tensor([2 * e2 / (2 * e2 + e0)] * 2 + [e2 / (e2 + 2 * e0)]))
-    _, _, conf_label = text_alignment("label_targets", eeg, text, concept, torch.tensor(2.0))
+    # chance level: 2 of 3 columns are concept 0's, 1 of 3 concept 1's
+    torch.testing.assert_close(norm_mp, conf_mp / torch.tensor([2 / 3, 2 / 3, 1 / 3]))
+    _, _, (conf_label, norm_label) = text_alignment("label_targets", eeg, text, concept, torch.tensor(2.0))
     torch.testing.assert_close(conf_label, torch.tensor([e2 / (e2 + e0)] * 3))
+    torch.testing.assert_close(norm_label, conf_label * 2)  # one of 2 distinct texts
 
 
 # --- MCDB coefficients --------------------------------------------------------------------------------------------
@@ -147,12 +153,13 @@ def test_window_rejects_a_reversed_range():
 
 
 def reducing_state(scores, epoch=1, epochs=10, step=0):
-    """A DDP stand-in: all_reduce_mean records its input and answers with the 'global' confidences."""
+    """A DDP stand-in: all_reduce_mean records its input and answers with the 'global' confidences, given as
+    (ŝ_img, ŝ_txt), the chance-normalised pair that k reads; the raw pair is answered as 0.3, 0.3."""
     calls = []
 
     def all_reduce_mean(t):
         calls.append(t.detach().clone())
-        return torch.tensor(scores, dtype=t.dtype)
+        return torch.tensor([0.3, 0.3, *scores], dtype=t.dtype)
 
     return state(epoch, epochs, step, all_reduce_mean=all_reduce_mean), calls
 
@@ -161,7 +168,8 @@ def test_coefficients_follow_the_all_reduced_confidences_and_are_one_outside_the
     model, batch = make(mcdb_alpha=0.5), make_batch()
     st, calls = reducing_state([0.8, 0.2], epoch=5, epochs=10)
     logs = model.training_loss(batch, st).logs
-    assert len(calls) == 1 and calls[0].shape == (2,)  # local (s_img, s_txt) went through the reduction
+    assert len(calls) == 1 and calls[0].shape == (4,)  # local raw and normalised (s_img, s_txt) were reduced
+    # k reads the normalised pair: the raw pair (0.3, 0.3) is a tie and would give k = 1
     assert float(logs["k_img"]) == pytest.approx(1 - math.tanh(0.5 * 4.0)) and float(logs["k_txt"]) == 1
     st, _ = reducing_state([0.1, 0.5], epoch=5, epochs=10)
     logs = model.training_loss(batch, st).logs
@@ -171,33 +179,130 @@ def test_coefficients_follow_the_all_reduced_confidences_and_are_one_outside_the
     assert float(logs["k_img"]) == 1 and float(logs["k_txt"]) == 1
     ended = model.on_epoch_end(st)
     assert ended["k_img"] == pytest.approx((1 - math.tanh(2.0) + 1 + 1) / 3) and ended["mcdb_active"] == 0.0
-    assert {"k_img", "k_txt", "s_img", "s_txt"} <= set(ended)
+    assert {"k_img", "k_txt", "s_img", "s_txt", "s_img_norm", "s_txt_norm"} <= set(ended)
+    assert ended["s_img"] == pytest.approx(0.3) and ended["s_img_norm"] == pytest.approx((0.8 + 0.1 + 0.8) / 3)
 
 
-def test_grad_mode_scales_each_adapters_gradients_by_the_reduced_k():
+def test_grad_mode_leaves_gradients_alone_and_returns_each_adapters_step_multiplier():
     batch = make_batch()
     st, _ = reducing_state([0.8, 0.2])
-    plain = gradients(make(mcdb="none", spr="none"), batch, st)
-    graded = gradients(make(mcdb="grad", spr="none", mcdb_alpha=0.5), batch, st)
-    k_img = 1 - math.tanh(0.5 * 4.0)
-    for name, g in plain.items():
-        expected = g * k_img if name.startswith("image_adapter.") else g
-        torch.testing.assert_close(graded[name], expected, msg=name)
+    plain_model, graded_model = make(mcdb="none", spr="none"), make(mcdb="grad", spr="none", mcdb_alpha=0.5)
+    plain, graded = gradients(plain_model, batch, st), gradients(graded_model, batch, st)
+    assert all(torch.equal(plain[n], graded[n]) for n in plain)  # grad mode weights nothing in the loss
+    assert graded_model.after_backward(st) == pytest.approx({"image_adapter": 1 - math.tanh(0.5 * 4.0),
+                                                             "text_adapter": 1.0})
+    assert plain_model.after_backward(st) is None
+    outside, _ = reducing_state([0.8, 0.2], epoch=6)
+    graded_model.training_loss(batch, outside)
+    assert graded_model.after_backward(outside) is None  # outside the window
 
 
-def test_grad_mode_scales_by_the_mean_k_of_the_steps_chunks():
-    """Under gradient accumulation the step's gradient sums its chunks, so each adapter is scaled by the mean k of
-    the chunks, read from the logs the trainer hands after_backward (the method keeps no per-step memory)."""
+def test_grad_mode_multiplier_is_the_mean_k_of_the_steps_chunks():
+    """Under gradient accumulation the step's gradient sums its chunks, so each adapter's step is scaled by the mean k
+    of the chunks, read from the logs the trainer hands after_backward (the method keeps no per-step memory)."""
     model, st = make(mcdb="grad", spr="none"), state()
-    for p in model.parameters():
-        p.grad = torch.ones_like(p)
     st.chunk_logs = [{"k_img": torch.tensor(0.2), "k_txt": torch.tensor(1.0)},
                      {"k_img": torch.tensor(0.6), "k_txt": torch.tensor(0.5)}]
-    model.after_backward(st)
-    grads = {n: p.grad for n, p in model.named_parameters()}
-    for name, expected in (("image_adapter.linear.weight", 0.4), ("text_adapter.linear.weight", 0.75),
-                           ("eeg_encoder.projector.linear.weight", 1.0)):
-        torch.testing.assert_close(grads[name], torch.full_like(grads[name], expected), msg=name)
+    assert model.after_backward(st) == pytest.approx({"image_adapter": 0.4, "text_adapter": 0.75})
+    names = [g["name"] for g in model.param_groups()]
+    assert names == ["eeg", "image_adapter", "text_adapter"]
+    assert sum(len(g["params"]) for g in model.param_groups()) == len(list(model.parameters()))
+
+
+NO_DROPOUT = {"adapter_dropout": 0.0, "encoder_kwargs": {"trunk_dropout": 0.0, "proj_dropout": 0.0}}
+
+
+def formula_ce(sim: list[list[float]], positive) -> float:
+    """−mean_r (1/|P_r|) Σ_{c∈P_r} log softmax(sim_r)_c, written out in Python from the spec's InfoNCE."""
+    n, total = len(sim), 0.0
+    for r in range(n):
+        log_z = math.log(sum(math.exp(v) for v in sim[r]))
+        cols = [c for c in range(n) if positive(r, c)]
+        total -= sum(sim[r][c] - log_z for c in cols) / len(cols)
+    return total / n
+
+
+def test_loss_value_follows_the_formula_on_a_hand_built_batch():
+    """L = w·(k_img·(L_e→i + L_i→e) + k_txt·(L_e→t + L_t→e)) + λ·mean(1 − cos(e, i)) on 5 rows (concepts 0 0 1 2 2),
+    computed here from the embeddings alone. Image is made dominant, so k_img = 1 − tanh(0.5·4) ≈ 0.036 ≠ k_txt = 1:
+    a swap of the two k, or L_cos with the wrong sign, moves the loss far outside the tolerance."""
+    concept = torch.tensor([0, 0, 1, 2, 2])
+    batch = make_batch(seed=3, concept=concept)
+    model = make(mcdb_alpha=0.5, spr="none", lambda_cos=0.7, **NO_DROPOUT).train()
+    st, _ = reducing_state([0.8, 0.2])
+    out = model.training_loss(batch, st)
+    with torch.no_grad():  # train-mode BatchNorm on the same batch: the same embeddings the loss saw
+        e = F.normalize(model.encode_eeg(batch.eeg, batch.subject), dim=-1)
+        i, t = (F.normalize(model.encode_image(batch.image), dim=-1), F.normalize(model.encode_text(batch.text), dim=-1))
+        scale = float(model.scale())
+    ei, et = (scale * e @ i.t()).tolist(), (scale * e @ t.t()).tolist()
+    diag, same = (lambda r, c: r == c), (lambda r, c: bool(concept[r] == concept[c]))
+    l_img = formula_ce(ei, diag) + formula_ce([list(col) for col in zip(*ei)], diag)
+    l_txt = formula_ce(et, same) + formula_ce([list(col) for col in zip(*et)], same)
+    l_cos = sum(1 - float(e[r] @ i[r]) for r in range(5)) / 5
+    k_img, k_txt = 1 - math.tanh(0.5 * 4.0), 1.0
+    expected = 0.2 * (k_img * l_img + k_txt * l_txt) + 0.7 * l_cos
+    assert float(out.loss.detach()) == pytest.approx(expected, rel=1e-5)
+    assert float(out.logs["l_cos"]) == pytest.approx(l_cos, rel=1e-5) and l_cos > 0
+    swapped, flipped = 0.2 * (k_txt * l_img + k_img * l_txt) + 0.7 * l_cos, expected - 1.4 * l_cos
+    assert abs(swapped - expected) > 1e-2 * expected and abs(flipped - expected) > 1e-2 * expected
+
+
+def step_update(optimizer: str, k_img: float, k_txt: float, monkeypatch) -> tuple[dict, list]:
+    """One optimiser step of grad-mode MCDB through the trainer's own ``_optimizer_step`` with k forced; returns each
+    parameter's update and the group learning rates after the step."""
+    monkeypatch.setattr(mcdb_model, "ogm_coefficients", lambda *_: (torch.tensor(k_img), torch.tensor(k_txt)))
+    cfg = {"optimizer": optimizer, "lr": 1e-2, "betas": [0.9, 0.999], "momentum": 0.9, "weight_decay": 1e-2,
+           "grad_clip": 0, "epochs": 1, "warmup_epochs": 0, "schedule": "constant"}
+    model, batch = make(mcdb="grad", spr="none"), make_batch()
+    opt = build_optimizer(model, cfg)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fit = GradientFit(method=model, model=model, optimizer=opt, schedule=build_schedule(opt, cfg, 1),
+                      data=SimpleNamespace(batch=lambda idx: batch), state=state(), generator=None, accum=1,
+                      acc=make_accelerator("no"))
+    torch.manual_seed(0)
+    Trainer(cfg, 0, progress=False)._optimizer_step(fit, torch.arange(len(batch.concept)),
+                                                    EpochTotals.zeros(torch.device("cpu")))
+    return {n: p.detach() - before[n] for n, p in model.named_parameters()}, [g["lr"] for g in opt.param_groups]
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+@pytest.mark.parametrize("damped", ["image_adapter", "text_adapter"])
+def test_grad_mode_halves_the_modalitys_update_under_every_optimiser(optimizer, damped, monkeypatch):
+    """k = 0.5 on one modality: that adapter's update is half its k = 1 update (‖Δ_0.5 − Δ_1‖ / ‖Δ_1‖ = 0.5 ± 1e-3;
+    scaling the gradient instead gives ≈ 1e-6 under Adam), every other parameter's update is bit-identical, and the
+    learning rates are restored after the step."""
+    full, _ = step_update(optimizer, 1.0, 1.0, monkeypatch)
+    half, lrs = step_update(optimizer, *((0.5, 1.0) if damped == "image_adapter" else (1.0, 0.5)), monkeypatch)
+    assert lrs == [1e-2] * 3
+    for name in full:
+        if name.startswith(damped + "."):
+            change = float((half[name] - full[name]).norm() / full[name].norm())
+            assert change == pytest.approx(0.5, abs=1e-3), name
+        else:
+            assert torch.equal(half[name], full[name]), name
+
+
+def test_normalised_confidences_give_rho_near_one_at_initialisation():
+    """Batch 1000 drawn from THINGS's training mix (1654 concepts × 10 images: ≈1.54 same-concept rows per row),
+    256-d features with a shared direction (CLIP features are anisotropic), an untrained model. The raw text score
+    counts every same-concept column, so raw ρ sits near 1/1.54; the chance-normalised ρ is 1 within 0.1."""
+    g = torch.Generator().manual_seed(0)
+    concept = torch.randperm(16540, generator=g)[:1000] // 10
+    dim = 256
+    # a shared direction as strong as the rest (cos(text, text) ≈ 0.5), images near their text (cos ≈ 0.38)
+    texts = F.normalize(torch.randn(1654, dim, generator=g) + 16.0 * F.normalize(torch.ones(dim), dim=0), dim=-1)
+    image = F.normalize(texts[concept] + 0.15 * torch.randn(1000, dim, generator=g), dim=-1)
+    batch = Batch(eeg=torch.randn(1000, 4, 80, generator=g), image=image, concept=concept,
+                  subject=torch.zeros(1000, dtype=torch.long), text=texts[concept])
+    torch.manual_seed(0)
+    model = MCDB(dataclasses.replace(INFO, feature_dim=dim)).train()
+    with torch.no_grad():
+        logs = model.training_loss(batch, state()).logs
+    same = float((concept[:, None] == concept[None, :]).sum(1).float().mean())
+    assert 1.4 < same < 1.7
+    assert abs(float(logs["s_img_norm"] / logs["s_txt_norm"]) - 1) < 0.1
+    assert float(logs["s_img"] / logs["s_txt"]) < 0.8  # the bias the normalisation removes
 
 
 # --- SPR ----------------------------------------------------------------------------------------------------------
@@ -315,6 +420,8 @@ def test_logit_scale_is_learned_or_frozen():
     ({"mcdb": "off"}, "mcdb must be one of"),
     ({"mcdb_end": 1.5}, "mcdb_end"),
     ({"spr_sigma": -1.0}, "spr_sigma"),
+    ({"w": 0.0}, "MCDB cannot act"),
+    ({"w": 0.0, "mcdb": "grad"}, "MCDB cannot act"),
 ])
 def test_inconsistent_switches_fail_at_construction(bad, match):
     with pytest.raises(ValueError, match=match):

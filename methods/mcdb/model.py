@@ -7,6 +7,15 @@ choice is a key of :attr:`MCDB.defaults` (README, "MCDB method card").
 
 Loss [review]: ``L = w·(k_img·(L_e→i + L_i→e) + k_txt·(L_e→t + L_t→e)) + λ_cos·L_cos`` on L2-normalised embeddings
 in a shared space of the feature dimension, with one learnable logit scale.
+
+What k reaches. ``loss`` mode: k weights the modality's CE terms, so it changes the update of the parameters those
+terms share with others: the EEG encoder and the logit scale, and the image adapter (which L_cos also drives). The
+text adapter (with ``cos_target=img``) gets gradient from the text terms only, so loss-mode k_txt scales its whole
+gradient by a constant, which Adam/AdamW's update ignores (SGD's does not). ``grad`` mode: k multiplies the
+learning rate of that modality's adapter parameter group for the step (:meth:`MCDB.after_backward` returns the
+multipliers, the trainer applies them to that one ``optimizer.step()``), so the adapter's *update* is k times its
+k = 1 update under Adam, AdamW and SGD alike; OGM-GE scales the gradient instead, which is the same thing only under
+momentum-free SGD (Adam normalises a constant gradient scale away).
 """
 from __future__ import annotations
 
@@ -134,8 +143,11 @@ class MCDB(Method):
             if hp["cos_target"] != "img":
                 raise ValueError(f"mcdb: cos_target={hp['cos_target']!r} needs use_text=true")
         if hp["mcdb"] == "grad" and (hp["adapter"] == "none" or hp["adapter_shared"]):
-            raise ValueError("mcdb: mcdb=grad scales each modality's adapter gradients, so it needs separate "
+            raise ValueError("mcdb: mcdb=grad scales each modality's adapter step, so it needs separate "
                              "adapters (adapter != none, adapter_shared=false); mcdb=loss works without")
+        if hp["mcdb"] != "none" and hp["w"] == 0:
+            raise ValueError("mcdb: with w=0 the CE terms that k weights (loss) or that drive the text adapter (grad) "
+                             "are off, so MCDB cannot act; set w > 0 or mcdb=none")
 
     # --- the model ------------------------------------------------------------------------------------------------
     def encode_eeg(self, eeg: torch.Tensor, subject: torch.Tensor | None) -> torch.Tensor:
@@ -168,8 +180,7 @@ class MCDB(Method):
         eeg = F.normalize(self.encode_eeg(batch.eeg, batch.subject), dim=-1)
         img = F.normalize(perturb_features(self.encode_image(batch.image), sigma_t), dim=-1)
         l_img = sum(directional_clip_losses(eeg, img, scale))
-        with torch.no_grad():
-            s_img = positive_mass(scale * eeg @ img.t(), torch.eye(len(eeg), dtype=torch.bool, device=eeg.device))
+        s_img = positive_mass(scale * eeg @ img.t(), torch.eye(len(eeg), dtype=torch.bool, device=eeg.device))
         l_txt, txt, s_txt = l_img.new_zeros(()), None, None
         if hp["use_text"]:
             if batch.text is None:
@@ -186,17 +197,21 @@ class MCDB(Method):
                 "k_txt": k_txt, "logit_scale": scale.detach(), **scores}
         return LossOutput(loss, logs)
 
-    def _coefficients(self, s_img: torch.Tensor, s_txt: torch.Tensor | None, state: TrainState
+    def _coefficients(self, s_img: tuple, s_txt: tuple | None, state: TrainState
                       ) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """k_img, k_txt from the batch confidences, averaged over DDP processes so every replica uses the same k."""
-        local = torch.stack([s_img.mean(), s_img.new_ones(()) if s_txt is None else s_txt.mean()])
-        s = state.all_reduce_mean(local)
-        one = s.new_ones(())
+        """k_img, k_txt from the chance-normalised batch confidences, averaged over DDP processes so every replica
+        uses the same k. ``s_img``/``s_txt`` are (per-row mass, per-row mass over chance)."""
+        one = s_img[0].new_ones(())
+        txt = (one, one) if s_txt is None else (s_txt[0].mean(), s_txt[1].mean())
+        # order: raw image, raw text, normalised image, normalised text
+        s = state.all_reduce_mean(torch.stack([s_img[0].mean(), txt[0], s_img[1].mean(), txt[1]]))
         if self.hparams["mcdb"] != "none" and self._window(state):
-            k_img, k_txt = ogm_coefficients(s[0], s[1], float(self.hparams["mcdb_alpha"]))
+            k_img, k_txt = ogm_coefficients(s[2], s[3], float(self.hparams["mcdb_alpha"]))
         else:
             k_img, k_txt = one, one
-        scores = {"s_img": s[0]} if s_txt is None else {"s_img": s[0], "s_txt": s[1]}
+        scores = {"s_img": s[0], "s_img_norm": s[2]}
+        if s_txt is not None:
+            scores.update(s_txt=s[1], s_txt_norm=s[3])
         self.balance.add(k_img=k_img, k_txt=k_txt, **scores)
         return k_img, k_txt, scores
 
@@ -226,44 +241,46 @@ class MCDB(Method):
         self._noise_seed = torch.initial_seed()
         self.balance.reset()
 
-    def after_backward(self, state: TrainState) -> None:
-        """grad-mode MCDB: g ← k_m·g on modality m's adapter; grad-mode SPR: g ← g + N(0, (σ·std(g))²).
+    def param_groups(self) -> list[dict]:
+        """One named optimiser group per module whose step grad-mode MCDB may scale (``after_backward``'s keys)."""
+        modules = {"eeg": [self.eeg_encoder, self.logit_scale], "image_adapter": [self.image_adapter],
+                   "text_adapter": [self.text_adapter] if self.text_adapter is not self.image_adapter else []}
+        groups, seen = [], set()
+        for name, parts in modules.items():
+            params = [p for m in parts if m is not None for p in m.parameters() if p.requires_grad and id(p) not in seen]
+            seen.update(id(p) for p in params)
+            if params:
+                groups.append({"name": name, "params": params})
+        return groups
+
+    def after_backward(self, state: TrainState) -> dict[str, float] | None:
+        """grad-mode SPR: g ← g + N(0, (σ·std(g))²) on the perturbed tensors; grad-mode MCDB: the step multipliers
+        ``{"image_adapter": k_img, "text_adapter": k_txt}`` for the trainer's next ``optimizer.step()``.
 
         k is the mean over the step's accumulation chunks of the k each chunk's ``training_loss`` logged
-        (``state.chunk_logs``). As in OGM-GE, the noise std is that of the gradient before modulation. The gradients
-        here are already all-reduced, k is the same in every process, and the noise generator depends on (seed, step)
-        only.
+        (``state.chunk_logs``); it scales the group's learning rate, not its gradient, because Adam and AdamW
+        normalise a constant gradient scale away (module docstring). The gradients here are already all-reduced, k
+        is the same in every process, and the noise generator depends on (seed, step) only.
         """
         hp = self.hparams
         window = self._window(state)
-        scale_by: dict[int, torch.Tensor] = {}
-        if hp["mcdb"] == "grad" and window and state.chunk_logs:
-            k_img = torch.stack([logs["k_img"] for logs in state.chunk_logs]).mean()
-            k_txt = torch.stack([logs["k_txt"] for logs in state.chunk_logs]).mean()
-            for module, k in ((self.image_adapter, k_img), (self.text_adapter, k_txt)):
-                for p in module.parameters():
-                    scale_by[id(p)] = k
-        noisy = hp["spr"] == "grad" and (window or not hp["spr_window"]) and hp["spr_sigma"] > 0
-        perturbed = list(self._spr_parameters()) if noisy else []
-        noise = {}
-        if perturbed:
+        if hp["spr"] == "grad" and (window or not hp["spr_window"]) and hp["spr_sigma"] > 0:
             generator = None
-            for p in perturbed:
+            for p in self._spr_parameters():
                 if p.grad is None:
                     continue
                 if generator is None:
                     generator = noise_generator(p.grad.device, self._noise_seed, state.step)
-                noise[id(p)] = gradient_noise(p.grad, float(hp["spr_sigma"]), generator)
-        for p in self.parameters():
-            if p.grad is None:
-                continue
-            if id(p) in scale_by:
-                p.grad.mul_(scale_by[id(p)].to(p.grad.dtype))
-            if id(p) in noise:
-                p.grad.add_(noise[id(p)])
+                p.grad.add_(gradient_noise(p.grad, float(hp["spr_sigma"]), generator))
+        if hp["mcdb"] != "grad" or not window or not state.chunk_logs:
+            return None
+        # one host sync per step, in grad mode inside the window only: the optimiser takes a Python lr
+        return {group: float(torch.stack([logs[key] for logs in state.chunk_logs]).mean())
+                for group, key in (("image_adapter", "k_img"), ("text_adapter", "k_txt"))}
 
     def on_epoch_end(self, state: TrainState) -> dict[str, float]:
-        """Per-epoch means of k_img, k_txt, s_img, s_txt (into the run record's ``extras``) and the window flag."""
+        """Per-epoch means of k_img, k_txt, the raw confidences s_img, s_txt and their chance-normalised s_img_norm,
+        s_txt_norm (into the run record's ``extras``), and the window flag."""
         out = self.balance.means()
         self.balance.reset()
         out["mcdb_active"] = float(self.hparams["mcdb"] != "none" and self._window(state))

@@ -8,8 +8,10 @@ handles this, so three choices are offered (``text_loss``) [assumed]:
   option (a) restricted to the batch), and for each distinct text a multi-positive target over the EEG rows;
 * ``clip``: plain diagonal InfoNCE, identical texts included as negatives (the naive reading of the formula).
 
-Each returns (L_eeg→txt, L_txt→eeg, per-row confidence); the confidence is the softmax mass that EEG row i puts
-on its own concept's text column(s) under the same logits the loss uses, i.e. MCDB's s_txt before averaging.
+Each returns (L_eeg→txt, L_txt→eeg, (per-row confidence, per-row confidence over chance)); the confidence is the
+softmax mass that EEG row i puts on its own concept's text column(s) under the same logits the loss uses, i.e.
+MCDB's s_txt before averaging, and its chance level is those columns' share of the row (n_concept / B for
+``multi_positive``, 1 / distinct texts for ``label_targets``, 1 / B for ``clip``).
 """
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ def _distinct(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def text_alignment(kind: str, eeg: torch.Tensor, text: torch.Tensor, concept: torch.Tensor,
-                   logit_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   logit_scale: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     if kind == "multi_positive":
         eeg_to_txt, txt_to_eeg = multi_positive_losses(eeg, text, concept, logit_scale)
         positives = concept[:, None] == concept[None, :]
