@@ -94,6 +94,13 @@ class TrainState:
     #: average a tensor over processes (identity in one process): hooks that derive numbers from the local batch
     #: (e.g. balance coefficients) must agree across processes or the replicas drift apart
     all_reduce_mean: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+    #: training_loss: a per-row tensor of this chunk → the same rows over the whole step and every process, gradient
+    #: through this chunk's rows (identity in one process without accumulation); contrastive losses take their
+    #: negatives from it, so N processes or chunks train like one (bench/gather.py)
+    gather: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+    #: True while training_loss runs in the no-grad recording pass of an accumulated step: its output is discarded,
+    #: so skip side effects (e.g. accumulating statistics in the method)
+    recording: bool = False
 
 
 class Method(nn.Module):
