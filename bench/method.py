@@ -14,7 +14,9 @@ process takes its share and splits it into ``train.grad_accum`` *chunks*):
 * :meth:`on_train_start` once, before the first step;
 * :meth:`training_loss` once per chunk, with ``state.chunk`` (0-based) of ``state.n_chunks`` and ``state.step`` the
   step it belongs to; the trainer divides the loss by ``n_chunks`` before backward and averages the logs the same
-  way into the epoch's curve. It needs no per-step memory: what a step-level hook needs, it returns in its logs;
+  way into the epoch's curve. It needs no per-step memory: what a step-level hook needs, it returns in its logs.
+  ``state.gather`` extends a per-row tensor to the whole step's rows (all chunks, all processes); with several chunks
+  it runs first once per chunk under no_grad with ``state.recording`` set (output discarded; ``bench/gather.py``);
 * :meth:`after_backward` once per step, after every chunk's backward (gradients summed over the chunks and, under
   DDP, all-reduced), before gradient clipping and the optimiser step; ``state.chunk_logs`` holds the logs each
   chunk's ``training_loss`` returned, in chunk order, values as returned (tensors not detached or averaged);
