@@ -88,11 +88,11 @@ class ATM(ContrastiveBaseline):
 
     def training_loss(self, batch: Batch, state: TrainState) -> LossOutput:
         scale = self.logit_scale()
-        eeg = self.loss_embeddings(batch)
-        image = clip_loss(eeg, F.normalize(batch.image, dim=-1), scale)
+        eeg = state.gather(self.loss_embeddings(batch))  # whole-step negatives (ContrastiveBaseline.training_loss)
+        image = clip_loss(eeg, state.gather(F.normalize(batch.image, dim=-1)), scale)
         weight = float(self.hparams["text_weight"])
         if weight == 0.0:
             return LossOutput(image, {"loss_image": image.detach(), "logit_scale": scale.detach()})
-        text = clip_loss(eeg, F.normalize(batch.text, dim=-1), scale)
+        text = clip_loss(eeg, state.gather(F.normalize(batch.text, dim=-1)), scale)
         return LossOutput((1 - weight) * image + weight * text,
                           {"loss_image": image.detach(), "loss_text": text.detach(), "logit_scale": scale.detach()})

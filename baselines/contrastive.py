@@ -57,5 +57,7 @@ class ContrastiveBaseline(Method):
 
     def training_loss(self, batch: Batch, state: TrainState) -> LossOutput:
         scale = self.logit_scale()
-        loss = clip_loss(self.loss_embeddings(batch), F.normalize(batch.image, dim=-1), scale)
+        # negatives from the whole step on every process (state.gather), so DDP and accumulation train like one batch
+        eeg, image = state.gather(self.loss_embeddings(batch)), state.gather(F.normalize(batch.image, dim=-1))
+        loss = clip_loss(eeg, image, scale)
         return LossOutput(loss, {"logit_scale": scale.detach()})

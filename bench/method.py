@@ -15,7 +15,9 @@ process takes its share and splits it into ``train.grad_accum`` *chunks*):
 * :meth:`on_train_start` once, before the first step;
 * :meth:`training_loss` once per chunk, with ``state.chunk`` (0-based) of ``state.n_chunks`` and ``state.step`` the
   step it belongs to; the trainer divides the loss by ``n_chunks`` before backward and averages the logs the same
-  way into the epoch's curve. It needs no per-step memory: what a step-level hook needs, it returns in its logs;
+  way into the epoch's curve. It needs no per-step memory: what a step-level hook needs, it returns in its logs.
+  ``state.gather`` extends a per-row tensor to the whole step's rows (all chunks, all processes); with several chunks
+  it runs first once per chunk under no_grad with ``state.recording`` set (output discarded; ``bench/gather.py``);
 * :meth:`after_backward` once per step, after every chunk's backward (gradients summed over the chunks and, under
   DDP, all-reduced), before gradient clipping and the optimiser step; ``state.chunk_logs`` holds the logs each
   chunk's ``training_loss`` returned, in chunk order, values as returned (tensors not detached or averaged);
@@ -95,6 +97,13 @@ class TrainState:
     #: average a tensor over processes (identity in one process): hooks that derive numbers from the local batch
     #: (e.g. balance coefficients) must agree across processes or the replicas drift apart
     all_reduce_mean: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+    #: training_loss: a per-row tensor of this chunk → the same rows over the whole step and every process, gradient
+    #: through this chunk's rows (identity in one process without accumulation); contrastive losses take their
+    #: negatives from it, so N processes or chunks train like one (bench/gather.py)
+    gather: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+    #: True while training_loss runs in the no-grad recording pass of an accumulated step: its output is discarded,
+    #: so skip side effects (e.g. accumulating statistics in the method)
+    recording: bool = False
 
 
 class Method(nn.Module):

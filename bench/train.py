@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from bench.evaluate import EvaluationError, ZeroShotEvaluator
+from bench.gather import StepGather
 from bench.method import Batch, Method, TrainState
 from bench.protocols import EvalSet, TrainSet
 
@@ -205,6 +206,17 @@ class GradientFit:
     generator: torch.Generator  # draws each epoch's permutation, the same in every process
     accum: int
     acc: object  # the Accelerator
+    gathers: bool = True  # False once a recording pass saw no ``state.gather`` call: skip that pass from then on
+
+
+def rng_state() -> tuple:
+    return torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+
+
+def set_rng_state(saved: tuple) -> None:
+    torch.set_rng_state(saved[0])
+    if saved[1] is not None:
+        torch.cuda.set_rng_state_all(saved[1])
 
 
 class Trainer:
@@ -311,19 +323,30 @@ class Trainer:
 
     def _optimizer_step(self, fit: GradientFit, global_idx: torch.Tensor, totals: EpochTotals) -> None:
         """One optimiser step on one global batch: this process's share, in ``grad_accum`` chunks, each calling
-        ``training_loss`` and backward (DDP syncs on the last); then ``after_backward``, clipping, the update."""
+        ``training_loss`` and backward (DDP syncs on the last); then ``after_backward``, clipping, the update.
+
+        ``state.gather`` extends a chunk's rows to the whole step's (``bench/gather.py``); with several chunks a
+        recording pass (:meth:`_record_step`) first caches every chunk's gathered rows."""
         acc, state = fit.acc, fit.state
-        local = global_idx[acc.process_index::acc.num_processes]
+        world = acc.num_processes
+        local = global_idx[acc.process_index::world]
         chunks = [c for c in torch.tensor_split(local, fit.accum) if len(c)]
         state.n_chunks, state.chunk_logs = len(chunks), []
-        for j, chunk in enumerate(chunks):
+        gather = StepGather(acc.process_index, [len(global_idx[r::world]) for r in range(world)], len(chunks))
+        state.gather = gather
+        batches = [fit.data.batch(c) for c in chunks]
+        rng = self._record_step(fit, gather, batches) if len(batches) > 1 and fit.gathers else None
+        for j, batch in enumerate(batches):
             state.chunk = j
-            sync = contextlib.nullcontext() if j == len(chunks) - 1 else acc.no_sync(fit.model)
+            gather.begin(j, recording=False)
+            if rng is not None:  # the chunk draws the dropout masks (and noise) its recorded rows were made with
+                set_rng_state(rng[j])
+            sync = contextlib.nullcontext() if j == len(batches) - 1 else acc.no_sync(fit.model)
             with sync, acc.autocast():
-                loss, logs = fit.model(fit.data.batch(chunk), state)
-                acc.backward(loss / len(chunks))
+                loss, logs = fit.model(batch, state)
+                acc.backward(loss / len(batches))
             state.chunk_logs.append(logs)
-            totals.add_chunk(loss, logs, len(chunks))
+            totals.add_chunk(loss, logs, len(batches))
         lr_scale = fit.method.after_backward(state) or {}
         if self.cfg["grad_clip"]:
             acc.clip_grad_norm_(fit.method.parameters(), float(self.cfg["grad_clip"]))
@@ -334,6 +357,29 @@ class Trainer:
         state.step += 1
         totals.steps += 1
         totals.samples += len(global_idx)
+
+    @staticmethod
+    def _record_step(fit: GradientFit, gather: StepGather, batches: list[Batch]) -> list[tuple]:
+        """GradCache's first pass: every chunk's ``training_loss`` under no_grad with ``state.recording`` set, its
+        output discarded, so that ``state.gather`` caches each chunk's rows. Returns the RNG state at each chunk's
+        start (for its gradient pass); the buffers are put back, so BatchNorm statistics move once per chunk."""
+        buffers = [b.detach().clone() for b in fit.method.buffers()]
+        states = []
+        fit.state.recording = True
+        try:
+            with torch.no_grad(), fit.acc.autocast():
+                for j, batch in enumerate(batches):
+                    states.append(rng_state())
+                    fit.state.chunk = j
+                    gather.begin(j, recording=True)
+                    fit.method(batch, fit.state)
+        finally:
+            fit.state.recording = False
+        with torch.no_grad():
+            for b, saved in zip(fit.method.buffers(), buffers):
+                b.copy_(saved)
+        fit.gathers = gather.used
+        return states
 
     def _validate_and_select(self, fit: GradientFit, val: EvalSet, entry: dict, selection: Selection) -> None:
         """Validation scores into ``entry``; an epoch better than every earlier one becomes the best (its weights kept

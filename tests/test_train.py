@@ -124,13 +124,14 @@ class StepProbe(Method):
         super().__init__(info, **hp)
         self.proj = nn.Linear(info.n_chans * info.n_times, info.feature_dim)  # only embeds for validation
         self.w = nn.Parameter(torch.zeros(()))
-        self.chunks, self.steps = [], []
+        self.chunks, self.steps, self.recorded = [], [], []
 
     def encode_eeg(self, eeg, subject):
         return self.proj(eeg.flatten(1))
 
     def training_loss(self, batch, state):
-        self.chunks.append((state.step, state.chunk, state.n_chunks, len(batch.eeg)))
+        (self.recorded if state.recording else self.chunks).append((state.step, state.chunk, state.n_chunks,
+                                                                    len(batch.eeg)))
         return LossOutput(self.hparams["grad"] * self.w, {"rows": torch.tensor(float(len(batch.eeg)))})
 
     def after_backward(self, state):
@@ -173,6 +174,8 @@ def test_grad_accumulation_sums_the_chunks_of_one_step(accum):
     assert [(c[1], c[2]) for c in calls] == [(j, accum) for j in range(accum)]
     assert [c[3] for c in calls] == probe.steps[0]["rows"]  # after_backward gets the logs of exactly those chunks
     assert learning_rates(probe) == pytest.approx([0.1] * 3 * per_epoch, abs=1e-5)  # one update per step
+    # the no-grad recording pass (bench/gather.py) runs once, on the first step; a probe that never gathers skips it after
+    assert probe.recorded == ([] if accum == 1 else calls)
 
 
 def test_grad_clip_bounds_each_update_after_the_hook_saw_the_raw_gradient():

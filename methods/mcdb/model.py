@@ -177,16 +177,18 @@ class MCDB(Method):
         hp = self.hparams
         scale = self.scale()
         sigma_t = self._feature_sigma(state)
-        eeg = F.normalize(self.encode_eeg(batch.eeg, batch.subject), dim=-1)
-        img = F.normalize(perturb_features(self.encode_image(batch.image), sigma_t), dim=-1)
+        # every term over the whole step's rows on every process (state.gather): DDP and accumulation train like one
+        eeg = state.gather(F.normalize(self.encode_eeg(batch.eeg, batch.subject), dim=-1))
+        img = state.gather(F.normalize(perturb_features(self.encode_image(batch.image), sigma_t), dim=-1))
         l_img = sum(directional_clip_losses(eeg, img, scale))
         s_img = positive_mass(scale * eeg @ img.t(), torch.eye(len(eeg), dtype=torch.bool, device=eeg.device))
         l_txt, txt, s_txt = l_img.new_zeros(()), None, None
         if hp["use_text"]:
             if batch.text is None:
                 raise ValueError("mcdb: use_text=true but the batch carries no text features")
-            txt = F.normalize(perturb_features(self.encode_text(batch.text), sigma_t), dim=-1)
-            eeg_to_txt, txt_to_eeg, s_txt = text_alignment(hp["text_loss"], eeg, txt, batch.concept, scale)
+            txt = state.gather(F.normalize(perturb_features(self.encode_text(batch.text), sigma_t), dim=-1))
+            eeg_to_txt, txt_to_eeg, s_txt = text_alignment(hp["text_loss"], eeg, txt, state.gather(batch.concept),
+                                                           scale)
             l_txt = eeg_to_txt + txt_to_eeg
 
         k_img, k_txt, scores = self._coefficients(s_img, s_txt, state)
@@ -212,7 +214,8 @@ class MCDB(Method):
         scores = {"s_img": s[0], "s_img_norm": s[2]}
         if s_txt is not None:
             scores.update(s_txt=s[1], s_txt_norm=s[3])
-        self.balance.add(k_img=k_img, k_txt=k_txt, **scores)
+        if not state.recording:  # the recording pass of an accumulated step repeats the chunk: count it once
+            self.balance.add(k_img=k_img, k_txt=k_txt, **scores)
         return k_img, k_txt, scores
 
     def _cosine_loss(self, eeg: torch.Tensor, img: torch.Tensor, txt: torch.Tensor | None) -> torch.Tensor:
