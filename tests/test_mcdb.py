@@ -18,7 +18,8 @@ from bench.records import RunStore
 from bench.registry import METHODS
 from bench.execute import execute_spec
 from bench.specs import make_spec, resolve_config
-from bench.grid import SweepRequest, expand_specs
+from bench.ablation import FROM_FULL, variant_sets
+from bench.grid import SweepError, SweepRequest, expand_specs
 from conftest import BENCH
 from fakes import InMemoryThingsEEG
 from methods.mcdb import DEFAULTS, MCDB
@@ -358,9 +359,10 @@ def test_parameter_count_at_the_paper_shape():
 
 
 # --- ablations ------------------------------------------------------------------------------------------------------
-def variant_config(label):
+def variant_config(label, sets=()):
     overrides = MCDB.ablations[label] if label else {}
-    return resolve_config("mcdb", sets=[f"{k}={json.dumps(v)}" for k, v in overrides.items()])["method"]
+    full = resolve_config("mcdb", sets=sets)
+    return resolve_config("mcdb", sets=[*sets, *variant_sets(overrides, full)])["method"]
 
 
 def test_ablation_variants_build_and_add_one_component_each():
@@ -377,6 +379,37 @@ def test_ablation_variants_build_and_add_one_component_each():
                     (True, "residual", "loss", "grad")]
     others = [k for k in DEFAULTS if k not in switches and k != "cos_target"]
     assert all(configs[label][k] == configs[None][k] for label in configs for k in others)
+
+
+def test_ablation_rows_pin_the_full_methods_component_kind():
+    """+adapter and +mcdb take the full row's adapter kind and MCDB mode, not a fixed one, so the table stays
+    cumulative under a user's choice; the rows without the component keep it off."""
+    assert MCDB.ablations["+adapter"]["method.adapter"] == MCDB.ablations["+mcdb"]["method.mcdb"] == FROM_FULL
+    sets = ("method.adapter=bottleneck", "method.mcdb=grad")
+    rows = [(variant_config(label, sets)["adapter"], variant_config(label, sets)["mcdb"])
+            for label in [*MCDB.ablations, None]]
+    assert rows == [("none", "none"), ("none", "none"), ("bottleneck", "none"), ("bottleneck", "grad"),
+                    ("bottleneck", "grad")]
+
+
+@pytest.mark.parametrize("sets, message", [
+    (("method.adapter=none",), r"^mcdb: --set method.adapter=none makes \+adapter identical to \+text; "),
+    (("method.mcdb=none",), r"^mcdb: --set method.mcdb=none makes \+mcdb identical to \+adapter; "),
+    (("method.spr=none", "train.lr=1e-3"), r"^mcdb: --set method.spr=none makes \+spr \(full\) identical to \+mcdb; "),
+])
+def test_bench_run_ablation_refuses_rows_a_user_set_collapsed(sets, message, monkeypatch):
+    """Refused before the data is opened (no dataset is built), with the override that collapsed the rows."""
+    monkeypatch.setattr("bench.grid.open_dataset", lambda cfg: pytest.fail("the data was opened"))
+    with pytest.raises(SweepError, match=message):
+        expand_specs(SweepRequest(methods=["mcdb"], subjects="1", ablation=True, sets=sets))
+
+
+def test_ablation_collapse_from_a_config_file_names_the_key(tmp_path, monkeypatch):
+    monkeypatch.setattr("bench.grid.open_dataset", lambda cfg: pytest.fail("the data was opened"))
+    user = tmp_path / "no-spr.yaml"
+    user.write_text("method:\n  spr: none\n")
+    with pytest.raises(SweepError, match=r'method.spr="none" \(from a --config file or recipe\) makes \+spr \(full\)'):
+        expand_specs(SweepRequest(methods=["mcdb"], subjects="1", ablation=True, config_files=(user,)))
 
 
 def test_bench_run_expands_the_ablation_into_five_variants(tiny_root):

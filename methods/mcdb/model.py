@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.ablation import FROM_FULL
 from bench.encoders import build_encoder, nice_init_
 from bench.losses import LogitScale, directional_clip_losses
 from bench.method import Batch, DataInfo, LossOutput, Method, TrainState
@@ -79,13 +80,17 @@ def _choice(name: str, value: Any, options: tuple[str, ...]) -> str:
 class MCDB(Method):
     defaults: ClassVar[dict[str, Any]] = DEFAULTS
     requires_text: ClassVar[bool] = True
-    #: cumulative ablation (spec §5.4): each variant adds one component; the full method (+SPR) is variant None
+    #: cumulative ablation (spec §5.4): each variant adds one component; the full method (+SPR) is variant None.
+    #: A component a row has is pinned to the full method's value (FROM_FULL: e.g. its adapter kind), one it lacks
+    #: to off, so the rows add exactly what the full row has and a --set that turns a component off is refused
     ablations: ClassVar[dict[str, dict[str, Any]]] = {
         "base": {"method.use_text": False, "method.adapter": "none", "method.mcdb": "none", "method.spr": "none",
                  "method.cos_target": "img"},
-        "+text": {"method.use_text": True, "method.adapter": "none", "method.mcdb": "none", "method.spr": "none"},
-        "+adapter": {"method.use_text": True, "method.mcdb": "none", "method.spr": "none"},
-        "+mcdb": {"method.use_text": True, "method.spr": "none"},
+        "+text": {"method.use_text": FROM_FULL, "method.adapter": "none", "method.mcdb": "none", "method.spr": "none"},
+        "+adapter": {"method.use_text": FROM_FULL, "method.adapter": FROM_FULL, "method.mcdb": "none",
+                     "method.spr": "none"},
+        "+mcdb": {"method.use_text": FROM_FULL, "method.adapter": FROM_FULL, "method.mcdb": FROM_FULL,
+                  "method.spr": "none"},
     }
     ablation_full_label: ClassVar[str] = "+spr (full)"  # the last component the full method adds
 
