@@ -18,6 +18,8 @@ from bench.registry import METHODS
 from bench.execute import resolve_config
 
 NAMED_RECIPES = {"mcdb": ["configs/recipes/mcdb-nice-paper.yaml"]}
+#: a real data root (never opened here): a method's recipe may differ on it from the synthetic dataset's (issue 16)
+REAL_ROOT = 'data.root="/data/things-eeg"'
 BUILTIN_PACKAGES = ("baselines", "methods")
 
 
@@ -26,10 +28,12 @@ def builtin_methods() -> list[str]:
 
 
 def cases(methods: list[str], root: Path = Path(".")) -> Iterator[tuple[str, tuple, tuple]]:
-    """(method, config files, --set items): each method alone, under LOSO, with its named recipes and ablations."""
+    """(method, config files, --set items): each method alone, under LOSO, on a real data root, with its named recipes
+    and ablations."""
     for method in methods:
         yield method, (), ()
         yield method, (), ("protocol.name=inter",)
+        yield method, (), (REAL_ROOT,)
         for recipe in NAMED_RECIPES.get(method, []):
             yield method, (recipe,), ()
         for switches in (getattr(METHODS.get(method).obj, "ablations", None) or {}).values():
