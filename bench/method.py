@@ -94,6 +94,11 @@ class TrainState:
     #: average a tensor over processes (identity in one process): hooks that derive numbers from the local batch
     #: (e.g. balance coefficients) must agree across processes or the replicas drift apart
     all_reduce_mean: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+    #: the text features of every training concept (U, D), on the device, set once before ``on_train_start``, for a
+    #: loss over all concept texts rather than the batch's; row u is concept ``concept_ids[u]`` (as in Batch.concept).
+    #: Held-out validation concepts are not in it. None when the data has no text features
+    concept_text: torch.Tensor | None = None
+    concept_ids: torch.Tensor | None = None
 
 
 class Method(nn.Module):

@@ -476,3 +476,53 @@ def test_ddp_replicas_stay_identical_with_balance_and_gradient_noise():
     result = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])
     assert result["processes"] == 2 and result["max_diff"] == 0.0
     assert min(result["k_txt"] + result["k_img"]) < 1  # the balance was active, so k had to agree across ranks
+
+
+# --- reconstructed alternatives as switches (spec §3.1, §6) --------------------------------------------------------
+def test_cos_loss_symmetric_ce_is_nices_symmetric_cross_entropy():
+    """cos_loss=symmetric_ce: L_cos = (CE(e→i) + CE(i→e)) / 2 over the batch's logits, computed here by hand."""
+    batch, st = make_batch(), state(epoch=8)  # outside the MCDB window: k = 1
+    logs = {}
+    for kind in ("cosine", "symmetric_ce"):
+        model = make(cos_loss=kind, adapter="none", spr="none", learn_logit_scale=False)
+        model.eval()  # no dropout, so both models embed alike
+        logs[kind] = model.training_loss(batch, st).logs
+    eeg = F.normalize(model.encode_eeg(batch.eeg, batch.subject), dim=-1).detach()
+    img = F.normalize(batch.image, dim=-1)
+    logits = (1 / 0.07) * eeg @ img.t()
+    rows = torch.arange(len(eeg))
+    want = (-logits.log_softmax(1)[rows, rows].mean() - logits.t().log_softmax(1)[rows, rows].mean()) / 2
+    torch.testing.assert_close(logs["symmetric_ce"]["l_cos"], want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logs["cosine"]["l_cos"], (1 - (eeg * img).sum(-1)).mean(), rtol=1e-5, atol=1e-5)
+    assert logs["symmetric_ce"]["l_cos"] > 1.0 > logs["cosine"]["l_cos"] - 1.0  # a CE, not a distance in [0, 2]
+
+
+def test_text_positives_all_concepts_classifies_among_every_concept_text():
+    """text_positives=all_concepts: EEG→text CE over all U training concept texts (not just the batch's); a concept
+    absent from the batch still enters as a negative, and a near-duplicate of a batch text raises the loss."""
+    batch = make_batch()
+    g = torch.Generator().manual_seed(1)
+    present = torch.unique(batch.concept)
+    ids = torch.arange(10)  # concepts 8 and 9 have no row in the batch
+    table = F.normalize(torch.randn(10, 16, generator=g), dim=-1)
+    table[present] = batch.text[[int((batch.concept == c).nonzero()[0]) for c in present]]
+    model = make(text_positives="all_concepts", adapter="none", spr="none", mcdb="none", learn_logit_scale=False)
+    model.eval()
+    out = model.training_loss(batch, state(concept_text=table, concept_ids=ids))
+    eeg = F.normalize(model.encode_eeg(batch.eeg, batch.subject), dim=-1).detach()
+    logits = (1 / 0.07) * eeg @ table.t()
+    e2t = F.cross_entropy(logits, batch.concept)
+    soft = F.one_hot(batch.concept, 10).t()[present].float()
+    t2e = -(soft / soft.sum(1, keepdim=True) * logits[:, present].t().log_softmax(1)).sum(1).mean()
+    torch.testing.assert_close(out.logs["l_txt"], e2t + t2e, rtol=1e-5, atol=1e-5)
+    batch_only = make(adapter="none", spr="none", mcdb="none", learn_logit_scale=False).eval()
+    batch_only.load_state_dict(model.state_dict())
+    assert not torch.isclose(batch_only.training_loss(batch, state()).logs["l_txt"], out.logs["l_txt"])
+    # the concepts with no batch row are negatives too: without them the loss is the CE over the 8 batch concepts
+    fewer = model.training_loss(batch, state(concept_text=table[:8], concept_ids=ids[:8])).logs["l_txt"]
+    torch.testing.assert_close(fewer, F.cross_entropy(logits[:, :8], batch.concept) + t2e, rtol=1e-5, atol=1e-5)
+    assert fewer < out.logs["l_txt"]
+    with pytest.raises(ValueError, match="text_positives=all_concepts needs the training concept texts"):
+        model.training_loss(batch, state())
+    with pytest.raises(ValueError, match="leave text_loss at its default"):
+        make(text_positives="all_concepts", text_loss="clip")
