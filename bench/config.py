@@ -7,7 +7,9 @@ Layers, lowest first::
                             section, written only there
     the method's recipe     ``<method>.yaml`` beside the module that registers the method (``baselines/nice.yaml``,
                             ``methods/mcdb/mcdb.yaml``, a plugin's own folder): the published recipe, setting only
-                            what differs from the layers below (may touch any section)
+                            what differs from the layers below (may touch any section); then, only when the
+                            resolved ``data.root`` is null (the built-in synthetic dataset), ``<method>.synthetic.yaml``
+                            beside it if the method ships one: the recipe resized for that small data on a CPU
     --config FILE           the user's file(s), in order
     --set a.b=c             repeatable, last wins
 
@@ -188,22 +190,33 @@ def recipe_layers(path: str | Path, find_recipe: RecipeFinder | None = None,
     return [*recipe_layers(parent, find_recipe, (*_chain, path.resolve())), (data, str(path))]
 
 
-def resolve(
-    method: str | None = None,
-    method_defaults: Mapping | None = None,
-    config_files: Iterable[str | Path] = (),
-    sets: Iterable[str] = (),
-    find_recipe: RecipeFinder | None = None,
-) -> dict:
-    """The fully resolved and checked config for ``method`` (see the module docstring for the layer order).
+def synthetic_recipe(recipe: Path) -> Path:
+    """``<name>.synthetic.yaml`` beside ``<name>.yaml``: the recipe resized for the built-in synthetic dataset."""
+    return recipe.with_name(f"{recipe.stem}.synthetic.yaml")
 
-    ``find_recipe`` maps a method name to its recipe file; it finds ``method``'s own recipe and every ``extends``.
-    """
 
+def method_recipe_files(method: str | None, find_recipe: RecipeFinder | None, synthetic: bool) -> list[Path]:
+    """The method's recipe file(s) to layer: ``<name>.yaml``, then ``<name>.synthetic.yaml`` when ``synthetic``."""
+    recipe = find_recipe(method) if method and find_recipe else None
+    if recipe is None:
+        return []
+    recipe = Path(recipe)
+    small = synthetic_recipe(recipe)
+    return [f for f in (recipe, *([small] if synthetic else [])) if f.is_file()]
+
+
+def applied_recipes(method: str, cfg: Mapping, find_recipe: RecipeFinder) -> list[str]:
+    """Every recipe file layered into ``cfg`` (``extends`` parents first), as :func:`resolve` chose them."""
+    files = method_recipe_files(method, find_recipe, cfg.get("data", {}).get("root") is None)
+    return [source for f in files for _, source in recipe_layers(f, find_recipe)]
+
+
+def _layered(method, method_defaults, files, sets, find_recipe) -> tuple[dict, dict, list[str]]:
+    """(config, dotted key → the layer that last set it, layer sources) of the layers in order, unchecked."""
     cdir = config_dir()
     cfg = load_yaml(cdir / "defaults.yaml")
     cfg.setdefault("method", {})
-    origin = dict.fromkeys(leaf_keys(cfg), str(cdir / "defaults.yaml"))  # dotted key → the layer that last set it
+    origin = dict.fromkeys(leaf_keys(cfg), str(cdir / "defaults.yaml"))
     layers = [str(cdir / "defaults.yaml")]
 
     def apply(layer: Mapping, source: str) -> None:
@@ -214,8 +227,6 @@ def resolve(
 
     if method_defaults:
         cfg["method"] = {**cfg["method"], **copy.deepcopy(dict(method_defaults))}
-    recipe = find_recipe(method) if method and find_recipe else None
-    files = [*([recipe] if recipe is not None and Path(recipe).is_file() else []), *config_files]
     for f in files:
         for layer, source in recipe_layers(f, find_recipe):
             layer.pop("method_name", None)  # a saved resolved config (e.g. from `bench tune`) can be fed back
@@ -224,6 +235,38 @@ def resolve(
         cfg["method_name"] = method
     for item in sets:
         apply(parse_set(item), f"--set {item}")
+    return cfg, origin, layers
+
+
+def resolve(
+    method: str | None = None,
+    method_defaults: Mapping | None = None,
+    config_files: Iterable[str | Path] = (),
+    sets: Iterable[str] = (),
+    find_recipe: RecipeFinder | None = None,
+) -> dict:
+    """The fully resolved and checked config for ``method`` (see the module docstring for the layer order).
+
+    ``find_recipe`` maps a method name to its recipe file; it finds ``method``'s own recipe and every ``extends``.
+    The recipe depends on the data: ``<name>.synthetic.yaml`` is layered over ``<name>.yaml`` only when the resolved
+    ``data.root`` is null (the built-in synthetic dataset). data.root is usually set by a later layer (``--config``,
+    ``--set``, ``--data-root``), so the layers are resolved once with the recipe alone and, if the root comes out
+    null and the method ships a synthetic recipe, once more with it.
+    """
+    config_files, sets = list(config_files), list(sets)
+
+    def layered(synthetic: bool) -> tuple[dict, dict, list[str]]:
+        files = [*method_recipe_files(method, find_recipe, synthetic), *config_files]
+        return _layered(method, method_defaults, files, sets, find_recipe)
+
+    cfg, origin, layers = layered(False)
+    has_synthetic = len(method_recipe_files(method, find_recipe, True)) > len(method_recipe_files(method, find_recipe,
+                                                                                                  False))
+    if cfg.get("data", {}).get("root") is None and has_synthetic:
+        cfg, origin, layers = layered(True)
+        if cfg["data"]["root"] is not None:  # the synthetic recipe itself set it: the choice would contradict itself
+            raise ConfigError(f"{origin['data.root']}: a synthetic recipe applies only when data.root is null, so it "
+                              f"must not set data.root")
     check(cfg, origin, layers)
     return cfg
 

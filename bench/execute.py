@@ -26,7 +26,7 @@ from bench.preflight import check_spec
 from bench.protocols import Split
 from bench.records import COMPLETED, FAILED, RunRecord, RunSpec, RunStore
 from bench.registry import METHODS, PROTOCOLS
-from bench.specs import data_info, flag_overrides, make_spec, open_dataset, resolve_config
+from bench.specs import data_info, flag_overrides, make_spec, open_dataset, recipe_record, resolve_config
 from bench.train import FitResult, Trainer, seed_everything
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,8 @@ def execute_spec(spec: RunSpec, ds, store: RunStore, progress: bool = True, on_e
     record.provenance = {**provenance.collect(fit.device if fit else "cpu", spec.data_fingerprint,
                                               fit.num_processes if fit else 1, fit.mixed_precision if fit else "no",
                                               preprocessing=getattr(ds, "preprocessing", None)),
-                         "code": code.to_dict(), "started_at": started, "finished_at": provenance.now()}
+                         "recipe": recipe_record(spec.method, spec.config), "code": code.to_dict(),
+                         "started_at": started, "finished_at": provenance.now()}
     if main:
         store.write(record)
     return record

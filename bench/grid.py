@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from bench.ablation import registered_declaration
+from bench.ablation import FROM_FULL, FULL_LABEL, dotted_get, registered_declaration, variant_sets
 from bench.errors import UserError
 from bench.ray_scheduler import GridResult, RayOptions, run_grid
 from bench.preflight import check_spec
@@ -20,14 +20,6 @@ from bench.specs import flag_overrides, make_spec, open_dataset, resolve_config
 
 class SweepError(UserError, ValueError):
     """A sweep request is malformed (subjects, seeds, methods)."""
-
-
-def ablation_variants(method: str) -> list[tuple[str | None, dict]]:
-    """The method's declared ablation variants (label → dotted overrides), then the full method (label None)."""
-    declared = getattr(METHODS.get(method).obj, "ablations", None) or {}
-    if not declared:
-        raise SweepError(f"method {method!r} declares no ablation variants")
-    return [*declared.items(), (None, {})]
 
 
 @dataclass
@@ -45,6 +37,43 @@ class SweepRequest:
     retries: int = 0
 
 
+def ablation_variants(method: str) -> list[tuple[str | None, dict]]:
+    """The method's declared ablation variants (label → dotted overrides), then the full method (label None)."""
+    declared = getattr(METHODS.get(method).obj, "ablations", None) or {}
+    if not declared:
+        raise SweepError(f"method {method!r} declares no ablation variants")
+    return [*declared.items(), (None, {})]
+
+
+def _collapse_cause(upper: dict, lower: dict, full_cfg: dict, sets) -> str:
+    """What made two adjacent rows equal: the user's --set items on the keys the rows' declarations disagree on."""
+    keys = sorted(k for k in {*upper, *lower} if upper.get(k, FROM_FULL) != lower.get(k, FROM_FULL))
+    named = [f"--set {s}" for s in sets if s.split("=", 1)[0].strip() in keys]
+    return ", ".join(named) or ", ".join(f"{k}={json.dumps(dotted_get(full_cfg, k))} (from a --config file or "
+                                         f"recipe)" for k in keys)
+
+
+def ablation_configs(method: str, req: SweepRequest, overrides: dict, full_cfg: dict
+                     ) -> list[tuple[str | None, dict]]:
+    """(label, resolved config) of each ablation row, the full one (label None) last.
+
+    A row equal to the row above it would run the same model under two labels; it is refused before anything runs,
+    naming the override that collapsed them.
+    """
+    rows = []
+    for label, switches in ablation_variants(method):
+        # the variant's switches come last so a user's --set cannot silently undo them
+        cfg = full_cfg if label is None else resolve_config(
+            method, req.config_files, [*req.sets, *variant_sets(switches, full_cfg)], overrides)
+        if rows and cfg == rows[-1][2]:
+            above, full_label = rows[-1], (registered_declaration(method) or {}).get("full_label", FULL_LABEL)
+            cause = _collapse_cause(above[1], switches, full_cfg, req.sets)
+            raise SweepError(f"{method}: {cause} makes {label or full_label} identical to {above[0]}; an ablation row "
+                             f"must add a component the row above lacks (drop the override or run without --ablation)")
+        rows.append((label, switches, cfg))
+    return [(label, cfg) for label, _, cfg in rows]
+
+
 def expand_specs(req: SweepRequest) -> tuple[list[RunSpec], object]:
     """Every run spec of the request (and the opened dataset, whose fingerprints the specs carry)."""
     overrides = flag_overrides(req.protocol, req.data_root)
@@ -53,19 +82,17 @@ def expand_specs(req: SweepRequest) -> tuple[list[RunSpec], object]:
     if len(data_keys) > 1:
         raise SweepError("the methods of one `bench run` read the data differently (data.* keys differ); "
                          "run them separately")
+    # the ablation rows are resolved (and a collapsed one refused) before the data is opened or generated
+    rows = {m: ablation_configs(m, req, overrides, base_cfgs[m]) if req.ablation else [(None, base_cfgs[m])]
+            for m in req.methods}
     ds = open_dataset(next(iter(base_cfgs.values())))
     subjects = parse_ids(req.subjects, "subjects", ds.subjects)
     seeds = parse_ids(req.seeds, "seeds")
     specs = []
     for method in req.methods:
-        variants = ablation_variants(method) if req.ablation else [(None, {})]
         # each run carries how its ablation table reads (not hashed): the leaderboard needs no method-specific order
         declared = registered_declaration(method) if req.ablation else None
-        for label, variant_sets in variants:
-            # the variant's switches come last so a user's --set cannot silently undo them
-            cfg = base_cfgs[method] if not variant_sets else resolve_config(
-                method, req.config_files, [*req.sets, *(f"{k}={json.dumps(v)}" for k, v in variant_sets.items())],
-                overrides)
+        for label, cfg in rows[method]:
             for subject in subjects:
                 for seed in seeds:
                     spec = make_spec(method, cfg, subject, seed, ds, variant=label)

@@ -104,6 +104,11 @@ class TrainState:
     #: True while training_loss runs in the no-grad recording pass of an accumulated step: its output is discarded,
     #: so skip side effects (e.g. accumulating statistics in the method)
     recording: bool = False
+    #: the text features of every training concept (U, D), on the device, set once before ``on_train_start``, for a
+    #: loss over all concept texts rather than the batch's; row u is concept ``concept_ids[u]`` (as in Batch.concept).
+    #: Held-out validation concepts are not in it. None when the data has no text features
+    concept_text: torch.Tensor | None = None
+    concept_ids: torch.Tensor | None = None
 
 
 class Method(nn.Module):

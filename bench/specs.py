@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench.config import resolve
+from bench.config import applied_recipes, resolve
 from bench.method import DataInfo
 from bench.protocols import TrainSet
 from bench.records import RunSpec
@@ -28,6 +28,14 @@ def resolve_config(method: str, config_files=(), sets=(), overrides: dict[str, A
     flag_sets = [f"{k}={json.dumps(v)}" for k, v in (overrides or {}).items() if v is not None]
     return resolve(method, method_defaults=getattr(entry.obj, "defaults", {}), config_files=config_files,
                    sets=[*sets, *flag_sets], find_recipe=method_recipe)
+
+
+def recipe_record(method: str, cfg: dict) -> list[str]:
+    """The recipe files layered into ``cfg`` (the run record's ``provenance.recipe``), relative to the repository
+    when inside it, since records move between machines; a plugin's stay absolute."""
+    repo = Path(__file__).resolve().parents[1]
+    paths = [Path(source).resolve() for source in applied_recipes(method, cfg, method_recipe)]
+    return [str(p.relative_to(repo)) if p.is_relative_to(repo) else str(p) for p in paths]
 
 
 def open_dataset(cfg: dict):

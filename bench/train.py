@@ -279,6 +279,9 @@ class Trainer:
         generator = torch.Generator().manual_seed(self.seed)
         state = TrainState(epoch=0, epochs=int(cfg["epochs"]), step=0, steps_per_epoch=steps_per_epoch,
                            rank=acc.process_index, world=acc.num_processes)
+        if data.text is not None:  # the concepts the training rows use (held-out validation concepts are not)
+            state.concept_ids = torch.unique(data.row_concept)
+            state.concept_text = data.text[state.concept_ids]
         if acc.num_processes > 1:
             state.all_reduce_mean = lambda t: acc.reduce(t, reduction="mean")
         method.on_train_start(state)

@@ -13,10 +13,13 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
+from bench.ablation import variant_sets
 from bench.registry import METHODS
 from bench.execute import resolve_config
 
 NAMED_RECIPES = {"mcdb": ["configs/recipes/mcdb-nice-paper.yaml"]}
+#: a real data root (never opened here): a method's recipe may differ on it from the synthetic dataset's (issue 16)
+REAL_ROOT = 'data.root="/data/things-eeg"'
 BUILTIN_PACKAGES = ("baselines", "methods")
 
 
@@ -24,22 +27,23 @@ def builtin_methods() -> list[str]:
     return [n for n in METHODS.names() if METHODS.get(n).obj.__module__.split(".")[0] in BUILTIN_PACKAGES]
 
 
-def cases(methods: list[str]) -> Iterator[tuple[str, tuple, tuple]]:
-    """(method, config files, --set items): each method alone, under LOSO, with its named recipes and ablations."""
+def cases(methods: list[str], root: Path = Path(".")) -> Iterator[tuple[str, tuple, tuple]]:
+    """(method, config files, --set items): each method alone, under LOSO, on a real data root, with its named recipes
+    and ablations."""
     for method in methods:
         yield method, (), ()
         yield method, (), ("protocol.name=inter",)
+        yield method, (), (REAL_ROOT,)
         for recipe in NAMED_RECIPES.get(method, []):
             yield method, (recipe,), ()
         for switches in (getattr(METHODS.get(method).obj, "ablations", None) or {}).values():
-            sets = tuple(f"{k}={json.dumps(v)}" for k, v in switches.items())
-            yield method, (), sets
-            for recipe in NAMED_RECIPES.get(method, []):
-                yield method, (recipe,), sets
+            for files in ((), *((recipe,) for recipe in NAMED_RECIPES.get(method, []))):
+                # a variant's FROM_FULL pins take the full row's values, as `bench run --ablation` does
+                yield method, files, tuple(variant_sets(switches, resolve_config(method, [root / f for f in files])))
 
 
 def lines(root: Path = Path(".")) -> Iterator[str]:
-    for method, files, sets in cases(builtin_methods()):
+    for method, files, sets in cases(builtin_methods(), root):
         cfg = resolve_config(method, [root / f for f in files], sets)
         # insertion order kept on purpose: a changed key order is a changed file a user reads
         yield json.dumps({"method": method, "files": files, "sets": sets, "config": cfg})

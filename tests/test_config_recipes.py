@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.config import ConfigError, leaf_keys, recipe_layers, resolve
+from bench.config import ConfigError, applied_recipes, leaf_keys, recipe_layers, resolve, synthetic_recipe
 from bench.method import DataInfo
 from bench.registry import METHODS, method_recipe
 from bench.execute import resolve_config
+from bench.specs import flag_overrides, recipe_record
 
 REPO = Path(__file__).parents[1]
 GOLDEN = Path(__file__).parent / "golden" / "resolved_configs.jsonl"
@@ -43,7 +44,8 @@ class Recipes:
 
 @pytest.fixture
 def recipes(tmp_path, monkeypatch):
-    (tmp_path / "defaults.yaml").write_text(yaml.safe_dump({"train": {"lr": 0.1, "epochs": 10, "batch_size": 8},
+    (tmp_path / "defaults.yaml").write_text(yaml.safe_dump({"data": {"root": None},
+                                                            "train": {"lr": 0.1, "epochs": 10, "batch_size": 8},
                                                             "method": {}}))
     monkeypatch.setenv("BENCH_CONFIG_DIR", str(tmp_path))
     return Recipes(tmp_path / "recipes")
@@ -96,6 +98,43 @@ def test_extends_an_unknown_method_names_the_file_and_the_nearest_method(tmp_pat
         resolve_config("mcdb", config_files=[user])
 
 
+# --- the recipe by data ---------------------------------------------------------------------------------------------
+def test_synthetic_recipe_applies_only_when_the_resolved_data_root_is_null(recipes, tmp_path):
+    """``<name>.synthetic.yaml`` is layered over ``<name>.yaml`` on the built-in synthetic data; data.root may come
+    from any later layer (--config, --set, --data-root), so the choice follows the resolved value."""
+    recipes.write("m", "train:\n  lr: 0.2\n  epochs: 30\n")
+    recipes.write("m.synthetic", "train:\n  epochs: 3\n")
+    assert synthetic_recipe(recipes.find("m")) == recipes.folder / "m.synthetic.yaml"
+    assert resolve("m", find_recipe=recipes.find)["train"] == {"lr": 0.2, "epochs": 3, "batch_size": 8}
+    real = resolve("m", sets=['data.root="/data/x"'], find_recipe=recipes.find)
+    assert real["train"] == {"lr": 0.2, "epochs": 30, "batch_size": 8}
+    user = tmp_path / "user.yaml"
+    user.write_text("data:\n  root: /data/x\n")
+    assert resolve("m", config_files=[user], find_recipe=recipes.find)["train"]["epochs"] == 30
+    assert resolve("m", config_files=[user], sets=["data.root=null"], find_recipe=recipes.find)["train"]["epochs"] == 3
+    assert applied_recipes("m", real, recipes.find) == [str(recipes.find("m"))]
+    assert applied_recipes("m", {"data": {"root": None}}, recipes.find) == [
+        str(recipes.find("m")), str(recipes.folder / "m.synthetic.yaml")]
+    recipes.write("m.synthetic", "data:\n  root: /data/y\n")  # would contradict the choice it was made by
+    with pytest.raises(ConfigError, match=r"m.synthetic.yaml: a synthetic recipe applies only when data.root is null"):
+        resolve("m", find_recipe=recipes.find)
+
+
+def test_mcdb_uses_the_paper_recipe_on_a_real_root_and_the_cpu_recipe_on_synthetic_data():
+    synthetic = resolve_config("mcdb")
+    real = resolve_config("mcdb", overrides=flag_overrides(data_root="/data/things-eeg"))
+    paper = resolve_config("mcdb", config_files=[REPO / "configs/recipes/mcdb-nice-paper.yaml"])
+    assert {k: synthetic["train"][k] for k in ("lr", "batch_size", "epochs")} == {"lr": 1e-3, "batch_size": 64,
+                                                                                  "epochs": 40}
+    assert {k: real["train"][k] for k in ("optimizer", "lr", "betas", "batch_size", "epochs")} == {
+        "optimizer": "adam", "lr": 2e-4, "betas": [0.5, 0.999], "batch_size": 1000, "epochs": 200}
+    assert {**real, "data": {**real["data"], "root": None}} == paper  # the paper preset, whatever the data
+    assert recipe_record("mcdb", real) == ["baselines/nice.yaml", "methods/mcdb/mcdb.yaml"]
+    assert recipe_record("mcdb", synthetic) == ["baselines/nice.yaml", "methods/mcdb/mcdb.yaml",
+                                                "methods/mcdb/mcdb.synthetic.yaml"]
+    assert recipe_record("nice", synthetic) == ["baselines/nice.yaml"] and recipe_record("ridge", synthetic) == []
+
+
 # --- the built-in recipes -----------------------------------------------------------------------------------------
 def test_resolved_configs_of_every_builtin_are_unchanged():
     """Every built-in method, its LOSO form, named recipes and ablation variants resolve as the golden file says."""
@@ -116,15 +155,18 @@ def test_recipes_set_only_what_differs_from_the_method_defaults(method):
     defaults = METHODS.get(method).obj.defaults
     recipe = method_recipe(method)
     layers = recipe_layers(recipe, method_recipe) if recipe.is_file() else []
+    small = synthetic_recipe(recipe)
+    layers += [(layer, source) for layer, source in (recipe_layers(small, method_recipe) if small.is_file() else [])]
     for layer, source in layers:
         for key, value in (layer.get("method") or {}).items():
             assert value != defaults[key], f"{source} restates method.{key}: {value!r}, the method's default"
 
 
 def test_every_recipe_file_belongs_to_a_registered_method():
-    """A recipe is found by its method's name: a misnamed file would silently be ignored, so none may exist."""
+    """A recipe is found by its method's name (``<name>.yaml``, ``<name>.synthetic.yaml``): a misnamed file would
+    silently be ignored, so none may exist."""
     assert not (REPO / "configs" / "methods").exists()  # recipes live beside their methods now
-    recipes = {method_recipe(m) for m in BUILTINS}
+    recipes = {method_recipe(m) for m in BUILTINS} | {synthetic_recipe(method_recipe(m)) for m in BUILTINS}
     for path in [*(REPO / "baselines").rglob("*.yaml"), *(REPO / "methods").rglob("*.yaml")]:
         assert path in recipes, f"{path} is not <name>.yaml of a method registered in its folder"
     assert {p.name for p in recipes if p.is_file()} >= {"nice.yaml", "nice-sa.yaml", "nice-ga.yaml", "mcdb.yaml"}
@@ -134,7 +176,8 @@ def test_nice_training_block_is_written_once():
     texts = {p: p.read_text() for p in [*(REPO / "baselines").glob("*.yaml"), *(REPO / "configs").rglob("*.yaml"),
                                         *(REPO / "methods").rglob("*.yaml")]}
     assert [p.name for p, t in texts.items() if "lr: 2.0e-4" in t] == ["nice.yaml"]
-    for extending in ("baselines/nice-sa.yaml", "baselines/nice-ga.yaml", "configs/recipes/mcdb-nice-paper.yaml"):
+    for extending in ("baselines/nice-sa.yaml", "baselines/nice-ga.yaml", "methods/mcdb/mcdb.yaml",
+                      "configs/recipes/mcdb-nice-paper.yaml"):
         assert yaml.safe_load((REPO / extending).read_text()) == {"extends": "nice"}, extending
 
 

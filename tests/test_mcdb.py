@@ -20,8 +20,9 @@ from bench.records import RunStore
 from bench.registry import METHODS
 from bench.execute import execute_spec
 from bench.specs import make_spec, resolve_config
+from bench.ablation import FROM_FULL, variant_sets
+from bench.grid import SweepError, SweepRequest, expand_specs
 from bench.train import EpochTotals, GradientFit, Trainer, build_optimizer, build_schedule, make_accelerator
-from bench.grid import SweepRequest, expand_specs
 from conftest import BENCH
 from fakes import InMemoryThingsEEG
 from methods.mcdb import DEFAULTS, MCDB, model as mcdb_model
@@ -465,9 +466,10 @@ def test_parameter_count_at_the_paper_shape():
 
 
 # --- ablations ------------------------------------------------------------------------------------------------------
-def variant_config(label):
+def variant_config(label, sets=()):
     overrides = MCDB.ablations[label] if label else {}
-    return resolve_config("mcdb", sets=[f"{k}={json.dumps(v)}" for k, v in overrides.items()])["method"]
+    full = resolve_config("mcdb", sets=sets)
+    return resolve_config("mcdb", sets=[*sets, *variant_sets(overrides, full)])["method"]
 
 
 def test_ablation_variants_build_and_add_one_component_each():
@@ -484,6 +486,37 @@ def test_ablation_variants_build_and_add_one_component_each():
                     (True, "residual", "loss", "grad")]
     others = [k for k in DEFAULTS if k not in switches and k != "cos_target"]
     assert all(configs[label][k] == configs[None][k] for label in configs for k in others)
+
+
+def test_ablation_rows_pin_the_full_methods_component_kind():
+    """+adapter and +mcdb take the full row's adapter kind and MCDB mode, not a fixed one, so the table stays
+    cumulative under a user's choice; the rows without the component keep it off."""
+    assert MCDB.ablations["+adapter"]["method.adapter"] == MCDB.ablations["+mcdb"]["method.mcdb"] == FROM_FULL
+    sets = ("method.adapter=bottleneck", "method.mcdb=grad")
+    rows = [(variant_config(label, sets)["adapter"], variant_config(label, sets)["mcdb"])
+            for label in [*MCDB.ablations, None]]
+    assert rows == [("none", "none"), ("none", "none"), ("bottleneck", "none"), ("bottleneck", "grad"),
+                    ("bottleneck", "grad")]
+
+
+@pytest.mark.parametrize("sets, message", [
+    (("method.adapter=none",), r"^mcdb: --set method.adapter=none makes \+adapter identical to \+text; "),
+    (("method.mcdb=none",), r"^mcdb: --set method.mcdb=none makes \+mcdb identical to \+adapter; "),
+    (("method.spr=none", "train.lr=1e-3"), r"^mcdb: --set method.spr=none makes \+spr \(full\) identical to \+mcdb; "),
+])
+def test_bench_run_ablation_refuses_rows_a_user_set_collapsed(sets, message, monkeypatch):
+    """Refused before the data is opened (no dataset is built), with the override that collapsed the rows."""
+    monkeypatch.setattr("bench.grid.open_dataset", lambda cfg: pytest.fail("the data was opened"))
+    with pytest.raises(SweepError, match=message):
+        expand_specs(SweepRequest(methods=["mcdb"], subjects="1", ablation=True, sets=sets))
+
+
+def test_ablation_collapse_from_a_config_file_names_the_key(tmp_path, monkeypatch):
+    monkeypatch.setattr("bench.grid.open_dataset", lambda cfg: pytest.fail("the data was opened"))
+    user = tmp_path / "no-spr.yaml"
+    user.write_text("method:\n  spr: none\n")
+    with pytest.raises(SweepError, match=r'method.spr="none" \(from a --config file or recipe\) makes \+spr \(full\)'):
+        expand_specs(SweepRequest(methods=["mcdb"], subjects="1", ablation=True, config_files=(user,)))
 
 
 def test_bench_run_expands_the_ablation_into_five_variants(tiny_root):
@@ -521,6 +554,8 @@ def test_bench_train_cli_on_tiny_synthetic_data(tiny_root, tmp_path):
     out = subprocess.run([BENCH, "train", "--method", "mcdb", "--subject", "1", "--seed", "0", "--data-root",
                           str(tiny_root), "--results-dir", str(tmp_path), "--quiet", "--set", "train.epochs=10",
                           "--set", "train.batch_size=32", "--set", "train.num_threads=1",
+                          # a data root gets the paper recipe (lr 2e-4); these bounds were measured at the CPU lr
+                          "--set", "train.lr=1e-3",
                           # tiny's validation has 24 queries, so a best-validation pick is a coin flip between epochs
                           "--set", "train.selection=last"],
                          capture_output=True, text=True, timeout=600)
@@ -548,3 +583,53 @@ def test_ddp_replicas_stay_identical_with_balance_and_gradient_noise():
     result = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])
     assert result["processes"] == 2 and result["max_diff"] == 0.0
     assert min(result["k_txt"] + result["k_img"]) < 1  # the balance was active, so k had to agree across ranks
+
+
+# --- reconstructed alternatives as switches (spec §3.1, §6) --------------------------------------------------------
+def test_cos_loss_symmetric_ce_is_nices_symmetric_cross_entropy():
+    """cos_loss=symmetric_ce: L_cos = (CE(e→i) + CE(i→e)) / 2 over the batch's logits, computed here by hand."""
+    batch, st = make_batch(), state(epoch=8)  # outside the MCDB window: k = 1
+    logs = {}
+    for kind in ("cosine", "symmetric_ce"):
+        model = make(cos_loss=kind, adapter="none", spr="none", learn_logit_scale=False)
+        model.eval()  # no dropout, so both models embed alike
+        logs[kind] = model.training_loss(batch, st).logs
+    eeg = F.normalize(model.encode_eeg(batch.eeg, batch.subject), dim=-1).detach()
+    img = F.normalize(batch.image, dim=-1)
+    logits = (1 / 0.07) * eeg @ img.t()
+    rows = torch.arange(len(eeg))
+    want = (-logits.log_softmax(1)[rows, rows].mean() - logits.t().log_softmax(1)[rows, rows].mean()) / 2
+    torch.testing.assert_close(logs["symmetric_ce"]["l_cos"], want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logs["cosine"]["l_cos"], (1 - (eeg * img).sum(-1)).mean(), rtol=1e-5, atol=1e-5)
+    assert logs["symmetric_ce"]["l_cos"] > 1.0 > logs["cosine"]["l_cos"] - 1.0  # a CE, not a distance in [0, 2]
+
+
+def test_text_positives_all_concepts_classifies_among_every_concept_text():
+    """text_positives=all_concepts: EEG→text CE over all U training concept texts (not just the batch's); a concept
+    absent from the batch still enters as a negative, and a near-duplicate of a batch text raises the loss."""
+    batch = make_batch()
+    g = torch.Generator().manual_seed(1)
+    present = torch.unique(batch.concept)
+    ids = torch.arange(10)  # concepts 8 and 9 have no row in the batch
+    table = F.normalize(torch.randn(10, 16, generator=g), dim=-1)
+    table[present] = batch.text[[int((batch.concept == c).nonzero()[0]) for c in present]]
+    model = make(text_positives="all_concepts", adapter="none", spr="none", mcdb="none", learn_logit_scale=False)
+    model.eval()
+    out = model.training_loss(batch, state(concept_text=table, concept_ids=ids))
+    eeg = F.normalize(model.encode_eeg(batch.eeg, batch.subject), dim=-1).detach()
+    logits = (1 / 0.07) * eeg @ table.t()
+    e2t = F.cross_entropy(logits, batch.concept)
+    soft = F.one_hot(batch.concept, 10).t()[present].float()
+    t2e = -(soft / soft.sum(1, keepdim=True) * logits[:, present].t().log_softmax(1)).sum(1).mean()
+    torch.testing.assert_close(out.logs["l_txt"], e2t + t2e, rtol=1e-5, atol=1e-5)
+    batch_only = make(adapter="none", spr="none", mcdb="none", learn_logit_scale=False).eval()
+    batch_only.load_state_dict(model.state_dict())
+    assert not torch.isclose(batch_only.training_loss(batch, state()).logs["l_txt"], out.logs["l_txt"])
+    # the concepts with no batch row are negatives too: without them the loss is the CE over the 8 batch concepts
+    fewer = model.training_loss(batch, state(concept_text=table[:8], concept_ids=ids[:8])).logs["l_txt"]
+    torch.testing.assert_close(fewer, F.cross_entropy(logits[:, :8], batch.concept) + t2e, rtol=1e-5, atol=1e-5)
+    assert fewer < out.logs["l_txt"]
+    with pytest.raises(ValueError, match="text_positives=all_concepts needs the training concept texts"):
+        model.training_loss(batch, state())
+    with pytest.raises(ValueError, match="leave text_loss at its default"):
+        make(text_positives="all_concepts", text_loss="clip")

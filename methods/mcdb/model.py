@@ -26,19 +26,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.ablation import FROM_FULL
 from bench.encoders import build_encoder, nice_init_
-from bench.losses import LogitScale, directional_clip_losses
+from bench.losses import LogitScale, directional_clip_losses, multi_positive_losses
 from bench.method import Batch, DataInfo, LossOutput, Method, TrainState
 from bench.registry import register_method
 from methods.mcdb.adapters import ADAPTERS, build_adapter
 from methods.mcdb.balance import BalanceTracker, in_window, ogm_coefficients, positive_mass
 from methods.mcdb.perturbation import SCHEDULES, feature_sigma, gradient_noise, noise_generator, perturb_features
-from methods.mcdb.text import TEXT_LOSSES, text_alignment
+from methods.mcdb.text import TEXT_LOSSES, TEXT_POSITIVES, all_concepts_alignment, text_alignment
 
 MCDB_MODES = ("loss", "grad", "none")
 SPR_MODES = ("grad", "feature", "none")
 SPR_TARGETS = ("adapters", "eeg", "all")
 COS_TARGETS = ("img", "txt", "img+txt")
+COS_LOSSES = ("cosine", "symmetric_ce")
 
 DEFAULTS: dict[str, Any] = {
     # model
@@ -58,7 +60,9 @@ DEFAULTS: dict[str, Any] = {
     "w": 0.2,
     "lambda_cos": 1.0,
     "cos_target": "img",            # img | txt | img+txt
+    "cos_loss": "cosine",           # cosine: mean(1 - cos) | symmetric_ce: NICE's symmetric CE (its `loss_cos`)
     "text_loss": "multi_positive",  # multi_positive | label_targets | clip
+    "text_positives": "batch",      # batch: the batch's concept texts | all_concepts: every training concept text
     # MCDB
     "mcdb": "loss",                 # loss | grad | none
     "mcdb_alpha": 0.1,
@@ -88,13 +92,17 @@ def _choice(name: str, value: Any, options: tuple[str, ...]) -> str:
 class MCDB(Method):
     defaults: ClassVar[dict[str, Any]] = DEFAULTS
     requires_text: ClassVar[bool] = True
-    #: cumulative ablation (spec §5.4): each variant adds one component; the full method (+SPR) is variant None
+    #: cumulative ablation (spec §5.4): each variant adds one component; the full method (+SPR) is variant None.
+    #: A component a row has is pinned to the full method's value (FROM_FULL: e.g. its adapter kind), one it lacks
+    #: to off, so the rows add exactly what the full row has and a --set that turns a component off is refused
     ablations: ClassVar[dict[str, dict[str, Any]]] = {
         "base": {"method.use_text": False, "method.adapter": "none", "method.mcdb": "none", "method.spr": "none",
                  "method.cos_target": "img"},
-        "+text": {"method.use_text": True, "method.adapter": "none", "method.mcdb": "none", "method.spr": "none"},
-        "+adapter": {"method.use_text": True, "method.mcdb": "none", "method.spr": "none"},
-        "+mcdb": {"method.use_text": True, "method.spr": "none"},
+        "+text": {"method.use_text": FROM_FULL, "method.adapter": "none", "method.mcdb": "none", "method.spr": "none"},
+        "+adapter": {"method.use_text": FROM_FULL, "method.adapter": FROM_FULL, "method.mcdb": "none",
+                     "method.spr": "none"},
+        "+mcdb": {"method.use_text": FROM_FULL, "method.adapter": FROM_FULL, "method.mcdb": FROM_FULL,
+                  "method.spr": "none"},
     }
     ablation_full_label: ClassVar[str] = "+spr (full)"  # the last component the full method adds
 
@@ -128,6 +136,12 @@ class MCDB(Method):
         _choice("adapter_init", hp["adapter_init"], ("nice", "torch"))
         _choice("text_loss", hp["text_loss"], TEXT_LOSSES)
         _choice("cos_target", hp["cos_target"], COS_TARGETS)
+        _choice("cos_loss", hp["cos_loss"], COS_LOSSES)
+        _choice("text_positives", hp["text_positives"], TEXT_POSITIVES)
+        if hp["text_positives"] == "all_concepts" and hp["text_loss"] != "multi_positive":
+            raise ValueError("mcdb: text_loss chooses the in-batch form of the text terms; text_positives=all_concepts "
+                             "is its own form (classification among all concept texts), so leave text_loss at its "
+                             "default")
         _choice("mcdb", hp["mcdb"], MCDB_MODES)
         _choice("spr", hp["spr"], SPR_MODES)
         _choice("spr_targets", hp["spr_targets"], SPR_TARGETS)
@@ -142,6 +156,8 @@ class MCDB(Method):
                                  "(or set mcdb=none)")
             if hp["cos_target"] != "img":
                 raise ValueError(f"mcdb: cos_target={hp['cos_target']!r} needs use_text=true")
+            if hp["text_positives"] != "batch":
+                raise ValueError("mcdb: text_positives=all_concepts needs use_text=true")
         if hp["mcdb"] == "grad" and (hp["adapter"] == "none" or hp["adapter_shared"]):
             raise ValueError("mcdb: mcdb=grad scales each modality's adapter step, so it needs separate "
                              "adapters (adapter != none, adapter_shared=false); mcdb=loss works without")
@@ -180,20 +196,19 @@ class MCDB(Method):
         # every term over the whole step's rows on every process (state.gather): DDP and accumulation train like one
         eeg = state.gather(F.normalize(self.encode_eeg(batch.eeg, batch.subject), dim=-1))
         img = state.gather(F.normalize(perturb_features(self.encode_image(batch.image), sigma_t), dim=-1))
+        concept = state.gather(batch.concept)
         l_img = sum(directional_clip_losses(eeg, img, scale))
         s_img = positive_mass(scale * eeg @ img.t(), torch.eye(len(eeg), dtype=torch.bool, device=eeg.device))
         l_txt, txt, s_txt = l_img.new_zeros(()), None, None
         if hp["use_text"]:
             if batch.text is None:
                 raise ValueError("mcdb: use_text=true but the batch carries no text features")
-            txt = state.gather(F.normalize(perturb_features(self.encode_text(batch.text), sigma_t), dim=-1))
-            eeg_to_txt, txt_to_eeg, s_txt = text_alignment(hp["text_loss"], eeg, txt, state.gather(batch.concept),
-                                                           scale)
+            txt, eeg_to_txt, txt_to_eeg, s_txt = self._text_terms(batch, state, eeg, scale, sigma_t, concept)
             l_txt = eeg_to_txt + txt_to_eeg
 
         k_img, k_txt, scores = self._coefficients(s_img, s_txt, state)
         loss_k_img, loss_k_txt = (k_img, k_txt) if hp["mcdb"] == "loss" else (1.0, 1.0)
-        l_cos = self._cosine_loss(eeg, img, txt)
+        l_cos = self._cosine_loss(eeg, img, txt, scale, concept)
         loss = hp["w"] * (loss_k_img * l_img + loss_k_txt * l_txt) + hp["lambda_cos"] * l_cos
         logs = {"l_img": l_img.detach(), "l_txt": l_txt.detach(), "l_cos": l_cos.detach(), "k_img": k_img,
                 "k_txt": k_txt, "logit_scale": scale.detach(), **scores}
@@ -218,13 +233,32 @@ class MCDB(Method):
             self.balance.add(k_img=k_img, k_txt=k_txt, **scores)
         return k_img, k_txt, scores
 
-    def _cosine_loss(self, eeg: torch.Tensor, img: torch.Tensor, txt: torch.Tensor | None) -> torch.Tensor:
-        target = self.hparams["cos_target"]
+    def _text_terms(self, batch: Batch, state: TrainState, eeg: torch.Tensor, scale: torch.Tensor, sigma_t: float,
+                    concept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(per-row text embeddings, L_e→t, L_t→e, per-row confidence) under ``text_positives``."""
+        if self.hparams["text_positives"] == "batch":
+            txt = state.gather(F.normalize(perturb_features(self.encode_text(batch.text), sigma_t), dim=-1))
+            return txt, *text_alignment(self.hparams["text_loss"], eeg, txt, concept, scale)
+        if state.concept_text is None:
+            raise ValueError("mcdb: text_positives=all_concepts needs the training concept texts (state.concept_text)")
+        # the whole table goes through the adapter every step, so every concept text is a trained negative; it is the
+        # same on every process, so it is not gathered
+        table = F.normalize(perturb_features(self.encode_text(state.concept_text), sigma_t), dim=-1)
+        txt = table[torch.searchsorted(state.concept_ids, concept)]
+        return txt, *all_concepts_alignment(eeg, table, state.concept_ids, concept, scale)
+
+    def _cosine_loss(self, eeg: torch.Tensor, img: torch.Tensor, txt: torch.Tensor | None, scale: torch.Tensor,
+                     concept: torch.Tensor) -> torch.Tensor:
+        """L_cos against ``cos_target``: ``cosine`` = mean(1 − cos) [assumed]; ``symmetric_ce`` = NICE's `loss_cos`,
+        the mean of the two CE directions (multi-positive for text, whose rows repeat within a concept)."""
+        target, symmetric = self.hparams["cos_target"], self.hparams["cos_loss"] == "symmetric_ce"
         terms = []
         if target in ("img", "img+txt"):
-            terms.append((1 - (eeg * img).sum(-1)).mean())
+            terms.append(sum(directional_clip_losses(eeg, img, scale)) / 2 if symmetric
+                         else (1 - (eeg * img).sum(-1)).mean())
         if target in ("txt", "img+txt"):
-            terms.append((1 - (eeg * txt).sum(-1)).mean())
+            terms.append(sum(multi_positive_losses(eeg, txt, concept, scale)) / 2 if symmetric
+                         else (1 - (eeg * txt).sum(-1)).mean())
         return sum(terms) / len(terms)
 
     # --- gradient hooks -------------------------------------------------------------------------------------------

@@ -22,6 +22,24 @@ from bench.losses import directional_clip_losses, multi_positive_losses
 from methods.mcdb.balance import positive_mass
 
 TEXT_LOSSES = ("multi_positive", "label_targets", "clip")
+TEXT_POSITIVES = ("batch", "all_concepts")
+
+
+def all_concepts_alignment(eeg: torch.Tensor, table: torch.Tensor, table_ids: torch.Tensor, concept: torch.Tensor,
+                           logit_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The spec's option (a) over *every* training concept text (``text_positives=all_concepts``): each EEG row is
+    classified among all U concept texts ``table`` (row u is concept ``table_ids[u]``, sorted), and each concept text
+    present in the batch gets a multi-positive target over its EEG rows. Returns (L_e→t, L_t→e, confidence)."""
+    target = torch.searchsorted(table_ids, concept)                      # each row's column among the U texts
+    logits = logit_scale * eeg @ table.t()                               # (B, U)
+    eeg_to_txt = F.cross_entropy(logits, target)
+    first, inverse = _distinct(concept)
+    members = F.one_hot(inverse, num_classes=len(first)).t().to(logits.dtype)  # (P, B): present concept → its rows
+    soft = members / members.sum(dim=1, keepdim=True)
+    txt_to_eeg = -(soft * F.log_softmax(logits[:, target[first]].t(), dim=1)).sum(dim=1).mean()
+    with torch.no_grad():
+        confidence = positive_mass(logits, F.one_hot(target, num_classes=table.shape[0]).bool())
+    return eeg_to_txt, txt_to_eeg, confidence
 
 
 def _distinct(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
