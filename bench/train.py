@@ -337,19 +337,21 @@ class Trainer:
         state.n_chunks, state.chunk_logs = len(chunks), []
         gather = StepGather(acc.process_index, [len(global_idx[r::world]) for r in range(world)], len(chunks))
         state.gather = gather
-        batches = [fit.data.batch(c) for c in chunks]
-        rng = self._record_step(fit, gather, batches) if len(batches) > 1 and fit.gathers else None
-        for j, batch in enumerate(batches):
+        # only a recording pass needs every chunk's batch at once; otherwise each is assembled when its turn comes,
+        # so accumulation keeps one chunk of inputs on the device
+        batches = [fit.data.batch(c) for c in chunks] if len(chunks) > 1 and fit.gathers else None
+        rng = self._record_step(fit, gather, batches) if batches else None
+        for j, chunk in enumerate(chunks):
             state.chunk = j
             gather.begin(j, recording=False)
             if rng is not None:  # the chunk draws the dropout masks (and noise) its recorded rows were made with
                 set_rng_state(rng[j])
-            sync = contextlib.nullcontext() if j == len(batches) - 1 else acc.no_sync(fit.model)
+            sync = contextlib.nullcontext() if j == len(chunks) - 1 else acc.no_sync(fit.model)
             with sync, acc.autocast():
-                loss, logs = fit.model(batch, state)
-                acc.backward(loss / len(batches))
+                loss, logs = fit.model(batches[j] if batches else fit.data.batch(chunk), state)
+                acc.backward(loss / len(chunks))
             state.chunk_logs.append(logs)
-            totals.add_chunk(loss, logs, len(batches))
+            totals.add_chunk(loss, logs, len(chunks))
         lr_scale = fit.method.after_backward(state) or {}
         if self.cfg["grad_clip"]:
             acc.clip_grad_norm_(fit.method.parameters(), float(self.cfg["grad_clip"]))
