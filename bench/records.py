@@ -68,7 +68,7 @@ class RunSpec:
 
 @dataclass
 class RunRecord:
-    """One run's outcome. ``metrics`` holds percentages; see README "Run records" for every field."""
+    """One run's outcome. ``metrics`` holds percentages; see docs/run-records.md for every field."""
 
     spec: RunSpec
     status: str

@@ -22,7 +22,7 @@ class PerfError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class Profile:
-    """Sizes per preset: ``tiny`` is a smoke test, ``full`` gives the README figures. ``full`` measures few steps
+    """Sizes per preset: ``tiny`` is a smoke test, ``full`` gives the figures in docs/performance.md. ``full`` measures few steps
     because a step of batch 1000 takes tens of seconds on a small CPU; on a GPU pass ``--steps 20`` or more."""
 
     batch_size: int
