@@ -196,7 +196,8 @@ def run_trial(config: dict) -> None:
         except Exception as exc:  # outside the run itself (e.g. opening the data): still a record, never a lost run
             record = record_setup_failure(spec, store, exc)
     tune.report({"status": record.status, "spec_hash": spec.spec_hash,
-                 "top1": record.metrics.get("top1", math.nan), "top5": record.metrics.get("top5", math.nan)})
+                 "top1": record.metrics.get("top1", math.nan), "top5": record.metrics.get("top5", math.nan),
+                 "test_selected": bool(record.metrics.get("test_selected", False))})
 
 
 def load_plugins(config: dict) -> None:
@@ -283,7 +284,8 @@ def progress_callback(total: int, labels: dict[str, str], concurrency: int, prin
             result = trial.last_result or {}
             if result.get("status") == COMPLETED:
                 self.done += 1
-                self._line(f"done  {self._label(trial)}: top-1 {result['top1']:.1f}%, top-5 {result['top5']:.1f}%")
+                tag = " (TEST-SELECTED)" if result.get("test_selected") else ""
+                self._line(f"done  {self._label(trial)}: top-1 {result['top1']:.1f}%, top-5 {result['top5']:.1f}%{tag}")
             else:
                 self.failed += 1
                 self._line(f"FAILED {self._label(trial)} ({result.get('status', 'error')})")
