@@ -7,7 +7,10 @@ A method is an ``nn.Module`` with
 * a loss: :meth:`training_loss` on one :class:`Batch`;
 * optional hooks: :meth:`on_train_start`, :meth:`after_backward` (gradients are there, the optimiser has not
   stepped; may return per-group learning-rate multipliers for that step), :meth:`on_epoch_end` (may return
-  numbers to log into the run record's ``extras``).
+  numbers to log into the run record's ``extras``);
+* if it keeps state between epochs outside its parameters and buffers (Python attributes, counters, seeds):
+  :meth:`checkpoint_state` / :meth:`load_checkpoint_state`, so that a killed run resumes exactly
+  (``bench/checkpoint.py``).
 
 When each is called, in a gradient fit (one optimiser *step* per global batch of ``train.batch_size`` rows; each
 process takes its share and splits it into ``train.grad_accum`` *chunks*):
@@ -169,6 +172,16 @@ class Method(nn.Module):
 
     def on_epoch_end(self, state: TrainState) -> dict[str, float] | None:
         return None
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What a resumed run needs besides the weights (``state_dict``): state the method keeps between epochs as
+        Python attributes. Written into the run's checkpoint after each epoch (after :meth:`on_epoch_end` and
+        validation); tensors, numbers, strings, lists and dicts only (checkpoints load with ``weights_only``)."""
+        return {}
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`checkpoint_state` returned; called on resume after :meth:`on_train_start` and after
+        the weights are loaded, before the next epoch."""
 
     def param_groups(self) -> list[dict] | None:
         """Optional optimiser parameter groups (a ``"name"`` key lets :meth:`after_backward` scale one's step);
