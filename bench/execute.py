@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from bench import provenance, seal
+from bench.checkpoint import RunCheckpoint
 from bench.code_fingerprint import CodeFingerprint, fingerprint_method
 from bench.config_rules import TEST_SELECTED_VALIDATIONS
 from bench.errors import UserError
@@ -142,21 +143,35 @@ def _test_and_record(spec: RunSpec, run: PreparedRun, fit: FitResult, timings: d
     return RunRecord(spec, COMPLETED, metrics=metrics, timings=timings, split=run.split.info, extras=fit.extras)
 
 
+def resumable(spec: RunSpec, store: RunStore, code: CodeFingerprint) -> bool:
+    """Whether the run may resume from its checkpoint: unless a completed record of this code exists (``--force``
+    then recomputes from scratch; a checkpoint kept by ``train.keep_checkpoint`` is no shortcut)."""
+    try:
+        done = store.read(spec.spec_hash)
+    except UserError:  # an unreadable record is recomputed; it says nothing about the checkpoint
+        return True
+    return done is None or done.status != COMPLETED or done.code_fingerprint != code.digest
+
+
 def execute_spec(spec: RunSpec, ds, store: RunStore, progress: bool = True, on_epoch=None) -> RunRecord:
-    """Train, select and test one spec; always returns a record (``failed`` with its traceback on error)."""
+    """Train, select and test one spec; always returns a record (``failed`` with its traceback on error).
+
+    The fit writes a checkpoint after each epoch and resumes from one this spec and code left (``bench/checkpoint.py``);
+    it is deleted once the completed record is written, and kept after a failure, so a rerun resumes."""
     started, timings, code = provenance.now(), {}, current_code(spec)
     run, fit, main = None, None, True
+    checkpoint = RunCheckpoint.for_run(store.runs_dir, spec, code.digest, resume=resumable(spec, store, code))
     try:
         selection_val = open_selection_validation(spec, ds)  # None unless validation is test-selected (labelled)
         with seal.sealed(f"{spec.label} is being built, trained and selected"):
             run = prepare_run(spec, ds, selection_val)
             trainer = Trainer(spec.config["train"], spec.seed, run.evaluator, progress=progress,
-                              log_prefix=f"{spec.label} ", on_epoch=on_epoch)
+                              log_prefix=f"{spec.label} ", on_epoch=on_epoch, checkpoint=checkpoint)
             fit = trainer.fit(run.method, run.split.train, run.split.val)
         check_sealed(spec, run)
         main = trainer.accelerator is None or trainer.accelerator.is_main_process
         timings.update(load_s=run.load_s, train_s=fit.train_s, samples_per_s=fit.samples_per_s,
-                       epochs_run=fit.epochs_run)
+                       epochs_run=fit.epochs_run, checkpoint_s=fit.checkpoint_s)
         record = _test_and_record(spec, run, fit, timings, main, store)
     except Exception as exc:  # the record says what failed; the grid goes on
         log.error("%s failed: %s", spec.label, exc)
@@ -166,9 +181,12 @@ def execute_spec(spec: RunSpec, ds, store: RunStore, progress: bool = True, on_e
                                               fit.num_processes if fit else 1, fit.mixed_precision if fit else "no",
                                               preprocessing=getattr(ds, "preprocessing", None)),
                          "recipe": recipe_record(spec.method, spec.config), "code": code.to_dict(),
-                         "started_at": started, "finished_at": provenance.now()}
+                         "started_at": started, "finished_at": provenance.now(),
+                         **({"resumed": fit.resumed} if fit is not None and fit.resumed else {})}
     if main:
         store.write(record)
+        if record.status == COMPLETED:  # after the record: a kill in between leaves a checkpoint, not a lost run
+            checkpoint.discard()
     return record
 
 

@@ -12,24 +12,32 @@
   intra) there is no validation pass and the last epoch is selected.
 * One epoch is steps of :meth:`Trainer._optimizer_step` (one global batch in ``train.grad_accum`` chunks); the
   Method API (``bench/method.py``) says which hook runs per chunk, per step and per epoch.
+* Given a :class:`bench.checkpoint.RunCheckpoint`, the state of the fit is written after every finished epoch and a
+  rerun resumes from it at the next epoch, ending bit for bit as an uninterrupted fit (:meth:`Trainer._resume`).
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import datetime as dt
+import logging
 import math
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
+from bench.checkpoint import CheckpointError, RunCheckpoint, capture_rng, read_checkpoint, restore_rng
 from bench.evaluate import EvaluationError, ZeroShotEvaluator
 from bench.gather import StepGather
 from bench.method import Batch, Method, TrainState
 from bench.protocols import EvalSet, TrainSet
+
+log = logging.getLogger(__name__)
 
 
 class DivergenceError(RuntimeError):
@@ -50,6 +58,8 @@ class FitResult:
     device: str = "cpu"
     num_processes: int = 1
     mixed_precision: str = "no"
+    checkpoint_s: float = 0.0  # time spent writing checkpoints (bench/checkpoint.py), inside train_s
+    resumed: list[dict] = field(default_factory=list)  # each resume of this fit: epoch, checkpoint, when
 
 
 def seed_everything(seed: int) -> None:
@@ -222,6 +232,16 @@ class GradientFit:
     gathers: bool = True  # False once a recording pass saw no ``state.gather`` call: skip that pass from then on
 
 
+@dataclass
+class EpochClock:
+    """Throughput bookkeeping across epochs (and across a resume): samples seen and seconds spent in optimisation
+    steps, and the fit's start (moved back by the time a resumed fit had run before its checkpoint)."""
+
+    t0: float
+    seen: int = 0
+    step_s: float = 0.0
+
+
 def rng_state() -> tuple:
     return torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
 
@@ -237,9 +257,15 @@ class Trainer:
     :meth:`_validate_and_select` and :meth:`_should_stop`; :meth:`_finish` loads the selected weights."""
 
     def __init__(self, train_cfg: dict, seed: int, evaluator: ZeroShotEvaluator | None = None,
-                 progress: bool = True, log_prefix: str = "", on_epoch: Callable[[dict], None] | None = None):
+                 progress: bool = True, log_prefix: str = "", on_epoch: Callable[..., None] | None = None,
+                 checkpoint: RunCheckpoint | None = None):
         self.cfg, self.seed = train_cfg, int(seed)
-        self.on_epoch = on_epoch  # e.g. a Ray Tune report of the epoch's validation score
+        #: called on the main process after each epoch as ``on_epoch(entry, checkpoint, resumed)``: the curve entry,
+        #: the checkpoint file written for it (or None) and, on the first epoch after a resume, the line saying where
+        #: it resumed (else None); e.g. a Ray Tune report of the epoch's validation score and checkpoint
+        self.on_epoch = on_epoch
+        self.checkpoint = checkpoint  # None: no checkpoints, no resume (bench tune, bench perf)
+        self.resumed_line: str | None = None
         self.evaluator = evaluator or ZeroShotEvaluator(kway=(), galleries=("image",))
         self.progress, self.log_prefix = progress, log_prefix
         self.accelerator = None
@@ -306,31 +332,157 @@ class Trainer:
                            state=state, generator=generator, accum=int(cfg["grad_accum"]), acc=acc)
 
     def _fit_gradient(self, fit: GradientFit, val: EvalSet | None, t0: float) -> Iterator[dict]:
-        result, selection = self.result, Selection()
-        seen, step_s = 0, 0.0
-        bar = self._progress_bar(fit.state.epochs, fit.acc.is_main_process)
-        for epoch in range(1, fit.state.epochs + 1):
-            t_epoch = time.perf_counter()
-            entry, samples = self._train_epoch(fit, epoch)
-            seen, step_s = seen + samples, step_s + time.perf_counter() - t_epoch
-            fit.state.last_logs = entry
-            for key, value in (fit.method.on_epoch_end(fit.state) or {}).items():
-                result.extras.setdefault(key, []).append(value)
-            if self._stop_on() == "train_loss":  # decided before validation, so that a stopping epoch is validated
-                self._watch(selection, entry["train_loss_per_row"], higher_is_better=False, epochs=1)
-            if val is not None and (epoch % int(self.cfg["val_every"]) == 0 or epoch == fit.state.epochs
-                                    or self._should_stop(selection)):
-                self._validate_and_select(fit, val, entry, selection)
-            result.curve.append(entry)
-            self._report(entry, bar, fit.acc.is_main_process)
-            result.epochs_run = epoch
+        result, selection, clock = self.result, Selection(), EpochClock(t0)
+        start = self._resume(fit, selection, clock)  # 1, or the epoch after the checkpoint's
+        bar = self._progress_bar(fit.state.epochs, fit.acc.is_main_process, done=start - 1)
+        for epoch in range(start, fit.state.epochs + 1):
+            entry = self._epoch(fit, val, epoch, selection, clock)
+            result.stopped_early = self._should_stop(selection)
+            saved = self._save_checkpoint(fit, selection, clock, epoch)
+            self._report(entry, bar, fit.acc.is_main_process, saved)
             yield entry
-            if self._should_stop(selection):
-                result.stopped_early = True
+            if result.stopped_early:
                 break
         if bar is not None:
             bar.close()
-        self._finish(fit.method, selection, t0, seen, step_s)
+        self._finish(fit.method, selection, clock.t0, clock.seen, clock.step_s)
+
+    def _epoch(self, fit: GradientFit, val: EvalSet | None, epoch: int, selection: Selection,
+               clock: EpochClock) -> dict:
+        """One epoch: its steps, the method's epoch hook, the stopping signal, validation and selection; returns its
+        curve entry (appended to the curve)."""
+        result = self.result
+        t_epoch = time.perf_counter()
+        entry, samples = self._train_epoch(fit, epoch)
+        clock.seen, clock.step_s = clock.seen + samples, clock.step_s + time.perf_counter() - t_epoch
+        fit.state.last_logs = entry
+        for key, value in (fit.method.on_epoch_end(fit.state) or {}).items():
+            result.extras.setdefault(key, []).append(value)
+        if self._stop_on() == "train_loss":  # decided before validation, so that a stopping epoch is validated
+            self._watch(selection, entry["train_loss_per_row"], higher_is_better=False, epochs=1)
+        if val is not None and (epoch % int(self.cfg["val_every"]) == 0 or epoch == fit.state.epochs
+                                or self._should_stop(selection)):
+            self._validate_and_select(fit, val, entry, selection)
+        result.curve.append(entry)
+        result.epochs_run = epoch
+        return entry
+
+    # --- checkpoints (bench/checkpoint.py) ---------------------------------------------------------------------------
+    def _save_checkpoint(self, fit: GradientFit, selection: Selection, clock: EpochClock, epoch: int) -> Path | None:
+        """After a finished epoch (every ``train.checkpoint_every`` and the last one): the fit's whole state, written
+        by the main process, with every process's RNG states. Returns the file written (main process), else None."""
+        ckpt = self.checkpoint
+        if ckpt is None or not ckpt.due(epoch, final=epoch == fit.state.epochs or self.result.stopped_early):
+            return None
+        rngs = [capture_rng()]
+        if fit.acc.num_processes > 1:  # each process draws its own dropout masks: keep every one's generators
+            from accelerate.utils import gather_object
+
+            rngs = gather_object(rngs)
+        if not fit.acc.is_main_process:
+            return None
+        t = time.perf_counter()
+        path = ckpt.save(self._payload(fit, selection, clock, epoch, rngs))
+        self.result.checkpoint_s += time.perf_counter() - t
+        return path
+
+    def _payload(self, fit: GradientFit, selection: Selection, clock: EpochClock, epoch: int, rngs: list) -> dict:
+        result, state = self.result, fit.state
+        return {
+            "epoch": epoch, "epochs": state.epochs, "world": fit.acc.num_processes,
+            "method": fit.method.state_dict(), "method_state": fit.method.checkpoint_state(),
+            "optimizer": fit.optimizer.state_dict(), "schedule": fit.schedule.state_dict(),
+            "generator": fit.generator.get_state(), "rng": rngs, "gathers": fit.gathers,
+            "train_state": {"step": state.step, "epoch": state.epoch, "last_logs": state.last_logs},
+            "selection": {"best": selection.best, "best_state": selection.best_state,
+                          "since_best": selection.since_best, "reference": selection.reference,
+                          "validated": selection.validated},
+            "result": {"curve": result.curve, "extras": result.extras, "best_epoch": result.best_epoch,
+                       "epochs_run": result.epochs_run, "stopped_early": result.stopped_early,
+                       "checkpoint_s": result.checkpoint_s, "resumed": result.resumed},
+            "clock": {"seen": clock.seen, "step_s": clock.step_s, "elapsed_s": time.perf_counter() - clock.t0},
+        }
+
+    def _resume(self, fit: GradientFit, selection: Selection, clock: EpochClock) -> int:
+        """Restore the fit from its checkpoint, if there is one this run may use; the first epoch still to run."""
+        payload = self._load_checkpoint(fit)
+        if payload is None:
+            return 1
+        self._restore(fit, selection, clock, payload)
+        epoch, epochs, path = payload["epoch"], fit.state.epochs, self.checkpoint.path
+        start = epochs + 1 if self.result.stopped_early else epoch + 1
+        self.result.resumed.append({"epoch": start, "checkpoint": str(path),
+                                    "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+        where = f"at epoch {start} of {epochs}" if start <= epochs else f"after its last epoch ({epoch} of {epochs})"
+        self.resumed_line = f"resumed {self.checkpoint.label} {where} from {path}"
+        if fit.acc.is_main_process:
+            log.warning("%s", self.resumed_line)
+        return start
+
+    def _load_checkpoint(self, fit: GradientFit) -> dict | None:
+        """The checkpoint payload to resume from, or None. The main process decides (a file of another run, other
+        code, another shape, truncated or corrupt is named and not used); under DDP every other process then reads
+        the same file, and all wait until each has read it, so the main process cannot overwrite it before."""
+        ckpt, acc = self.checkpoint, fit.acc
+        if ckpt is None:
+            return None
+        payload = ckpt.load(acc.num_processes) if acc.is_main_process else None
+        if payload is not None and (why := self._misfit(fit, payload)):
+            log.warning("checkpoint %s does not fit this run (%s): not used; %s starts from epoch 1", ckpt.path, why,
+                        ckpt.label)
+            payload = None
+        if acc.num_processes == 1:
+            return payload
+        from accelerate.utils import broadcast_object_list
+
+        epoch = broadcast_object_list([None if payload is None else payload["epoch"]], from_process=0)[0]
+        if epoch is not None and not acc.is_main_process:
+            payload = read_checkpoint(ckpt.path)
+            if payload["epoch"] != epoch:
+                raise CheckpointError(f"checkpoint {ckpt.path} changed while the processes read it (epoch "
+                                      f"{payload['epoch']}, the main process read {epoch})")
+        acc.wait_for_everyone()
+        return payload if epoch is not None else None
+
+    @staticmethod
+    def _misfit(fit: GradientFit, payload: dict) -> str | None:
+        """Why a checkpoint of this spec and code cannot be restored into this fit (checked before anything is
+        changed, so a checkpoint is never loaded half); None when it fits."""
+        try:
+            weights, saved = fit.method.state_dict(), payload["method"]
+            if set(saved) != set(weights) or any(saved[k].shape != weights[k].shape for k in weights):
+                return "its weights have other names or shapes"
+            groups = payload["optimizer"]["param_groups"]
+            if [len(g["params"]) for g in groups] != [len(g["params"]) for g in fit.optimizer.param_groups]:
+                return "its optimiser has other parameter groups"
+            if payload["epochs"] != fit.state.epochs or len(payload["rng"]) != fit.acc.num_processes:
+                return "another number of epochs or processes"
+            missing = {"schedule", "generator", "gathers", "train_state", "selection", "result", "clock"} - set(payload)
+        except (KeyError, TypeError, AttributeError) as exc:
+            return f"it lacks {exc}"
+        return f"it lacks {sorted(missing)}" if missing else None
+
+    def _restore(self, fit: GradientFit, selection: Selection, clock: EpochClock, payload: dict) -> None:
+        """Everything the rest of the fit depends on, back as it was after the checkpoint's epoch; the RNG states
+        last, so that nothing restored after them draws from them."""
+        fit.method.load_state_dict(payload["method"])
+        fit.method.load_checkpoint_state(payload["method_state"])
+        fit.optimizer.load_state_dict(payload["optimizer"])
+        fit.schedule.load_state_dict(payload["schedule"])
+        fit.generator.set_state(payload["generator"])
+        fit.gathers = payload["gathers"]
+        state = payload["train_state"]
+        fit.state.step, fit.state.epoch, fit.state.last_logs = state["step"], state["epoch"], state["last_logs"]
+        for key, value in payload["selection"].items():
+            setattr(selection, key, value)
+        result = payload["result"]
+        self.result.curve, self.result.extras = result["curve"], result["extras"]
+        self.result.best_epoch, self.result.epochs_run = result["best_epoch"], result["epochs_run"]
+        self.result.stopped_early, self.result.checkpoint_s = result["stopped_early"], result["checkpoint_s"]
+        self.result.resumed = list(result["resumed"])
+        clock.seen, clock.step_s = payload["clock"]["seen"], payload["clock"]["step_s"]
+        clock.t0 = time.perf_counter() - payload["clock"]["elapsed_s"]
+        restore_rng(payload["rng"][fit.acc.process_index])
 
     def _stop_on(self) -> str:
         return self.cfg.get("stop_on", "val_top1")
@@ -444,9 +596,10 @@ class Trainer:
         """Early stopping: ``train.patience`` epochs without the watched signal improving (``train.stop_on``)."""
         return self.cfg["patience"] is not None and selection.since_best >= int(self.cfg["patience"])
 
-    def _report(self, entry: dict, bar, main_process: bool) -> None:
+    def _report(self, entry: dict, bar, main_process: bool, saved: Path | None = None) -> None:
         if self.on_epoch is not None and main_process:
-            self.on_epoch(entry)
+            self.on_epoch(entry, saved, self.resumed_line)
+            self.resumed_line = None  # said once, with the first epoch after the resume
         if bar is not None:
             val_top1 = entry.get("val_top1")
             bar.set_postfix(loss=f"{entry['train_loss']:.3f}", val_top1="-" if val_top1 is None else f"{val_top1:.1f}")
@@ -493,9 +646,9 @@ class Trainer:
         else:
             raise ValueError(f"train.selection must be best_val or last, not {selection!r}")
 
-    def _progress_bar(self, epochs: int, main_process: bool):
+    def _progress_bar(self, epochs: int, main_process: bool, done: int = 0):
         if not (self.progress and main_process):
             return None
         from tqdm.auto import tqdm
 
-        return tqdm(total=epochs, desc=f"{self.log_prefix}epochs", unit="ep", leave=False)
+        return tqdm(total=epochs, initial=done, desc=f"{self.log_prefix}epochs", unit="ep", leave=False)
