@@ -33,6 +33,20 @@ class RecordError(UserError, ValueError):
     """A run record is unreadable or not of this schema; the message names the file."""
 
 
+#: config keys that decide what a run leaves on disk, never its numbers: left out of the spec hash, so that setting one
+#: neither makes another run nor loses the checkpoint of a run in progress (bench/checkpoint.py)
+UNHASHED_KEYS = (("train", "checkpoint_every"), ("train", "keep_checkpoint"))
+
+
+def hashed_config(config: dict) -> dict:
+    """``config`` without :data:`UNHASHED_KEYS` (a spec made before they existed hashes as it did)."""
+    out = dict(config)
+    for section, key in UNHASHED_KEYS:
+        if isinstance(out.get(section), dict) and key in out[section]:
+            out[section] = {k: v for k, v in out[section].items() if k != key}
+    return out
+
+
 @dataclass(frozen=True)
 class RunSpec:
     method: str
@@ -48,8 +62,9 @@ class RunSpec:
 
     @property
     def spec_hash(self) -> str:
-        payload = {"method": self.method, "variant": self.variant, "config": self.config, "protocol": self.protocol,
-                   "subject": int(self.subject), "seed": int(self.seed), "data": self.data_fingerprint}
+        payload = {"method": self.method, "variant": self.variant, "config": hashed_config(self.config),
+                   "protocol": self.protocol, "subject": int(self.subject), "seed": int(self.seed),
+                   "data": self.data_fingerprint}
         return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:16]
 
     @property
