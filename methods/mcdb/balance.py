@@ -78,3 +78,10 @@ class BalanceTracker:
 
     def means(self) -> dict[str, float]:
         return {key: float(total) / self._counts[key] for key, total in self._sums.items()}
+
+    def state(self) -> dict:
+        """The running sums and counts, for a checkpoint (empty at an epoch's end, when the trainer writes one)."""
+        return {"sums": dict(self._sums), "counts": dict(self._counts)}
+
+    def load(self, state: dict) -> None:
+        self._sums, self._counts = dict(state["sums"]), dict(state["counts"])

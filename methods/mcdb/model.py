@@ -278,6 +278,15 @@ class MCDB(Method):
         self._noise_seed = torch.initial_seed()
         self.balance.reset()
 
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The SPR noise seed (set in ``on_train_start``) and the balance tracker's running sums: the Python-level
+        state a resumed run needs (``bench/checkpoint.py``)."""
+        return {"noise_seed": int(self._noise_seed), "balance": self.balance.state()}
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        self._noise_seed = int(state["noise_seed"])
+        self.balance.load(state["balance"])
+
     def param_groups(self) -> list[dict]:
         """One named optimiser group per module whose step grad-mode MCDB may scale (``after_backward``'s keys)."""
         modules = {"eeg": [self.eeg_encoder, self.logit_scale], "image_adapter": [self.image_adapter],
