@@ -163,6 +163,8 @@ def run(
     workers_per_trial: int = typer.Option(1, "--workers-per-trial", help="DDP workers per trial (Ray Train); >1 also on CPU."),
     max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", help="At most this many trials at once."),
     retries: int = typer.Option(0, "--retries", help="Re-run failed trials up to N times."),
+    max_failures: int = typer.Option(0, "--max-failures", min=0, help="Ray Tune restarts a trial whose process "
+                                     "died up to N times, from its last epoch's checkpoint."),
     force: bool = typer.Option(False, "--force", help="Recompute runs that already have a completed record."),
     ablation: bool = typer.Option(False, "--ablation", help="Also run the method's declared ablation variants."),
     config: List[Path] = typer.Option([], "--config", help="YAML config layered over each method's. Repeatable."),
@@ -175,8 +177,9 @@ def run(
     req = SweepRequest(methods=[m.strip() for m in method.split(",") if m.strip()], subjects=subjects, seeds=seeds,
                        protocol=protocol, data_root=data_root, results_dir=results_dir or default_results_dir(),
                        config_files=tuple(config), sets=tuple(set_), ablation=ablation, force=force, retries=retries)
-    result = run_sweep(req, _ray_options(address, cpus_per_trial, gpus_per_trial, workers_per_trial, max_concurrent),
-                       printer=_say)
+    ray_opts = _ray_options(address, cpus_per_trial, gpus_per_trial, workers_per_trial, max_concurrent)
+    ray_opts.max_failures = max_failures
+    result = run_sweep(req, ray_opts, printer=_say)
     print_summary(result, req, console)
     if any(r.status != "completed" for r in result.records) or result.busy:
         raise typer.Exit(1)

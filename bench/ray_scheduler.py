@@ -39,6 +39,9 @@ class RayOptions:
     max_concurrent: int | None = None
     num_cpus: int | None = None         # size of a local Ray (default: this machine's cores)
     object_store_mb: int = 256
+    #: Ray Tune restarts a trial whose process died up to this many times, from its last checkpoint
+    #: (bench/checkpoint.py); 0: a dead trial stays dead
+    max_failures: int = 0
 
     def ddp_workers(self) -> int:
         if self.workers_per_trial > 1:
@@ -161,11 +164,16 @@ def check_shared_storage(results_dir: Path) -> None:
 
 
 # --- the trial -------------------------------------------------------------------------------------------------------
-def _report_epoch(entry: dict) -> None:
+def _report_epoch(entry: dict, checkpoint: Path | None = None, resumed: str | None = None) -> None:
+    """The epoch's numbers to Tune, with the checkpoint file written for it (Tune's retry restores it)."""
     from ray import tune
 
-    tune.report({"epoch": entry["epoch"], "train_loss": entry["train_loss"],
-                 **({"val_top1": entry["val_top1"]} if entry.get("val_top1") is not None else {}), "status": "running"})
+    from bench.checkpoint import tune_checkpoint
+
+    with tune_checkpoint(checkpoint) as saved:
+        tune.report({"epoch": entry["epoch"], "train_loss": entry["train_loss"],
+                     **({"val_top1": entry["val_top1"]} if entry.get("val_top1") is not None else {}),
+                     **({"resumed": resumed} if resumed else {}), "status": "running"}, checkpoint=saved)
 
 
 def run_trial(config: dict) -> None:
@@ -178,9 +186,12 @@ def run_trial(config: dict) -> None:
     from bench.execute import RunBusyError, record_setup_failure, run_spec
     from bench.specs import open_dataset
 
+    from bench.checkpoint import adopt_tune_checkpoint, tune_final_checkpoint
+
     load_plugins(config)
     spec = RunSpec.from_dict(config["spec"])
     store = RunStore(config["results_dir"])
+    adopt_tune_checkpoint(store.runs_dir, spec.spec_hash)  # Tune restarted this trial: resume where it died
     if config.get("threads"):
         torch.set_num_threads(max(1, int(config["threads"])))  # Ray's OMP_NUM_THREADS does not reach torch's pool
     with driver_command(config.get("command")):  # the record names the user's `bench run`, not Ray's worker
@@ -195,9 +206,10 @@ def run_trial(config: dict) -> None:
             return
         except Exception as exc:  # outside the run itself (e.g. opening the data): still a record, never a lost run
             record = record_setup_failure(spec, store, exc)
-    tune.report({"status": record.status, "spec_hash": spec.spec_hash,
-                 "top1": record.metrics.get("top1", math.nan), "top5": record.metrics.get("top5", math.nan),
-                 "test_selected": bool(record.metrics.get("test_selected", False))})
+    with tune_final_checkpoint() as ended:  # replaces Tune's copy of the last epoch's weights
+        tune.report({"status": record.status, "spec_hash": spec.spec_hash,
+                     "top1": record.metrics.get("top1", math.nan), "top5": record.metrics.get("top5", math.nan),
+                     "test_selected": bool(record.metrics.get("test_selected", False))}, checkpoint=ended)
 
 
 def load_plugins(config: dict) -> None:
@@ -275,6 +287,8 @@ def progress_callback(total: int, labels: dict[str, str], concurrency: int, prin
             self._line(f"start {self._label(trial)}")
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
+            if result.get("resumed"):
+                self._line(result["resumed"])
             if result.get("status") == "running" and "val_top1" in result:
                 self._line(f"{self._label(trial)} epoch {result['epoch']}: val top-1 {result['val_top1']:.1f}%")
 
@@ -339,7 +353,8 @@ def run_grid(specs: list[RunSpec], results_dir: str | Path, opts: RayOptions, fo
             tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
             run_config=tune.RunConfig(
                 name=f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}", storage_path=str(results_dir / "ray"),
-                verbose=0, failure_config=tune.FailureConfig(max_failures=0),
+                verbose=0, failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 callbacks=[progress_callback(len(todo), labels, concurrency, printer)]),
         )
         result.scheduled += len(todo)
