@@ -98,7 +98,9 @@ def plan(specs: list[RunSpec], store: RunStore, force: bool = False) -> Plan:
 def ray_environment() -> dict[str, str]:
     """Quiet, offline-safe defaults for the driver and every worker (set only where the user has not)."""
     return {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_CHDIR_TO_TRIAL_DIR": "0",
-            "RAY_TRAIN_V2_ENABLED": "1"}
+            "RAY_TRAIN_V2_ENABLED": "1",
+            # a checkpoint every epoch with num_to_keep=1 snapshots the experiment often, by design: no warning
+            "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
 
 
 def init_ray(opts: RayOptions) -> None:
