@@ -14,13 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from bench import provenance, seal
 from bench.code_fingerprint import CodeFingerprint, fingerprint_method
 from bench.errors import UserError
 from bench.evaluate import ZeroShotEvaluator
-from bench.io import atomic_path
 from bench.method import Method
 from bench.preflight import check_spec
 from bench.protocols import Split
@@ -49,6 +46,8 @@ def current_code(spec: RunSpec) -> CodeFingerprint:
 
 def stale_reason(record: RunRecord | None, code: CodeFingerprint) -> str | None:
     """Why a completed record cannot be reused with the current code (None: reusable, or nothing to reuse)."""
+    if record is not None and record.corrupt:  # edited or impossible numbers (bench/record_check.py): recompute
+        return f"corrupt record {record.corrupt}"
     if record is None or record.status != COMPLETED or record.code_fingerprint == code.digest:
         return None
     return code.changes_from(record.provenance.get("code"))
@@ -100,30 +99,23 @@ def record_setup_failure(spec: RunSpec, store: RunStore, exc: BaseException) -> 
     return record
 
 
-def _save_arrays(store: RunStore, spec: RunSpec, scored) -> None:
-    with atomic_path(store.arrays_path(spec.spec_hash), suffix=".npz") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, eeg_embeddings=scored.eeg, gallery_embeddings=scored.gallery,
-                                similarity=scored.similarity)
-
-
-def _test_and_record(spec: RunSpec, run: PreparedRun, fit: FitResult, timings: dict, main: bool,
-                     store: RunStore) -> RunRecord:
+def _test_and_record(spec: RunSpec, run: PreparedRun, fit: FitResult, timings: dict
+                     ) -> tuple[RunRecord, dict]:
+    """The test record and its arrays (published together by execute_spec: RunStore.publish)."""
     t = time.perf_counter()  # training and model selection are over: only now is the test partition read
     scored = run.evaluator.score(run.method, run.split.test.open(), fit.device)
     timings["eval_s"] = time.perf_counter() - t
     metrics = {**scored.metrics, "val": {"best_epoch": fit.best_epoch, "best_top1": fit.best_val_top1,
                                          "selected_epoch": fit.selected_epoch, "stopped_early": fit.stopped_early,
                                          "curve": fit.curve}}
-    if main:
-        _save_arrays(store, spec, scored)
-    return RunRecord(spec, COMPLETED, metrics=metrics, timings=timings, split=run.split.info, extras=fit.extras)
+    arrays = {"eeg_embeddings": scored.eeg, "gallery_embeddings": scored.gallery, "similarity": scored.similarity}
+    return RunRecord(spec, COMPLETED, metrics=metrics, timings=timings, split=run.split.info, extras=fit.extras), arrays
 
 
 def execute_spec(spec: RunSpec, ds, store: RunStore, progress: bool = True, on_epoch=None) -> RunRecord:
     """Train, select and test one spec; always returns a record (``failed`` with its traceback on error)."""
     started, timings, code = provenance.now(), {}, current_code(spec)
-    run, fit, main = None, None, True
+    run, fit, main, arrays = None, None, True, None
     try:
         with seal.sealed(f"{spec.label} is being built, trained and selected"):
             run = prepare_run(spec, ds)
@@ -134,7 +126,7 @@ def execute_spec(spec: RunSpec, ds, store: RunStore, progress: bool = True, on_e
         main = trainer.accelerator is None or trainer.accelerator.is_main_process
         timings.update(load_s=run.load_s, train_s=fit.train_s, samples_per_s=fit.samples_per_s,
                        epochs_run=fit.epochs_run)
-        record = _test_and_record(spec, run, fit, timings, main, store)
+        record, arrays = _test_and_record(spec, run, fit, timings)
     except Exception as exc:  # the record says what failed; the grid goes on
         log.error("%s failed: %s", spec.label, exc)
         record = failed_record(spec, exc, timings, run.split.info if run else None)
@@ -145,7 +137,7 @@ def execute_spec(spec: RunSpec, ds, store: RunStore, progress: bool = True, on_e
                          "recipe": recipe_record(spec.method, spec.config), "code": code.to_dict(),
                          "started_at": started, "finished_at": provenance.now()}
     if main:
-        store.write(record)
+        store.publish(record, arrays)  # the record and its .npz appear together or not at all
     return record
 
 
