@@ -94,6 +94,9 @@ def train(
 ) -> None:
     """Train, select on validation and test one run; writes one record under <results-dir>/runs/."""
     from bench.paths import default_results_dir
+    from bench.records import check_writable
+
+    check_writable(results_dir or default_results_dir())  # before the data is read and the model trained
     from bench.execute import train_one
 
     outcome = train_one(method, subject, seed, protocol=protocol, data_root=data_root,
@@ -152,6 +155,9 @@ def run(
 ) -> None:
     """Run methods × subjects × seeds as Ray Tune trials, skipping completed runs; print the leaderboard."""
     from bench.paths import default_results_dir
+    from bench.records import check_writable
+
+    check_writable(results_dir or default_results_dir())  # before Ray starts and the data is read or generated
     from bench.grid import SweepRequest, print_summary, run_sweep
 
     req = SweepRequest(methods=[m.strip() for m in method.split(",") if m.strip()], subjects=subjects, seeds=seeds,
@@ -189,6 +195,7 @@ def tune(
     from bench.hparam_search import TuneRequest, run_tune
 
     rdir = results_dir or default_results_dir()
+    _check_tune_writable(rdir, out)
     ray_opts = _ray_options(address, cpus_per_trial, gpus_per_trial, 1, max_concurrent)
     outcome = run_tune(TuneRequest(method=method, search=search, num_samples=num_samples, scheduler=scheduler,
                                    subjects=subjects, seed=seed, protocol=protocol, data_root=data_root,
@@ -203,6 +210,17 @@ def tune(
         req = SweepRequest(methods=[method], subjects=subjects, seeds=str(seed), protocol=protocol,
                            data_root=data_root, results_dir=rdir, config_files=(outcome.config_path,))
         print_summary(run_sweep(req, ray_opts, printer=_say), req, console)
+
+
+def _check_tune_writable(results_dir: Path, out: Optional[Path]) -> None:
+    """`bench tune` writes Ray's trials under the results folder and the best config to --out: both must take a file
+    before Ray starts."""
+    from bench.io import probe_writable
+    from bench.records import check_writable
+
+    check_writable(results_dir)
+    if out is not None:
+        probe_writable(out.parent, "output folder")
 
 
 @app.command()
@@ -250,6 +268,8 @@ def leaderboard(
     metric: str = typer.Option("top1", "--metric", help="top1 | top5: the score the tests and plots compare."),
     reference: Optional[str] = typer.Option(None, "--reference", help="Method the paired-difference plot compares against (default: the best)."),
     plots_dir: Optional[Path] = typer.Option(None, "--plots-dir", help="Also write the plots (PNG and SVG) here."),
+    skip_corrupt: bool = typer.Option(False, "--skip-corrupt", help="Leave out (and list) corrupt run records instead "
+                                      "of refusing: edited or impossible metrics, or ones their arrays disagree with."),
 ) -> None:
     """Compare methods: tables, paired tests across subjects, plots and a self-contained HTML report."""
     from bench.ids import parse_optional_ids
@@ -261,7 +281,9 @@ def leaderboard(
         protocol=protocol, methods=[m for item in methods for m in item.split(",") if m.strip()] or None,
         expect_subjects=parse_optional_ids(expect_subjects, "expect-subjects"),
         expect_seeds=parse_optional_ids(expect_seeds, "expect-seeds"), metric=metric,
-        reference=reference, plots_dir=plots_dir)
+        reference=reference, plots_dir=plots_dir, skip_corrupt=skip_corrupt)
+    for problem in result.skipped:
+        err_console.print(f"skipped corrupt record: {problem}", highlight=False, markup=False)
     if result.out is None:
         typer.echo(result.text, nl=False)  # plain echo: rich would read "mcdb[+text]" as markup
     else:
