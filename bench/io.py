@@ -49,10 +49,18 @@ def _refused_write(exc: OSError, paths: tuple[Path, ...]) -> bool:
     return named or (exc.filename is None and exc.errno in WRITE_ERRNOS)
 
 
+def make_folder(folder: Path) -> None:
+    """``mkdir -p``; where a file stands in the way, the error says "Not a directory" (mkdir says "File exists")."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder)) from exc
+
+
 def temp_beside(path: Path, suffix: str) -> Path:
     """An empty temporary file in ``path``'s folder (created with it), readable as the umask allows."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
         os.close(fd)
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would make shared reports and records private
@@ -107,7 +115,7 @@ def probe_writable(folder: str | Path, what: str = "folder") -> None:
     not be saved."""
     folder = Path(folder)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folder(folder)
         fd, tmp = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
         try:
             os.write(fd, b"ok\n")  # creating may succeed on a full disk where writing a byte does not
