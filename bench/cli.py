@@ -443,6 +443,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     except USER_ERRORS as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise SystemExit(1)
+    except OSError as exc:
+        _os_error(exc)  # a disk or permission failure that no write site turned into a StorageError: still one line
     except Exception as exc:
         import click
 
@@ -452,6 +454,19 @@ def main(argv: Optional[list[str]] = None) -> None:
         if isinstance(exc, click.exceptions.Abort):
             raise SystemExit(130)
         raise
+
+
+def _os_error(exc: OSError) -> None:
+    """Print a disk, folder or permission failure as one line naming the path, exit 1; re-raise anything else."""
+    import errno
+
+    from bench.io import WRITE_ERRNOS, os_reason
+
+    if exc.errno not in WRITE_ERRNOS | {errno.ENOTDIR, errno.EISDIR, errno.EIO}:
+        raise exc
+    where = f"{exc.filename}: " if exc.filename else ""
+    err_console.print(f"[red]error:[/red] {where}{os_reason(exc)}", highlight=False, markup=True)
+    raise SystemExit(1)
 
 
 if __name__ == "__main__":
