@@ -59,7 +59,7 @@ def _percent_problems(name: str, block: Any, required=("top1", "top5")) -> list[
         elif not _number(block[key]) or not math.isfinite(block[key]):
             out.append(f"{name}{key} {_fmt(block[key])} is not a finite number")
         elif not -RANGE_TOL <= block[key] <= 100 + RANGE_TOL:
-            out.append(f"{name}{key} {_fmt(block[key])} is outside [0, 100]")
+            out.append(f"{name}{key} {block[key]!r} is outside [0, 100]")  # repr: 100.0000001 is not 100
     if not out and "top1" in block and "top5" in block and block["top5"] < block["top1"] - RANGE_TOL:
         out.append(f"{name}top5 {_fmt(block['top5'])} is below {name}top1 {_fmt(block['top1'])}")
     return out
