@@ -14,6 +14,12 @@ from bench.io import StorageError
 from bench.records import COMPLETED, FAILED, CorruptRecordsError, RunRecord, RunSpec, RunStore, read_record
 
 
+@pytest.fixture(autouse=True)
+def fresh_process():
+    """Each test reads as a new process would: no verdicts remembered from another test's identical records."""
+    record_check._VERDICTS.clear()
+
+
 def spec(**kw):
     base = dict(method="ridge", config={"method": {"alpha": 1.0}}, protocol="intra", subject=1, seed=0,
                 data_fingerprint="abc")
@@ -184,6 +190,23 @@ def test_constant_embeddings_score_chance_and_read_back_sound(tmp_path):
     assert store.read(spec().spec_hash).corrupt is None
 
 
+def test_a_tie_made_by_float32_rounding_is_allowed_for_but_an_edit_is_not(tmp_path):
+    """A producer that scores a float64 matrix and saves it as float32 may see two scores rounded into a tie: the
+    recorded number may then lie anywhere between the tie lost and the tie won, and nowhere else."""
+    n = 5
+    sim64 = np.eye(n) * 0.5
+    sim64[0, 1] = 0.5 + 1e-12  # beats query 0's target in float64; ties with it in float32
+    counts64 = rank_counts(sim64, np.zeros(n, dtype=np.int64))
+    metrics = {"top1": counts64.topk(1), "top5": counts64.topk(5), "n_test": n, "chance_top1": 20.0,
+               "chance_top5": 100.0, "mean_rank": counts64.mean_rank(), "kway": {"2": kway_accuracy(sim64, 2)}}
+    assert metrics["top1"] == pytest.approx(80.0)  # the float32 matrix alone would say 90 (the tie by expectation)
+    store = RunStore(tmp_path)
+    path = store.publish(RunRecord(spec(), COMPLETED, metrics=metrics), {"similarity": sim64.astype(np.float32)})
+    assert store.read(spec().spec_hash).corrupt is None
+    edit(path, lambda d: d["metrics"].update(top1=70.0))
+    assert "top1 70 but its similarity matrix gives 80 to 100" in store.read(spec().spec_hash).corrupt
+
+
 def test_a_rerun_publishing_while_a_reader_checks_is_read_again_not_called_corrupt(tmp_path, monkeypatch):
     store, path = published(tmp_path)
     forget_verdicts(store)
@@ -267,6 +290,36 @@ def test_a_refused_record_rename_takes_the_arrays_back_and_leaves_no_stale_pair(
     with pytest.raises(StorageError, match=f"cannot write {path}: Read-only file system"):
         store.publish(RunRecord(spec(), COMPLETED, metrics=metrics), arrays)
     assert leftovers(store) == []  # neither the old record beside the new arrays, nor the new arrays alone
+
+
+class Crash(BaseException):
+    """The process dies here: no handler runs (a BaseException that is not an OSError)."""
+
+
+@pytest.mark.parametrize("earlier_run", [False, True])
+def test_a_crash_between_the_two_renames_leaves_nothing_a_reader_sees(tmp_path, monkeypatch, earlier_run):
+    """Arrays are renamed first, the record last: dying in between leaves arrays without a record (ignored, and
+    replaced by the next publish), never a record without its arrays or beside an earlier run's arrays."""
+    import bench.records
+
+    store = published(tmp_path)[0] if earlier_run else RunStore(tmp_path)
+    real_replace, calls = os.replace, []
+
+    def die_at_the_second_rename(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise Crash()
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(bench.records.os, "replace", die_at_the_second_rename)
+    metrics, arrays = scored(seed=1)
+    with pytest.raises(Crash):
+        store.publish(RunRecord(spec(), COMPLETED, metrics=metrics), arrays)
+    monkeypatch.setattr(bench.records.os, "replace", real_replace)
+    assert store.read(spec().spec_hash) is None and store.records() == []
+    assert store.arrays_path(spec().spec_hash).is_file()  # the orphan, ignored
+    store.publish(RunRecord(spec(), COMPLETED, metrics=metrics), arrays)  # the rerun replaces it
+    assert store.read(spec().spec_hash).corrupt is None
 
 
 def test_a_record_without_arrays_removes_an_earlier_runs_arrays(tmp_path):
