@@ -3,6 +3,8 @@
 `bench run` finds an unwritable results folder before Ray starts or any data is read."""
 import errno
 import json
+import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -16,8 +18,20 @@ from test_record_integrity import edit, scored, spec
 QUICK = "protocol.val_concepts=4"
 
 
-def bench(*args, timeout=300):
-    return subprocess.run([BENCH, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+def bench(*args, timeout=300, prefix=()):
+    return subprocess.run([*prefix, BENCH, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def as_unprivileged() -> list[str]:
+    """A command prefix under which chmod binds: nothing for a normal user; for root (CI containers), setpriv drops
+    the capabilities that let root write through file permissions."""
+    if os.geteuid() != 0:
+        return []
+    caps = "-dac_override,-dac_read_search,-fowner"
+    prefix = [shutil.which("setpriv") or "setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}"]
+    if shutil.which("setpriv") is None or subprocess.run([*prefix, "true"]).returncode != 0:
+        pytest.skip("running as root without a working setpriv: chmod does not stop root's writes")
+    return prefix
 
 
 def three_runs(results: Path) -> list[Path]:
@@ -114,6 +128,28 @@ def test_bench_run_with_an_impossible_results_folder_is_one_line_and_starts_no_r
     line = one_line_error(out)
     assert line == f"error: results folder {tmp_path / 'file' / 'results' / 'runs'} is not writable: Not a directory"
     assert "Ray" not in out.stdout + out.stderr
+
+
+def test_a_chmod_read_only_results_folder_is_one_line_for_run_train_and_leaderboard(tmp_path):
+    three_runs(tmp_path)
+    runs = tmp_path / "runs"
+    runs.chmod(0o555)
+    try:
+        prefix = as_unprivileged()
+        out = bench("run", "--method", "ridge", "--subjects", "1", "--data-root", tmp_path / "no-data",
+                    "--results-dir", tmp_path, prefix=prefix)
+        assert one_line_error(out) == f"error: results folder {runs} is not writable: Permission denied"
+        assert "Ray" not in out.stdout + out.stderr
+        out = bench("train", "--method", "ridge", "--subject", "1", "--data-root", tmp_path / "no-data",
+                    "--results-dir", tmp_path, prefix=prefix)
+        assert one_line_error(out) == f"error: results folder {runs} is not writable: Permission denied"
+        out = bench("leaderboard", "--results-dir", tmp_path, "--out", runs / "lb.md", prefix=prefix)
+        assert one_line_error(out) == f"error: cannot write {runs / 'lb.md'}: Permission denied"
+        out = bench("leaderboard", "--results-dir", tmp_path, prefix=prefix)  # reading needs no write
+        assert out.returncode == 0 and "ridge" in out.stdout, out.stderr
+        assert sorted(p.name for p in runs.iterdir() if p.is_file() and p.name.startswith(".")) == []
+    finally:
+        runs.chmod(0o755)
 
 
 @pytest.mark.ray
