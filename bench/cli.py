@@ -460,12 +460,14 @@ def _os_error(exc: OSError) -> None:
     """Print a disk, folder or permission failure as one line naming the path, exit 1; re-raise anything else."""
     import errno
 
+    from rich.markup import escape
+
     from bench.io import WRITE_ERRNOS, os_reason
 
     if exc.errno not in WRITE_ERRNOS | {errno.ENOTDIR, errno.EISDIR, errno.EIO}:
         raise exc
     where = f"{exc.filename}: " if exc.filename else ""
-    err_console.print(f"[red]error:[/red] {where}{os_reason(exc)}", highlight=False, markup=True)
+    err_console.print(f"[red]error:[/red] {escape(where + os_reason(exc))}", highlight=False)
     raise SystemExit(1)
 
 

@@ -206,14 +206,26 @@ def test_bench_train_on_a_disk_that_fills_at_the_record_is_one_line_and_leaves_n
     assert [p.name for p in (tmp_path / "runs").iterdir() if p.is_file()] == []
 
 
+def test_bench_tune_probes_the_results_folder_and_its_out_folder_first(tmp_path, capsys):
+    file = tmp_path / "file"
+    file.write_text("x")
+    cases = ((["--results-dir", file / "results"], f"results folder {file / 'results' / 'runs'}"),
+             (["--results-dir", tmp_path / "results", "--out", file / "best.yaml"], f"output folder {file}"))
+    for args, folder in cases:
+        with pytest.raises(SystemExit) as exit_:  # the search file does not exist: it would be named if read first
+            main(["tune", "--method", "ridge", "--search", str(tmp_path / "no-search.yaml"), *map(str, args)])
+        assert exit_.value.code == 1
+        assert capsys.readouterr().err.strip() == f"error: {folder} is not writable: Not a directory"
+
+
 def test_an_os_error_no_write_site_caught_is_still_one_line(monkeypatch, capsys):
     import bench.leaderboard
 
     def broken_disk(*args, **kw):
-        raise OSError(errno.EIO, "Input/output error", "/results/runs/x.json")
+        raise OSError(errno.EIO, "Input/output error", "/results/runs/[x].json")
 
     monkeypatch.setattr(bench.leaderboard, "write_leaderboard", broken_disk)
     with pytest.raises(SystemExit) as exit_:
         main(["leaderboard", "--results-dir", "/results"])
     assert exit_.value.code == 1
-    assert capsys.readouterr().err.strip() == "error: /results/runs/x.json: Input/output error"
+    assert capsys.readouterr().err.strip() == "error: /results/runs/[x].json: Input/output error"
