@@ -190,11 +190,7 @@ class RunStore:
             for tmp in staged:  # renamed ones are gone already; the rest must not linger
                 tmp.unlink(missing_ok=True)
         if arrays is not None:
-            # check the pair as a reader will, now, while it is cheap: the verdict is cached (runs/.verified/), so
-            # the first `bench leaderboard` after a sweep need not recompute every k-way accuracy
-            published = read_record(path)
-            if published.corrupt:
-                log.warning("published a record its own arrays contradict: %s", published.corrupt)
+            _check_published(path)
         return path
 
     def read(self, spec_hash: str) -> RunRecord | None:
@@ -278,13 +274,28 @@ def _save_npz(tmp: Path, arrays: Mapping[str, Any]) -> None:
         np.savez_compressed(fh, **arrays)
 
 
+def _check_published(path: Path) -> None:
+    """Check the pair just published as a reader will, now, while it is cheap: the verdict is cached (runs/.verified/),
+    so the first `bench leaderboard` after a sweep need not recompute every k-way accuracy. Best effort: the run is
+    published, and a reader checks it again anyway."""
+    try:
+        published = read_record(path)
+    except (RecordError, OSError) as exc:
+        log.warning("could not check the record just published: %s", exc)
+        return
+    if published.corrupt:
+        log.warning("published a record its own arrays contradict: %s", published.corrupt)
+
+
 def _rename_in(path: Path, npz: Path, staged: list[Path]) -> None:
     """Rename the staged files onto their names: the arrays first (when two were staged), the record last."""
     try:
         if len(staged) == 1:
             os.replace(staged[0], path)
-            # arrays of an earlier run of this spec: the new record does not name them, and a reader must not pair them
-            npz.unlink(missing_ok=True)
+            # arrays of an earlier run of this spec: the new record does not name them ("arrays": null), so readers
+            # ignore them; removing them is tidiness, and failing to must not undo a published record
+            with contextlib.suppress(OSError):
+                npz.unlink(missing_ok=True)
             return
         # the old record goes first: between the two renames no record may sit beside arrays it was not scored on
         path.unlink(missing_ok=True)
