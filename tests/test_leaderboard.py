@@ -147,7 +147,10 @@ def test_reported_avg_is_computed_from_subjects_only_when_missing(tmp_path):
 
 
 @pytest.mark.parametrize("body, message", [
-    ("method,protocol,subject,top1,top5,source\n", "expected 'method,protocol,subject,top1,top5,source,caveat'"),
+    ("method,protocol,subject,top1,top5,source\n",
+     "expected 'method,protocol,subject,top1,top5,source,caveat,n_test'"),
+    ("method,protocol,subject,top1,top5,source,caveat,n_test\nX,intra,avg,1,2,u,c,\n", "n_test '' is not a number"),
+    ("method,protocol,subject,top1,top5,source,caveat,n_test\nX,intra,avg,1,2,u,c\n", "7 fields, expected 8"),
     ("method,protocol,subject,top1,top5,source,caveat\nX,loso,avg,1,2,u,c\n", r"reported.csv:2: protocol 'loso'"),
     ("method,protocol,subject,top1,top5,source,caveat\nX,intra,11,1,2,u,c\n", "subject '11'"),
     ("method,protocol,subject,top1,top5,source,caveat\nX,intra,avg,n/a,2,u,c\n", "top1 'n/a' is not a number"),
