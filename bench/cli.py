@@ -238,11 +238,11 @@ def features(
 @app.command()
 def leaderboard(
     results_dir: Optional[Path] = typer.Option(None, "--results-dir", help="Results directory (default: $BENCH_RESULTS_DIR or ./results)."),
-    protocol: Optional[str] = typer.Option(None, "--protocol", help="intra | inter (default: every protocol found)."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="intra | inter, or published | published-inter for their inflation table alone (default: every protocol found)."),
     methods: List[str] = typer.Option([], "--methods", help="Only these methods (comma-separated or repeated); a base name brings its ablation variants."),
     fmt: str = typer.Option("md", "--format", help="md | csv | tex | html"),
     out: Optional[Path] = typer.Option(None, "--out", help="Write here instead of printing."),
-    table: Optional[str] = typer.Option(None, "--table", help="all | main | subjects | kway | ablation | timings | stats (csv: one table, default main)."),
+    table: Optional[str] = typer.Option(None, "--table", help="all | main | subjects | kway | ablation | timings | stats | inflation (csv: one table, default main)."),
     reported: Optional[Path] = typer.Option(None, "--reported", help="Literature numbers (default: <results-dir>/reported.csv if present)."),
     no_reported: bool = typer.Option(False, "--no-reported", help="Leave reported rows out."),
     expect_subjects: Optional[str] = typer.Option(None, "--expect-subjects", help="Subjects a complete row has, e.g. 1-10 (default: all subjects seen)."),
