@@ -123,3 +123,23 @@ def test_protocol_filter_keeps_both_sides_of_a_pair(board):
     intra = build_leaderboard(records, protocol="intra")
     pd.testing.assert_frame_equal(intra.inflation, board.inflation)
     assert build_leaderboard(records + [run("nice", "inter", 1, 0, 5.0)], protocol="inter").inflation.empty
+
+
+def test_record_text_in_the_inflation_table_and_banner_is_escaped():
+    from test_leaderboard_report import HOSTILE_METHOD, HOSTILE_VARIANT, assert_inert_html
+
+    records = []
+    for subject in (1, 2):
+        for protocol in ("intra", "published"):
+            rec = run("nice", protocol, subject, 0, 10.0 + subject)
+            rec.provenance["data"] = {"synthetic": True, "n_test_images": 200}
+            if protocol == "published":
+                rec.metrics.update(main_gallery=HOSTILE_VARIANT, similarity="a|b\nc")
+            records.append(dataclasses.replace(rec, spec=dataclasses.replace(rec.spec, method=HOSTILE_METHOD)))
+    board = build_leaderboard(records)
+    page = render(board, "html", plots=False)
+    assert_inert_html(page)
+    assert page.count('<p class="banner"') == 2 and "&lt;script&gt;" in page  # intra section and inflation table
+    md = render(board, "md")
+    assert "<script" not in md.replace(r"\<", "") and r"\<img src=x onerror" in md and r"a\|b c" in md
+    assert r"$<$script$>$" in render(board, "tex")
