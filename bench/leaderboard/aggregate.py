@@ -237,9 +237,9 @@ def entry_notes(runs: pd.DataFrame) -> dict[tuple[str, str], list[str]]:
     notes: dict[tuple[str, str], list[str]] = {}
     for key, part in runs.groupby(["method", "protocol"], sort=False):
         done = part[part.status == COMPLETED]
-        found = [NOTE_SYNTHETIC] if done.synthetic.any() else []
-        found += [NOTE_TEST_WHITENED] if (done.mvnn_covariance == TEST_WHITENED).any() else []
+        found = [NOTE_TEST_WHITENED] if (done.mvnn_covariance == TEST_WHITENED).any() else []
         found += [NOTE_CODE_CHANGED] if part.code_changed.any() else []
+        found += [NOTE_SYNTHETIC] if done.synthetic.any() else []
         if found:
             notes[key] = found
     return notes

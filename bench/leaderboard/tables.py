@@ -20,13 +20,13 @@ SYNTHETIC_BANNER = ("Not comparable to published numbers: {entries} ran on synth
                     "as many test images as the paper.")
 #: Footnotes explaining a note that some row's Notes cell carries (shown only when one does).
 FLAG_FOOTNOTES = {
-    NOTE_SYNTHETIC: f"{NOTE_SYNTHETIC}: runs on synthetic EEG (bench synth) test the harness, not a decoder of real "
-                    f"brain signals; their numbers are not comparable to published ones.",
     NOTE_TEST_WHITENED: f"{NOTE_TEST_WHITENED}: some runs used EEG whitened with a noise covariance fitted on the "
                         f"training and test recordings (the official preprocessing code's choice): the test data "
                         f"shaped the inputs, so the score is not strictly held-out.",
     NOTE_CODE_CHANGED: f"{NOTE_CODE_CHANGED}: this method's runs come from different code versions (code "
                        f"fingerprint in the name); each version is its own row and is never averaged with another.",
+    NOTE_SYNTHETIC: f"{NOTE_SYNTHETIC}: runs on synthetic EEG (bench synth) test the harness, not a decoder of real "
+                    f"brain signals; their numbers are not comparable to published ones.",
 }
 
 
