@@ -277,6 +277,12 @@ def test_nice_ga_reference_wiring_by_config_and_scored_per_sample(tmp_path):
     ZeroShotEvaluator(kway=[2]).score(method, data)  # raises "encode_eeg is not per-sample" otherwise
 
 
+def test_atm_paper_token_slice_by_config():
+    info = data_info(8, 80)
+    assert build("atm", info).encoder.token_slice == "channels"
+    assert build("atm", info, "method.encoder_kwargs={token_slice: paper}").encoder.token_slice == "paper"
+
+
 def test_invalid_hyper_parameters_fail_at_construction():
     info = data_info(8, 80)
     with pytest.raises(ValueError, match=r"text_weight must lie in \[0, 1\]"):

@@ -197,6 +197,39 @@ def test_atms_keeps_every_channel_token():
     torch.testing.assert_close(model(x, subject=torch.tensor([0])), model(x, subject=torch.tensor([1])))
 
 
+def test_atms_paper_token_slice_keeps_subject_token_and_first_channels():
+    """token_slice=paper: the trunk gets the subject token + channel tokens 1 … C-1 (ATMS_retrieval.py's [:, :63])."""
+    torch.manual_seed(0)
+    model = ATMSEncoder(n_chans=6, n_times=100, n_outputs=N_OUT, token_slice="paper").eval()
+    seen = {}
+    model.final_norm.register_forward_hook(lambda m, i, o: seen.update(tokens=o))
+    model.trunk.register_forward_pre_hook(lambda m, i: seen.update(trunk=i[0]))
+    x = torch.randn(2, 6, 100)
+    model(x, subject=torch.tensor([0, 1]))
+    assert seen["tokens"].shape == (2, 7, 100)
+    torch.testing.assert_close(seen["trunk"], seen["tokens"][:, :6], rtol=0, atol=0)
+    with torch.no_grad():  # switch off token mixing so each token reaches the trunk on its own
+        model.encoder_layer.attention.out.weight.zero_()
+        model.encoder_layer.attention.out.bias.zero_()
+    moved = x.clone()
+    moved[:, -1] += 1.0  # the last channel (O2 at the paper shape) is dropped
+    torch.testing.assert_close(model(moved), model(x))
+    moved = x.clone()
+    moved[:, -2] += 1.0  # the one before it is kept
+    assert not torch.allclose(model(moved), model(x))
+    assert not torch.allclose(model(x, subject=torch.tensor([0, 0])), model(x, subject=torch.tensor([1, 1])))
+
+
+def test_atms_token_slice_option():
+    channels = create_encoder("atms", n_chans=63, n_times=250, n_outputs=1024)
+    paper = create_encoder("atms", n_chans=63, n_times=250, n_outputs=1024, token_slice="paper")
+    assert channels.token_slice == "channels" and paper.token_slice == "paper"
+    assert count(channels) == count(paper) == 3_075_412 == ATMS_63x250  # the trunk sees 63 rows either way
+    assert paper.get_config()["token_slice"] == "paper" and channels.get_config()["token_slice"] == "channels"
+    with pytest.raises(ValueError, match="token_slice must be one of"):
+        create_encoder("atms", n_chans=8, n_times=100, n_outputs=N_OUT, token_slice="all")
+
+
 def test_atms_short_window_is_about_token_width():
     with pytest.raises(ShortWindowError):
         ATMSEncoder(n_chans=8, n_times=64, n_outputs=N_OUT)
