@@ -21,6 +21,6 @@ from bench.extract.models import Extractor, OpenClipExtractor, TimmExtractor, ge
 from bench.extract.transforms import TRANSFORMS, image_seed
 from bench.extract.weights import RANDOM_INIT, RANDOM_INIT_SEED, Weights, hf_hub_cache, sha256_file
 
-__all__ = ["DEFAULT_TEMPLATE", "DTYPES", "IDENTITY_KEYS", "POOLS", "RANDOM_INIT", "RANDOM_INIT_SEED",
-           "TRANSFORMS", "ExtractionResult", "Extractor", "FeatureExtractionError", "OpenClipExtractor", "TimmExtractor",
-           "Weights", "extract_features", "get_extractor", "hf_hub_cache", "image_seed", "sha256_file"]
+__all__ = ["DEFAULT_TEMPLATE", "DTYPES", "IDENTITY_KEYS", "POOLS", "RANDOM_INIT", "RANDOM_INIT_SEED", "TRANSFORMS",
+           "ExtractionResult", "Extractor", "FeatureExtractionError", "OpenClipExtractor", "TimmExtractor", "Weights",
+           "extract_features", "get_extractor", "hf_hub_cache", "image_seed", "sha256_file"]
