@@ -220,6 +220,10 @@ def features(
     prompt_template: str = typer.Option("This picture is {concept}", "--prompt-template"),
     underscores_to_spaces: bool = typer.Option(False, "--underscores-to-spaces", help="aircraft_carrier → aircraft carrier."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or float16 (storage; computed in float32)."),
+    transform: str = typer.Option("eval", "--transform", help="eval: the model's resize + centre crop; train: its "
+                                  "random training transform (ATM's open_clip preprocess_train), seeded per image."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="With --transform train: the crops' seed (default 0); "
+                                       "each image's draw depends only on it and the image's index."),
     batch_size: int = typer.Option(64, "--batch-size"),
     workers: int = typer.Option(4, "--workers", help="Threads decoding images."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
@@ -231,8 +235,9 @@ def features(
 
     extract_features(images, model, out, weights=weights, pretrained=pretrained, random_init=random_init, layer=layer,
                      pool=pool, text=text, prompt_template=prompt_template, underscores_to_spaces=underscores_to_spaces,
-                     dtype=dtype, batch_size=batch_size, workers=workers, device=device, force=force,
-                     progress=progress, log=lambda msg: err_console.print(msg, highlight=False, markup=False))
+                     dtype=dtype, transform=transform, seed=seed, batch_size=batch_size, workers=workers, device=device,
+                     force=force, progress=progress,
+                     log=lambda msg: err_console.print(msg, highlight=False, markup=False))
 
 
 @app.command()
