@@ -5,6 +5,9 @@ with a ``completed`` record is never scheduled again, so a killed sweep restarte
 only what is missing. Each trial goes through the same code path as `bench train` (:func:`bench.execute.claim_and_run`),
 holds the spec's lock while computing it, and writes its record itself; Ray only schedules.
 
+A local Ray started here is stopped by a reaper process (:mod:`bench.ray_reaper`) if this driver dies without stopping
+it (``kill -9``).
+
 Trials with ``gpus_per_trial > 1`` (or ``workers_per_trial > 1``) run as DDP: the Tune trial is a light driver that
 claims the spec and launches a Ray Train ``TorchTrainer`` whose workers each run Accelerate (which picks up the
 process group Ray Train created).
@@ -13,6 +16,8 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +103,39 @@ def ray_environment() -> dict[str, str]:
             "RAY_TRAIN_V2_ENABLED": "1"}
 
 
+#: the reaper of the local Ray this process started (see bench/ray_reaper.py). Held for the life of the process:
+#: the reaper acts when its stdin closes, which happens when this object is collected or the process ends.
+_REAPER: subprocess.Popen | None = None
+
+
+def _ray_temp_root() -> str:
+    try:
+        from ray._common.utils import get_default_ray_temp_dir  # where a local Ray puts its sessions
+
+        return get_default_ray_temp_dir()
+    except ImportError:
+        return os.path.join(os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp", "ray")
+
+
+def start_reaper() -> subprocess.Popen:
+    """Start (once per process) the reaper that stops this process's local Ray when the process dies."""
+    global _REAPER
+    if _REAPER is None or _REAPER.poll() is not None:
+        # -I: the reaper needs only the standard library, and a fresh session keeps Ctrl-C and killpg off it
+        _REAPER = subprocess.Popen([sys.executable, "-I", str(Path(__file__).with_name("ray_reaper.py")),
+                                    str(os.getpid()), _ray_temp_root()], stdin=subprocess.PIPE,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return _REAPER
+
+
+def announce_session(session_dir: str | None) -> None:
+    """Tell the reaper which Ray session to stop: only one this process started (Ray names it after our pid)."""
+    if _REAPER is None or not session_dir or not Path(session_dir).name.endswith(f"_{os.getpid()}"):
+        return
+    _REAPER.stdin.write(f"session {session_dir}\n".encode())
+    _REAPER.stdin.flush()
+
+
 def init_ray(opts: RayOptions) -> None:
     import ray
 
@@ -106,11 +144,13 @@ def init_ray(opts: RayOptions) -> None:
     if ray.is_initialized():
         return
     try:
-        if opts.address:
+        if opts.address:  # someone else's cluster: no reaper, whatever happens to this driver
             ray.init(address=opts.address, log_to_driver=False)
         else:
-            ray.init(num_cpus=opts.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                     object_store_memory=opts.object_store_mb * 1024 ** 2)
+            start_reaper()
+            context = ray.init(num_cpus=opts.num_cpus or os.cpu_count(), include_dashboard=False,
+                               log_to_driver=False, object_store_memory=opts.object_store_mb * 1024 ** 2)
+            announce_session(context.address_info.get("session_dir"))
     except ConnectionError as exc:
         raise OrchestrationError(f"cannot join the Ray cluster at {opts.address!r}: {exc}. Start one with "
                                  f"`ray start --head` and pass its address (or 'auto' on a cluster node).") from exc
