@@ -133,7 +133,7 @@ def print_summary(result: GridResult, req: SweepRequest, console) -> None:
     for label, reason in result.of_kind(FAILED):
         console.print(f"[red]failed[/red] {escape(label)}: {escape(reason)}", highlight=False)
     for label, reason in result.of_kind(BUSY):
-        console.print(f"[yellow]busy[/yellow] {escape(label)}: {escape(reason)} on {runs}; not counted as failed "
-                      f"(`bench run --wait` waits for it)", highlight=False)
+        console.print(f"[yellow]busy[/yellow] {escape(label)}: {escape(reason)} (lock in {runs / '.locks'}); not a "
+                      f"failure: `bench run --wait` waits for it", highlight=False)
     if counts[FAILED]:
         console.print(f"the failed runs' records (error, traceback, log tail) are in {runs}", highlight=False)

@@ -27,6 +27,7 @@ from bench.records import COMPLETED, RunRecord, RunSpec, RunStore
 
 DONE, REUSED, FAILED, BUSY = "done", "reused", "failed", "busy"
 LOG_TAIL_LINES = 20
+LOG_TAIL_BYTES = 64 * 1024
 #: what a trial prints before ``os._exit``: Ray reports a dead worker's exit status nowhere, so the trial says it
 EXIT_NOTE = "bench: trial process {pid} calls os._exit({code}) at {where}"
 _EXIT_NOTE = re.compile(r"bench: trial process \d+ calls os\._exit\((-?\d+)\) at (.*)")
@@ -137,7 +138,9 @@ def worker_log_tail(pid: int | None, logs_dir: Path | None) -> list[str]:
     lines = []
     for suffix in ("err", "out"):
         for path in sorted(logs_dir.glob(f"worker-*-{pid}.{suffix}")):
-            text = path.read_text(errors="replace").splitlines()
+            with open(path, "rb") as fh:  # a worker's log may be large: its end is enough
+                fh.seek(max(0, path.stat().st_size - LOG_TAIL_BYTES))
+                text = fh.read().decode(errors="replace").splitlines()
             body = [line for line in text if line.strip() and not line.startswith((":job_id:", ":actor_name:"))]
             lines += [f"[{suffix}] {line}" for line in body[-LOG_TAIL_LINES:]]
     return lines
