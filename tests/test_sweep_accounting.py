@@ -2,6 +2,7 @@
 counted; a spec another live process holds is busy, not failed, and `--wait` reuses it (or computes it if that process
 dies); `kill -9` of `bench run` leaves no process of its Ray behind."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -254,6 +255,7 @@ def test_kill_9_of_bench_run_leaves_no_process_of_its_ray(tiny_root, tmp_path):
         for pid in processes_under(root):  # never leave them to the rest of the suite
             os.kill(pid, signal.SIGKILL)
         driver.kill()
+        shutil.rmtree(root, ignore_errors=True)
     assert not left, f"still alive 10 s after kill -9 of bench run: {left} (of {before})"
 
 
