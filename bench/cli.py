@@ -144,23 +144,29 @@ def run(
     gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="GPUs per trial; fractions share a GPU, N>1 runs DDP."),
     workers_per_trial: int = typer.Option(1, "--workers-per-trial", help="DDP workers per trial (Ray Train); >1 also on CPU."),
     max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", help="At most this many trials at once."),
-    retries: int = typer.Option(0, "--retries", help="Re-run failed trials up to N times."),
+    retries: int = typer.Option(0, "--retries", help="Re-run failed trials (also those whose process died) up to N times."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for runs another live `bench run` is computing, then reuse "
+                                                    "them (or compute them if it died without finishing them)."),
     force: bool = typer.Option(False, "--force", help="Recompute runs that already have a completed record."),
     ablation: bool = typer.Option(False, "--ablation", help="Also run the method's declared ablation variants."),
     config: List[Path] = typer.Option([], "--config", help="YAML config layered over each method's. Repeatable."),
     set_: List[str] = typer.Option([], "--set", help="Override one key for every method. Repeatable."),
 ) -> None:
-    """Run methods × subjects × seeds as Ray Tune trials, skipping completed runs; print the leaderboard."""
+    """Run methods × subjects × seeds as Ray Tune trials, skipping completed runs; print the leaderboard.
+
+    Exits 1 if any run failed (raised, or its process died); runs another `bench run` is computing are reported
+    busy and do not change the exit code."""
     from bench.paths import default_results_dir
     from bench.grid import SweepRequest, print_summary, run_sweep
 
     req = SweepRequest(methods=[m.strip() for m in method.split(",") if m.strip()], subjects=subjects, seeds=seeds,
                        protocol=protocol, data_root=data_root, results_dir=results_dir or default_results_dir(),
-                       config_files=tuple(config), sets=tuple(set_), ablation=ablation, force=force, retries=retries)
+                       config_files=tuple(config), sets=tuple(set_), ablation=ablation, force=force, retries=retries,
+                       wait=wait)
     result = run_sweep(req, _ray_options(address, cpus_per_trial, gpus_per_trial, workers_per_trial, max_concurrent),
                        printer=_say)
     print_summary(result, req, console)
-    if any(r.status != "completed" for r in result.records) or result.busy:
+    if result.of_kind("failed"):
         raise typer.Exit(1)
 
 
