@@ -147,13 +147,18 @@ def run(
     gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="GPUs per trial; fractions share a GPU, N>1 runs DDP."),
     workers_per_trial: int = typer.Option(1, "--workers-per-trial", help="DDP workers per trial (Ray Train); >1 also on CPU."),
     max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", help="At most this many trials at once."),
-    retries: int = typer.Option(0, "--retries", help="Re-run failed trials up to N times."),
+    retries: int = typer.Option(0, "--retries", help="Re-run failed trials (also those whose process died) up to N times."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for runs another live `bench run` is computing, then reuse "
+                                                    "them (or compute them if it died without finishing them)."),
     force: bool = typer.Option(False, "--force", help="Recompute runs that already have a completed record."),
     ablation: bool = typer.Option(False, "--ablation", help="Also run the method's declared ablation variants."),
     config: List[Path] = typer.Option([], "--config", help="YAML config layered over each method's. Repeatable."),
     set_: List[str] = typer.Option([], "--set", help="Override one key for every method. Repeatable."),
 ) -> None:
-    """Run methods × subjects × seeds as Ray Tune trials, skipping completed runs; print the leaderboard."""
+    """Run methods × subjects × seeds as Ray Tune trials, skipping completed runs; print the leaderboard.
+
+    Exits 1 if any run failed (raised, or its process died); runs another `bench run` is computing are reported
+    busy and do not change the exit code."""
     from bench.paths import default_results_dir
     from bench.records import check_writable
 
@@ -162,11 +167,12 @@ def run(
 
     req = SweepRequest(methods=[m.strip() for m in method.split(",") if m.strip()], subjects=subjects, seeds=seeds,
                        protocol=protocol, data_root=data_root, results_dir=results_dir or default_results_dir(),
-                       config_files=tuple(config), sets=tuple(set_), ablation=ablation, force=force, retries=retries)
+                       config_files=tuple(config), sets=tuple(set_), ablation=ablation, force=force, retries=retries,
+                       wait=wait)
     result = run_sweep(req, _ray_options(address, cpus_per_trial, gpus_per_trial, workers_per_trial, max_concurrent),
                        printer=_say)
     print_summary(result, req, console)
-    if any(r.status != "completed" for r in result.records) or result.busy:
+    if result.of_kind("failed"):
         raise typer.Exit(1)
 
 
@@ -238,6 +244,10 @@ def features(
     prompt_template: str = typer.Option("This picture is {concept}", "--prompt-template"),
     underscores_to_spaces: bool = typer.Option(False, "--underscores-to-spaces", help="aircraft_carrier → aircraft carrier."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or float16 (storage; computed in float32)."),
+    transform: str = typer.Option("eval", "--transform", help="eval: the model's resize + centre crop; train: its "
+                                  "random training transform (ATM's open_clip preprocess_train), seeded per image."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="With --transform train: the crops' seed (default 0); "
+                                       "each image's draw depends only on it and the image's index."),
     batch_size: int = typer.Option(64, "--batch-size"),
     workers: int = typer.Option(4, "--workers", help="Threads decoding images."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
@@ -249,18 +259,19 @@ def features(
 
     extract_features(images, model, out, weights=weights, pretrained=pretrained, random_init=random_init, layer=layer,
                      pool=pool, text=text, prompt_template=prompt_template, underscores_to_spaces=underscores_to_spaces,
-                     dtype=dtype, batch_size=batch_size, workers=workers, device=device, force=force,
-                     progress=progress, log=lambda msg: err_console.print(msg, highlight=False, markup=False))
+                     dtype=dtype, transform=transform, seed=seed, batch_size=batch_size, workers=workers, device=device,
+                     force=force, progress=progress,
+                     log=lambda msg: err_console.print(msg, highlight=False, markup=False))
 
 
 @app.command()
 def leaderboard(
     results_dir: Optional[Path] = typer.Option(None, "--results-dir", help="Results directory (default: $BENCH_RESULTS_DIR or ./results)."),
-    protocol: Optional[str] = typer.Option(None, "--protocol", help="intra | inter (default: every protocol found)."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="intra | inter, or published | published-inter for their inflation table alone (default: every protocol found)."),
     methods: List[str] = typer.Option([], "--methods", help="Only these methods (comma-separated or repeated); a base name brings its ablation variants."),
     fmt: str = typer.Option("md", "--format", help="md | csv | tex | html"),
     out: Optional[Path] = typer.Option(None, "--out", help="Write here instead of printing."),
-    table: Optional[str] = typer.Option(None, "--table", help="all | main | subjects | kway | ablation | timings | stats (csv: one table, default main)."),
+    table: Optional[str] = typer.Option(None, "--table", help="all | main | subjects | kway | ablation | timings | stats | inflation (csv: one table, default main)."),
     reported: Optional[Path] = typer.Option(None, "--reported", help="Literature numbers (default: <results-dir>/reported.csv if present)."),
     no_reported: bool = typer.Option(False, "--no-reported", help="Leave reported rows out."),
     expect_subjects: Optional[str] = typer.Option(None, "--expect-subjects", help="Subjects a complete row has, e.g. 1-10 (default: all subjects seen)."),

@@ -133,7 +133,7 @@ def execute_spec(spec: RunSpec, ds, store: RunStore, progress: bool = True, on_e
     record.code_fingerprint = code.digest
     record.provenance = {**provenance.collect(fit.device if fit else "cpu", spec.data_fingerprint,
                                               fit.num_processes if fit else 1, fit.mixed_precision if fit else "no",
-                                              preprocessing=getattr(ds, "preprocessing", None)),
+                                              preprocessing=getattr(ds, "preprocessing", None), dataset=ds),
                          "recipe": recipe_record(spec.method, spec.config), "code": code.to_dict(),
                          "started_at": started, "finished_at": provenance.now()}
     if main:
