@@ -190,7 +190,7 @@ def settle_lost_trial(spec: RunSpec, store: RunStore, death: Death, code_digest:
                 return Outcome(BUSY, str(holder))
             # else a leftover child of our own dead trial keeps the lock open: the spec is still ours to record
         done = store.read(spec.spec_hash)
-        if done is not None and done.status == COMPLETED and done.code_fingerprint == code_digest:
+        if done is not None and done.status == COMPLETED and not done.corrupt and done.code_fingerprint == code_digest:
             return Outcome(DONE)  # the record was written before the process died
         store.write(death_record(spec, death, code_digest))
         return Outcome(FAILED, death.message)
