@@ -16,11 +16,12 @@ from typing import Callable
 
 from bench import provenance, seal
 from bench.code_fingerprint import CodeFingerprint, fingerprint_method
+from bench.config_rules import TEST_SELECTED_VALIDATIONS
 from bench.errors import UserError
 from bench.evaluate import ZeroShotEvaluator
 from bench.method import Method
 from bench.preflight import check_spec
-from bench.protocols import Split
+from bench.protocols import EvalSet, Split
 from bench.records import COMPLETED, FAILED, RunRecord, RunSpec, RunStore
 from bench.registry import METHODS, PROTOCOLS
 from bench.specs import data_info, flag_overrides, make_spec, open_dataset, recipe_record, resolve_config
@@ -68,10 +69,30 @@ def build_method(name: str, cfg: dict, info, seed: int) -> Method:
     return METHODS.create(name, info=info, **cfg["method"])
 
 
-def prepare_run(spec: RunSpec, ds) -> PreparedRun:
-    """Config → split → method, the same for `bench train`, `bench run`, `bench tune` and `bench perf`."""
+def open_selection_validation(spec: RunSpec, ds) -> EvalSet | None:
+    """Test-selected validation (``protocol.validation: test`` / ``test-other-subjects``; published protocols only):
+    the harness opens the test partition(s) now, *before* the sealed phase, logging a ``test-selected`` warning, and
+    scores them as the test will be (the main gallery). None for every other validation kind."""
+    protocol = PROTOCOLS.get(spec.protocol).obj.from_config(spec.config)
+    val = protocol.selection_validation(ds, spec.subject, label=spec.label)
+    return None if val is None else ZeroShotEvaluator.from_config(spec.config).main_view(val)
+
+
+def prepare_run(spec: RunSpec, ds, selection_val: EvalSet | None = None) -> PreparedRun:
+    """Config → split → method, the same for `bench train`, `bench run`, `bench tune` and `bench perf`.
+
+    ``selection_val``: the test-selected validation set :func:`open_selection_validation` opened before the seal
+    (required exactly when the protocol validates on a test partition)."""
     t = time.perf_counter()
-    split = PROTOCOLS.get(spec.protocol).obj.from_config(spec.config).split(ds, spec.subject)
+    protocol = PROTOCOLS.get(spec.protocol).obj.from_config(spec.config)
+    split = protocol.split(ds, spec.subject)
+    if protocol.test_selected:
+        if selection_val is None:
+            raise seal.SealError(f"{spec.label}: protocol.validation={protocol.validation} validates on a test "
+                                 f"partition, which only `bench train` / `bench run` open (before the sealed phase); "
+                                 f"bench tune selects on honest validation only")
+        split.val = selection_val
+        split.info["n_val_queries"] = len(selection_val)
     load_s = time.perf_counter() - t
     method = build_method(spec.method, spec.config, data_info(ds, split.train), spec.seed)
     return PreparedRun(split, method, ZeroShotEvaluator.from_config(spec.config), load_s)
@@ -105,9 +126,10 @@ def _test_and_record(spec: RunSpec, run: PreparedRun, fit: FitResult, timings: d
     t = time.perf_counter()  # training and model selection are over: only now is the test partition read
     scored = run.evaluator.score(run.method, run.split.test.open(), fit.device)
     timings["eval_s"] = time.perf_counter() - t
-    metrics = {**scored.metrics, "val": {"best_epoch": fit.best_epoch, "best_top1": fit.best_val_top1,
-                                         "selected_epoch": fit.selected_epoch, "stopped_early": fit.stopped_early,
-                                         "curve": fit.curve}}
+    # test_selected: validation read a test partition, so the selected epoch (or the stopping one) saw test data
+    metrics = {**scored.metrics, "test_selected": run.split.info.get("validation") in TEST_SELECTED_VALIDATIONS,
+               "val": {"best_epoch": fit.best_epoch, "best_top1": fit.best_val_top1,
+                       "selected_epoch": fit.selected_epoch, "stopped_early": fit.stopped_early, "curve": fit.curve}}
     arrays = {"eeg_embeddings": scored.eeg, "gallery_embeddings": scored.gallery, "similarity": scored.similarity}
     return RunRecord(spec, COMPLETED, metrics=metrics, timings=timings, split=run.split.info, extras=fit.extras), arrays
 
@@ -117,8 +139,9 @@ def execute_spec(spec: RunSpec, ds, store: RunStore, progress: bool = True, on_e
     started, timings, code = provenance.now(), {}, current_code(spec)
     run, fit, main, arrays = None, None, True, None
     try:
+        selection_val = open_selection_validation(spec, ds)  # None unless validation is test-selected (labelled)
         with seal.sealed(f"{spec.label} is being built, trained and selected"):
-            run = prepare_run(spec, ds)
+            run = prepare_run(spec, ds, selection_val)
             trainer = Trainer(spec.config["train"], spec.seed, run.evaluator, progress=progress,
                               log_prefix=f"{spec.label} ", on_epoch=on_epoch)
             fit = trainer.fit(run.method, run.split.train, run.split.val)

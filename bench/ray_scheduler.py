@@ -249,7 +249,8 @@ def run_trial(config: dict) -> None:
             outcome = RunOutcome(record_setup_failure(spec, store, exc))
     record = outcome.record
     tune.report({"status": record.status, "spec_hash": spec.spec_hash, "reused": outcome.skipped,
-                 "top1": record.metrics.get("top1", math.nan), "top5": record.metrics.get("top5", math.nan)})
+                 "top1": record.metrics.get("top1", math.nan), "top5": record.metrics.get("top5", math.nan),
+                 "test_selected": bool(record.metrics.get("test_selected", False))})
 
 
 def _read_lock(store: RunStore, spec_hash: str) -> str:
@@ -357,7 +358,8 @@ def progress_callback(total: int, labels: dict[str, str], concurrency: int, prin
             if result.get("status") == COMPLETED:
                 self.done += 1
                 how = "reused" if result.get("reused") else "done "
-                self._line(f"{how} {self._label(trial)}: top-1 {result['top1']:.1f}%, top-5 {result['top5']:.1f}%")
+                tag = " (TEST-SELECTED)" if result.get("test_selected") else ""
+                self._line(f"{how} {self._label(trial)}: top-1 {result['top1']:.1f}%, top-5 {result['top5']:.1f}%{tag}")
             else:
                 self.failed += 1
                 self._line(f"FAILED {self._label(trial)} ({result.get('status', 'error')})")
