@@ -126,6 +126,8 @@ def print_summary(result: GridResult, req: SweepRequest, console) -> None:
         board = build_leaderboard(result.records)
         for table in rich_tables(board, "main"):
             console.print(table)
+        for table in rich_tables(board, "inflation"):  # only when a published protocol ran: honest vs as-published
+            console.print(table)
         if req.ablation:
             for table in rich_tables(board, "ablation"):
                 console.print(table)
