@@ -109,7 +109,8 @@ def write_model(path: Path, method: torch.nn.Module, meta: dict) -> dict:
     state = method.state_dict()
     return {"file": path.name, "format": "safetensors", "bytes": path.stat().st_size, "sha256": _sha256(path),
             "parameters": int(sum(p.numel() for p in method.parameters())),
-            "values": int(sum(t.numel() for t in state.values())), "tensors": len(state)}
+            # shared tensors (e.g. one adapter under two names) are stored once, so counted once
+            "values": int(sum({t.data_ptr(): t.numel() for t in state.values()}.values())), "tensors": len(state)}
 
 
 def _sha256(path: Path) -> str:
