@@ -331,14 +331,19 @@ def _open_saved_run(results_dir: Optional[Path], run: str, device: str):
     """The run's rebuilt method; a code-changed warning becomes one line on stderr."""
     import warnings
 
+    from rich.markup import escape
+
     from bench.paths import default_results_dir
-    from bench.saved_model import open_run
+    from bench.saved_model import CodeChangedWarning, open_run
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         saved = open_run(results_dir or default_results_dir(), run, device)
     for warning in caught:
-        err_console.print(f"[yellow]warning:[/yellow] {warning.message}", highlight=False)
+        if issubclass(warning.category, CodeChangedWarning):
+            err_console.print(f"[yellow]warning:[/yellow] {escape(str(warning.message))}", highlight=False)
+        else:  # not ours: shown as Python would have shown it
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     return saved
 
 

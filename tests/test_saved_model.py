@@ -248,7 +248,7 @@ def test_a_model_that_does_not_fit_is_a_clear_error(runs, tmp_path):
         load_run(copy, h[:4])
 
 
-def test_changed_code_warns_in_one_line_but_loads(runs, tmp_path):
+def test_changed_code_warns_in_one_line_but_loads(runs, tiny_root, tmp_path, capsys):
     results, hashes = runs
     h = hashes["ridge"]
     copy = copy_results(results, tmp_path, h)
@@ -259,6 +259,9 @@ def test_changed_code_warns_in_one_line_but_loads(runs, tmp_path):
     with pytest.warns(CodeChangedWarning, match=r"code changed since the run \(code of baselines.ridge\)"):
         method = load_run(copy, h[:4])
     assert type(method).__name__ == "Ridge"
+    code, out, err = run_cli(capsys, "embed", "--run", h[:4], "--eeg", tiny_root / TEST_FILE, "--results", copy)
+    assert code == 0 and "40 × 1024" in out
+    assert err.count("warning:") == 1 and len(err.strip().splitlines()) == 1 and "baselines.ridge" in err, err
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_run(results, h[:4])  # the current code: no warning
@@ -277,3 +280,19 @@ def test_a_failed_save_is_noted_in_the_record_and_explained_on_load(runs, tmp_pa
     store.write(record)
     with pytest.raises(ModelError, match="has no saved model: saving it failed: AttributeError"):
         load_run(tmp_path, h)
+
+
+def test_embed_gives_the_model_the_runs_subject_index_only_where_the_protocol_did(runs):
+    results, hashes = runs
+    saved = open_run(results, hashes["nice"])
+    assert saved.meta["subject_index"] == 0 and saved.meta["dataset_subjects"] == [1, 2, 3]  # intra, sub-01
+    seen = []
+    saved.method.encode_eeg = lambda eeg, subject: seen.append(subject) or torch.zeros(len(eeg), 1024)
+    from bench.saved_model import embed_eeg
+
+    embed_eeg(saved, np.zeros((3, 63, 250), dtype=np.float32), batch_size=2)
+    assert [s.tolist() for s in seen] == [[0, 0], [0]]
+    saved.meta["subject_index"] = None  # as an inter run records it: the model is never told the subject
+    seen.clear()
+    embed_eeg(saved, np.zeros((3, 63, 250), dtype=np.float32))
+    assert seen == [None]
