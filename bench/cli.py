@@ -382,7 +382,8 @@ def predict(
     run: str = typer.Option(..., "--run", help=RUN_HELP),
     eeg: Path = typer.Option(..., "--eeg", help=EEG_HELP),
     gallery: Path = typer.Option(..., "--gallery", help="Feature file or folder (bench features .npz, ATM .pt, NICE .npy)."),
-    partition: str = typer.Option("test", "--partition", help="Which image rows of the feature file: test | train."),
+    partition: str = typer.Option("test", "--partition", help="Which rows of the feature file: test | train."),
+    table: str = typer.Option("image", "--table", help="image (default) | centroid (NICE-style concept centres)."),
     top: int = typer.Option(5, "--top", help="Gallery items listed per EEG row."),
     csv_path: Optional[Path] = typer.Option(None, "--csv", help="Write eeg_row,rank,gallery_row,item,score here."),
     results_dir: Optional[Path] = typer.Option(None, "--results", "--results-dir", help=RESULTS_HELP),
@@ -395,19 +396,20 @@ def predict(
     from bench.saved_model import predict as run_predict
 
     saved = _open_saved_run(results_dir, run, device)
-    pred = run_predict(saved, eeg, gallery, partition, top, batch_size)
+    pred = run_predict(saved, eeg, gallery, partition, top, batch_size, table)
     if csv_path is not None:
         _write_predictions_csv(csv_path, pred)
         console.print(f"wrote {csv_path} ({pred.index.shape[0]} EEG rows × top {pred.index.shape[1]}) with run "
                       f"{saved.label}", highlight=False)
         return
-    table = Table(title=escape(f"run {saved.label}: {eeg.name} vs {gallery.name} ({partition}, {len(pred.names)} items)"))
-    table.add_column("EEG row", justify="right")
+    out = Table(title=escape(f"run {saved.label}: {eeg.name} vs {gallery.name} ({partition} {table}, "
+                             f"{len(pred.names)} items)"))
+    out.add_column("EEG row", justify="right")
     for r in range(pred.index.shape[1]):
-        table.add_column(f"#{r + 1}", overflow="fold")
+        out.add_column(f"#{r + 1}", overflow="fold")
     for i, (rows, scores) in enumerate(zip(pred.index, pred.score)):
-        table.add_row(str(i), *(f"{escape(pred.names[j])} ({s:.3f})" for j, s in zip(rows, scores)))
-    console.print(table)
+        out.add_row(str(i), *(f"{escape(pred.names[j])} ({s:.3f})" for j, s in zip(rows, scores)))
+    console.print(out)
 
 
 def _write_predictions_csv(path: Path, pred) -> None:

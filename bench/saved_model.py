@@ -418,9 +418,11 @@ def embed_gallery(saved: SavedRun, features: np.ndarray, batch_size: int = EMBED
     return np.concatenate(out) if out else np.zeros((0, dim), dtype=np.float32)
 
 
-def gallery_names(path: str | Path, partition: str, meta: dict, n_rows: int) -> list[str] | None:
+def gallery_names(path: str | Path, partition: str, meta: dict, n_rows: int, table: str = "image"
+                  ) -> list[str] | None:
     """Item names of a feature file's rows: its image list (``bench features``' images root, or an
-    image_metadata.npy / image folders beside the file), when it has exactly as many entries; else None."""
+    image_metadata.npy / image folders beside the file; concept folders for centroid rows), when it has exactly as
+    many entries; else None."""
     from bench.data.layout import DataLayout, find_image_list, scan_image_folders
 
     path = Path(path)
@@ -433,7 +435,10 @@ def gallery_names(path: str | Path, partition: str, meta: dict, n_rows: int) -> 
             images = find_image_list(DataLayout(root=folder, eeg_dir=folder, subjects={}))
     except UserError:
         return None  # no image list: rows are named by their index
-    names = images.train_images if partition == "train" else images.test_images
+    if table == "centroid":
+        names = images.train_concepts if partition == "train" else images.test_concepts
+    else:
+        names = images.train_images if partition == "train" else images.test_images
     return list(names) if len(names) == n_rows else None
 
 
@@ -446,28 +451,36 @@ class Prediction:
     names: list[str]
 
 
-def rank_gallery(eeg_emb: np.ndarray, gallery_emb: np.ndarray, top: int, names: list[str] | None) -> Prediction:
-    """The evaluator's cosine similarity, gallery rows sorted by it (ties by row order), the first ``top`` kept."""
-    from bench.evaluate import cosine_similarity
+def rank_gallery(eeg_emb: np.ndarray, gallery_emb: np.ndarray, top: int, names: list[str] | None,
+                 similarity: str = "cosine") -> Prediction:
+    """The evaluator's similarity (``eval.similarity``: cosine, or dot under a published protocol), gallery rows sorted
+    by it (ties by row order), the first ``top`` kept."""
+    from bench.evaluate import SIMILARITY
 
-    sim = cosine_similarity(eeg_emb, gallery_emb)
+    sim = SIMILARITY[similarity](eeg_emb, gallery_emb)
     order = np.argsort(-sim, axis=1, kind="stable")[:, :max(1, int(top))]
     return Prediction(index=order, score=np.take_along_axis(sim, order, axis=1),
                       names=names or [str(i) for i in range(gallery_emb.shape[0])])
 
 
 def predict(saved: SavedRun, eeg_path: str | Path, gallery: str | Path, partition: str = "test", top: int = 5,
-            batch_size: int = EMBED_BATCH) -> Prediction:
-    """The ``top`` gallery items per row of an EEG file, from a feature file's ``partition`` image rows."""
+            batch_size: int = EMBED_BATCH, table: str = "image") -> Prediction:
+    """The ``top`` gallery items per row of an EEG file, from a feature file's ``partition`` rows of ``table``
+    (``image``, or ``centroid``: NICE-style concept centres), scored with the run's ``eval.similarity``."""
     from bench.data.features import load_partition_any
 
-    if partition not in ("train", "test"):
-        raise ModelError(f"--partition must be train or test, not {partition!r}")
+    if partition not in ("train", "test") or table not in ("image", "centroid"):
+        raise ModelError(f"--partition must be train or test and --table image or centroid, not {partition!r}, "
+                         f"{table!r}")
     feats = load_partition_any(gallery, partition)  # type: ignore[arg-type]
-    gallery_emb = embed_gallery(saved, feats.image, batch_size)  # the gallery first, as the evaluator does
+    rows = feats.image if table == "image" else feats.centroid
+    if rows is None:
+        raise ModelError(f"{gallery}: the {partition} partition has no {table} rows")
+    gallery_emb = embed_gallery(saved, rows, batch_size)  # the gallery first, as the evaluator does
     eeg_emb = embed_eeg(saved, read_run_eeg(saved, eeg_path), batch_size)
-    names = gallery_names(gallery, partition, feats.meta, len(feats.image))
-    return rank_gallery(eeg_emb, gallery_emb, top, names)
+    names = gallery_names(gallery, partition, feats.meta, len(rows), table)
+    similarity = saved.record.spec.config.get("eval", {}).get("similarity", "cosine")
+    return rank_gallery(eeg_emb, gallery_emb, top, names, similarity)
 
 
 def save_embeddings(path: str | Path, embeddings: np.ndarray) -> Path:
