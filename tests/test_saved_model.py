@@ -296,3 +296,40 @@ def test_embed_gives_the_model_the_runs_subject_index_only_where_the_protocol_di
     seen.clear()
     embed_eeg(saved, np.zeros((3, 63, 250), dtype=np.float32))
     assert seen == [None]
+
+
+def test_predict_ranks_concept_centres_and_uses_the_runs_similarity(runs, tiny_root, tmp_path, capsys):
+    results, hashes = runs
+    code, out, err = run_cli(capsys, "predict", "--run", hashes["ridge"][:6], "--eeg", tiny_root / TEST_FILE,
+                             "--gallery", tiny_root / "features.npz", "--results", results, "--table", "centroid",
+                             "--top", 1, "--csv", tmp_path / "c.csv")
+    assert code == 0, err
+    rows = list(csv.DictReader(open(tmp_path / "c.csv")))
+    assert len(rows) == 40 and re.fullmatch(r"\d{5}_\w+", rows[0]["item"])  # concept folders name centroid rows
+    from bench.evaluate import dot_similarity
+    from bench.saved_model import rank_gallery
+
+    rng = np.random.default_rng(0)
+    q, g = rng.normal(size=(6, 4)), rng.normal(size=(9, 4)) * rng.uniform(0.1, 3, size=(9, 1))
+    dot = rank_gallery(q, g, 9, None, "dot")
+    assert np.array_equal(dot.index, np.argsort(-dot_similarity(q, g), axis=1, kind="stable"))
+    assert not np.array_equal(dot.index, rank_gallery(q, g, 9, None).index)  # the gallery norms weigh in
+
+
+def test_a_record_that_cannot_be_published_takes_its_model_with_it(runs, tiny_root, tmp_path, monkeypatch, capsys):
+    import bench.saved_model as saved_model
+    from bench.io import StorageError
+
+    written, real_write = [], saved_model.write_model
+    monkeypatch.setattr(saved_model, "write_model", lambda path, *a: written.append(path) or real_write(path, *a))
+
+    def disk_full(self, record, arrays=None):
+        assert model_path(self, record.spec_hash).is_file()  # the model is out before the record
+        raise StorageError(f"cannot write {self.record_path(record.spec_hash)}: No space left on device")
+
+    monkeypatch.setattr(RunStore, "publish", disk_full)
+    code, out, err = run_cli(capsys, "train", "--method", "ridge", "--subject", 1, "--data-root", tiny_root,
+                             "--results-dir", tmp_path, *SETS)
+    assert code == 1 and err.strip().endswith("No space left on device"), err
+    assert len(written) == 1 and not written[0].exists()
+    assert [p.name for p in (tmp_path / "runs").iterdir() if p.is_file()] == []
