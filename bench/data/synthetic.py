@@ -121,7 +121,7 @@ CLIP_GEOMETRY = {
 }
 # The feature geometry (module docstring, "Feature geometry"): weights and shares of the parts of a unit image feature.
 COMMON_WEIGHT = 0.73        # the shared image direction: |mean unit image| ≈ 0.74, mean pairwise cosine ≈ 0.54
-COMMON_SPREAD = 0.08        # relative spread of that weight across images (real: projections 0.74 ± 0.06)
+COMMON_SPREAD = 0.10        # relative spread of that weight across images (real: projections 0.74 ± 0.06)
 STRUCTURED_SHARE = 0.60     # of the rest: a function of the image latent u (what the EEG carries)
 CONCEPT_ONLY_SHARE = 0.12   #   a random vector per concept (what its images share beyond the latent)
 IMAGE_ONLY_SHARE = 0.28     #   a random vector per image, scaled per concept (what no latent carries)
