@@ -18,11 +18,24 @@ Concepts and images (shared by all subjects):
   has latent ``z = 0.6 c_k + 0.8 e``, ``e ~ N(0, I_d)``; test concepts are new concepts from the same categories, so
   decoding them is zero-shot but learnable.
 * each image of a concept has latent ``u = z + 0.5 v``, ``v ~ N(0, I_d)`` (within-concept variation).
-* image features = ``normalise(F(u))`` with ``F`` a fixed random two-layer GELU network (d → 512 → D, D = 1024 like
-  ViT-H-14); text features = ``normalise(0.6 normalise(F(z)) + 0.8 normalise(T(z)))`` with ``T`` a different random
-  tanh network of the concept latent alone: text lives near the image space (image–text cosine ≈ 0.5)
-  but carries only concept-level information. Test concept centres (NICE's gallery) average ``F`` over 12 further
-  images of the concept.
+* image features (D = 1024, like ViT-H-14) = ``normalise(a(u) g + √(1 − 0.73²) P⊥(rest))`` with ``g`` a fixed
+  unit *common direction*, ``a(u) = 0.73 (1 + 0.1 s(u))`` (``s`` a standardised random read-out of the hidden layer
+  below) and ``P⊥`` removing the components along ``g`` and the text direction ``t``. ``rest`` has three parts, in
+  shares of its mean square:
+
+  - 0.60 *structured*: ``W₂ (gelu(W₁ u + b₁) − mean)``, a fixed random two-layer network (d → 512 → D) of the
+    image latent; its spectrum decays like that of any smooth map of a 24-d latent with categories. This is the
+    part the EEG carries;
+  - 0.12 *concept-only*: a random vector per concept, shared by its images (what CLIP sees in a concept beyond the
+    latent);
+  - 0.28 *image-only*: a random vector per image, scaled per concept by ``exp(0.4 N(0, 1))`` (normalised to mean
+    square 1), so some concepts' images look alike and others vary; it is what no latent and no EEG carries.
+
+  Test concept centres (NICE's gallery) average the unit features of 12 further images of the concept.
+* text features = ``normalise(0.837 t + 0.547 q)``, one per concept, with ``t`` a unit *text direction* at cosine
+  0.245 to ``g`` and ``q = 0.55 n(P⊥(structured(z) + concept-only)) + 0.835 n(P⊥(T(z) − mean))`` (``n``:
+  normalise; ``T`` a random tanh network of the concept latent): text follows what a concept's images share, not
+  any one image, and sits in a cone of its own.
 
 EEG of subject s (63 channels at their positions in MNE's built-in ``easycap-M1`` montage, the EASYCAP system the
 data were recorded with; −0.2…1.0 s at 250 Hz, baseline-corrected, the 250 samples from 0 s kept):
@@ -42,6 +55,49 @@ data were recorded with; −0.2…1.0 s at 250 Hz, baseline-corrected, the 250 s
 
 The published files are float64; the synthetic ones are float32 (``tiny``, ``full``) or float16 (``default``, to keep
 it a few hundred MB). The loaders accept all three.
+
+Feature geometry
+----------------
+The weights above are calibrated so the features have the geometry of real CLIP (``CLIP_GEOMETRY`` below,
+:func:`bench.data.features.feature_geometry`): real CLIP ViT-L/14 image embeddings share a large common direction,
+which decides whether a regression that adds back the training mean can retrieve at all (issue 17: version 1 of this
+generator had mean pairwise cosine 0.25 and hid that). Image rows are the test images (one per test concept); the real
+figures are the 200 THINGS test images' unit ``image_embeds`` and NICE's ``center_clip.npy`` concept centres (norm of
+the mean of ≈ 12 unit image features). Principal-component shares depend on the number of images, so their real value
+is the mean over random subsets of the preset's size. Measured with seed 0 (``tests/test_synthetic_geometry.py``
+checks every preset within the stated tolerance):
+
+===================================  =======================  =========  =========  =========  ===========
+statistic                            real CLIP                tiny       default    full       tolerance
+===================================  =======================  =========  =========  =========  ===========
+image mean pairwise cosine           0.544                    0.522      0.554      0.536      ± 0.05
+common direction: |mean unit image|  0.739                    0.731      0.748      0.734      ± 0.05
+sd of the projections on it          0.062                    0.065      0.051      0.059      ± 0.02
+top-10 PC variance share             0.497 / 0.360 / 0.309 *  0.514      0.380      0.315      ± 0.08
+top-1 PC variance share              0.092 / 0.075 / 0.069 *  0.089      0.061      0.049
+participation ratio                  26.3 / 44.7 / 58.8 *     25.5       45.2       63.3
+concept-centre norm, mean            0.905                    0.898      0.915      0.907      ± 0.03
+concept-centre norm, min–max         0.74–0.98                0.71–0.96  0.81–0.96  0.74–0.97  in 0.6–0.99
+image–own centre cosine              0.890                    0.877      0.898      0.889      ± 0.03
+image–other centres cosine           0.597                    0.584      0.608      0.593      ± 0.05
+image → centre top-1                 0.98                     1.00       1.00       1.00       ≥ 0.9
+image–text cosine, matching          ≈ 0.30 †                 0.299      0.310      0.304      ± 0.05
+image–text cosine, not matching      ≈ 0.15 †                 0.156      0.154      0.151      ± 0.05
+text–text mean pairwise cosine       ≈ 0.70 †                 0.728      0.703      0.704      ± 0.08
+===================================  =======================  =========  =========  =========  ===========
+
+* at 40 / 100 / 200 images (tiny / default / full test sets); † assumed, see below.
+
+The text figures are not measured here (the real text features were not at hand). They follow CLIP's *modality gap*
+(Liang et al., "Mind the Gap", NeurIPS 2022: image and text embeddings occupy two separate narrow cones): a matching
+image–text pair has cosine ≈ 0.2–0.35 in CLIP ViT-L/14 and ViT-H-14 (logit ≈ 100 × cosine ≈ 30), far below two
+unrelated images (≈ 0.54), and prompts built from one template have mean pairwise cosine ≈ 0.6–0.8. The tests ask for
+a matching pair below the image–image mean by at least 0.15 and above the non-matching ones by at least 0.08.
+
+Version 2 kept every random draw of version 1 in order (the feature geometry draws from streams of its own), so the
+latents, names and EEG of a seed are byte-identical to version 1's; only ``features.npz`` differs. A ridge read-out
+that adds the training-feature mean back to its predictions scores near chance on these features (it did not on
+version 1's); see ``baselines/ridge.py``.
 """
 from __future__ import annotations
 
