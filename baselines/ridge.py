@@ -7,14 +7,15 @@ the Trainer calls :meth:`fit_closed_form` once with the training set.
 inputs, so one value behaves alike across channel counts, window lengths and dataset sizes.
 
 Scoring happens in the **centred** target space: the EEG embedding is the centred prediction ``x̃ W`` (no intercept),
-and :meth:`encode_image` subtracts the training image mean from every gallery row (``image_mean``, a buffer set by the
-fit, so each embedding still depends only on its own input). Adding the mean back to the prediction, as an ordinary
-regression would, breaks retrieval on CLIP-like targets: real CLIP image features share a large common direction
-(the mean unit feature has norm ≈ 0.74), ridge shrinks ``x̃ W`` to a small vector, and the query becomes mostly that
-mean, so every query ranks first the gallery items that lie furthest along it. On CLIP ViT-L/14 features of
-THINGS-EEG this took top-1 from ~20 % to 2 % (issue 17); centring both sides gives 23 %. A text gallery is scored
-against the same centred prediction without a text mean: the text features' own shared direction adds one constant
-to every text's score for a given query and cannot change a rank.
+and :meth:`encode_image` subtracts the training image mean ``m`` from every image and centroid gallery row
+(``image_mean``, a buffer set by the fit, so each embedding still depends only on its own input). Adding ``m`` back
+to the prediction, as an ordinary regression would, breaks retrieval on CLIP-like targets: real CLIP image features
+share a large common direction (``|m|`` ≈ 0.74), ridge shrinks ``x̃ W`` to a small vector, so the query is mostly
+``m`` and every query ranks first the gallery items that lie furthest along it. On CLIP ViT-L/14 features of
+THINGS-EEG that took top-1 from ~20 % to 2 % (issue 17); centring both sides gives 23 %. The query is the half that
+matters: against a centred query ``q`` the gallery mean only adds ``q · m``, the same for every row; centring the
+gallery as well makes the cosine that of the space the regression was fitted in. A text gallery is scored against
+the same query as it is, for the same reason (``q`` times the text mean is one constant for every text).
 """
 from __future__ import annotations
 
