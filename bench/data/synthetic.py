@@ -175,6 +175,7 @@ CLIP_GEOMETRY = {
     "image_centre_matched": 0.890, "image_centre_unmatched": 0.597, "image_centre_top1": 0.98,
     "image_text_matched": 0.30, "image_text_unmatched": 0.15, "text_mean_pairwise_cosine": 0.70,
 }
+
 # The feature geometry (module docstring, "Feature geometry"): weights and shares of the parts of a unit image feature.
 COMMON_WEIGHT = 0.73        # the shared image direction: |mean unit image| ≈ 0.74, mean pairwise cosine ≈ 0.54
 COMMON_SPREAD = 0.10        # relative spread of that weight across images (real: projections 0.74 ± 0.06)
