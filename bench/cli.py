@@ -98,6 +98,9 @@ def train(
 ) -> None:
     """Train, select on validation and test one run; writes one record under <results-dir>/runs/."""
     from bench.paths import default_results_dir
+    from bench.records import check_writable
+
+    check_writable(results_dir or default_results_dir())  # before the data is read and the model trained
     from bench.execute import train_one
 
     outcome = train_one(method, subject, seed, protocol=protocol, data_root=data_root,
@@ -162,7 +165,9 @@ def run(
     gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="GPUs per trial; fractions share a GPU, N>1 runs DDP."),
     workers_per_trial: int = typer.Option(1, "--workers-per-trial", help="DDP workers per trial (Ray Train); >1 also on CPU."),
     max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", help="At most this many trials at once."),
-    retries: int = typer.Option(0, "--retries", help="Re-run failed trials up to N times."),
+    retries: int = typer.Option(0, "--retries", help="Re-run failed trials (also those whose process died) up to N times."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for runs another live `bench run` is computing, then reuse "
+                                                    "them (or compute them if it died without finishing them)."),
     max_failures: int = typer.Option(0, "--max-failures", min=0, help="Ray Tune restarts a trial whose process "
                                      "died up to N times, from its last epoch's checkpoint."),
     force: bool = typer.Option(False, "--force", help="Recompute runs that already have a completed record."),
@@ -170,18 +175,25 @@ def run(
     config: List[Path] = typer.Option([], "--config", help="YAML config layered over each method's. Repeatable."),
     set_: List[str] = typer.Option([], "--set", help="Override one key for every method. Repeatable."),
 ) -> None:
-    """Run methods × subjects × seeds as Ray Tune trials, skipping completed runs; print the leaderboard."""
+    """Run methods × subjects × seeds as Ray Tune trials, skipping completed runs; print the leaderboard.
+
+    Exits 1 if any run failed (raised, or its process died); runs another `bench run` is computing are reported
+    busy and do not change the exit code."""
     from bench.paths import default_results_dir
+    from bench.records import check_writable
+
+    check_writable(results_dir or default_results_dir())  # before Ray starts and the data is read or generated
     from bench.grid import SweepRequest, print_summary, run_sweep
 
     req = SweepRequest(methods=[m.strip() for m in method.split(",") if m.strip()], subjects=subjects, seeds=seeds,
                        protocol=protocol, data_root=data_root, results_dir=results_dir or default_results_dir(),
-                       config_files=tuple(config), sets=tuple(set_), ablation=ablation, force=force, retries=retries)
+                       config_files=tuple(config), sets=tuple(set_), ablation=ablation, force=force, retries=retries,
+                       wait=wait)
     ray_opts = _ray_options(address, cpus_per_trial, gpus_per_trial, workers_per_trial, max_concurrent)
     ray_opts.max_failures = max_failures
     result = run_sweep(req, ray_opts, printer=_say)
     print_summary(result, req, console)
-    if any(r.status != "completed" for r in result.records) or result.busy:
+    if result.of_kind("failed"):
         raise typer.Exit(1)
 
 
@@ -210,6 +222,7 @@ def tune(
     from bench.hparam_search import TuneRequest, run_tune
 
     rdir = results_dir or default_results_dir()
+    _check_tune_writable(rdir, out)
     ray_opts = _ray_options(address, cpus_per_trial, gpus_per_trial, 1, max_concurrent)
     outcome = run_tune(TuneRequest(method=method, search=search, num_samples=num_samples, scheduler=scheduler,
                                    subjects=subjects, seed=seed, protocol=protocol, data_root=data_root,
@@ -224,6 +237,17 @@ def tune(
         req = SweepRequest(methods=[method], subjects=subjects, seeds=str(seed), protocol=protocol,
                            data_root=data_root, results_dir=rdir, config_files=(outcome.config_path,))
         print_summary(run_sweep(req, ray_opts, printer=_say), req, console)
+
+
+def _check_tune_writable(results_dir: Path, out: Optional[Path]) -> None:
+    """`bench tune` writes Ray's trials under the results folder and the best config to --out: both must take a file
+    before Ray starts."""
+    from bench.io import probe_writable
+    from bench.records import check_writable
+
+    check_writable(results_dir)
+    if out is not None:
+        probe_writable(out.parent, "output folder")
 
 
 @app.command()
@@ -241,6 +265,10 @@ def features(
     prompt_template: str = typer.Option("This picture is {concept}", "--prompt-template"),
     underscores_to_spaces: bool = typer.Option(False, "--underscores-to-spaces", help="aircraft_carrier → aircraft carrier."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or float16 (storage; computed in float32)."),
+    transform: str = typer.Option("eval", "--transform", help="eval: the model's resize + centre crop; train: its "
+                                  "random training transform (ATM's open_clip preprocess_train), seeded per image."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="With --transform train: the crops' seed (default 0); "
+                                       "each image's draw depends only on it and the image's index."),
     batch_size: int = typer.Option(64, "--batch-size"),
     workers: int = typer.Option(4, "--workers", help="Threads decoding images."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
@@ -252,18 +280,19 @@ def features(
 
     extract_features(images, model, out, weights=weights, pretrained=pretrained, random_init=random_init, layer=layer,
                      pool=pool, text=text, prompt_template=prompt_template, underscores_to_spaces=underscores_to_spaces,
-                     dtype=dtype, batch_size=batch_size, workers=workers, device=device, force=force,
-                     progress=progress, log=lambda msg: err_console.print(msg, highlight=False, markup=False))
+                     dtype=dtype, transform=transform, seed=seed, batch_size=batch_size, workers=workers, device=device,
+                     force=force, progress=progress,
+                     log=lambda msg: err_console.print(msg, highlight=False, markup=False))
 
 
 @app.command()
 def leaderboard(
     results_dir: Optional[Path] = typer.Option(None, "--results-dir", help="Results directory (default: $BENCH_RESULTS_DIR or ./results)."),
-    protocol: Optional[str] = typer.Option(None, "--protocol", help="intra | inter (default: every protocol found)."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="intra | inter, or published | published-inter for their inflation table alone (default: every protocol found)."),
     methods: List[str] = typer.Option([], "--methods", help="Only these methods (comma-separated or repeated); a base name brings its ablation variants."),
     fmt: str = typer.Option("md", "--format", help="md | csv | tex | html"),
     out: Optional[Path] = typer.Option(None, "--out", help="Write here instead of printing."),
-    table: Optional[str] = typer.Option(None, "--table", help="all | main | subjects | kway | ablation | timings | stats (csv: one table, default main)."),
+    table: Optional[str] = typer.Option(None, "--table", help="all | main | subjects | kway | ablation | timings | stats | inflation (csv: one table, default main)."),
     reported: Optional[Path] = typer.Option(None, "--reported", help="Literature numbers (default: <results-dir>/reported.csv if present)."),
     no_reported: bool = typer.Option(False, "--no-reported", help="Leave reported rows out."),
     expect_subjects: Optional[str] = typer.Option(None, "--expect-subjects", help="Subjects a complete row has, e.g. 1-10 (default: all subjects seen)."),
@@ -271,6 +300,8 @@ def leaderboard(
     metric: str = typer.Option("top1", "--metric", help="top1 | top5: the score the tests and plots compare."),
     reference: Optional[str] = typer.Option(None, "--reference", help="Method the paired-difference plot compares against (default: the best)."),
     plots_dir: Optional[Path] = typer.Option(None, "--plots-dir", help="Also write the plots (PNG and SVG) here."),
+    skip_corrupt: bool = typer.Option(False, "--skip-corrupt", help="Leave out (and list) corrupt run records instead "
+                                      "of refusing: edited or impossible metrics, or ones their arrays disagree with."),
 ) -> None:
     """Compare methods: tables, paired tests across subjects, plots and a self-contained HTML report."""
     from bench.ids import parse_optional_ids
@@ -282,13 +313,120 @@ def leaderboard(
         protocol=protocol, methods=[m for item in methods for m in item.split(",") if m.strip()] or None,
         expect_subjects=parse_optional_ids(expect_subjects, "expect-subjects"),
         expect_seeds=parse_optional_ids(expect_seeds, "expect-seeds"), metric=metric,
-        reference=reference, plots_dir=plots_dir)
+        reference=reference, plots_dir=plots_dir, skip_corrupt=skip_corrupt)
+    for problem in result.skipped:
+        err_console.print(f"skipped corrupt record: {problem}", highlight=False, markup=False)
     if result.out is None:
         typer.echo(result.text, nl=False)  # plain echo: rich would read "mcdb[+text]" as markup
     else:
         err_console.print(f"wrote {result.out}", highlight=False)
     for path in result.plots:
         err_console.print(f"wrote {path}", highlight=False)
+
+
+# --- a finished run's model, used again: embed and predict -------------------------------------------------------
+RUN_HELP = "A run: its record-hash prefix (>= 4 characters) or method/protocol/subject/seed, e.g. nice/intra/1/0."
+RESULTS_HELP = "Results directory holding runs/ (default: $BENCH_RESULTS_DIR or ./results)."
+EEG_HELP = "EEG file in any supported layout (NICE/ATM pickle, official .npy, UBP .pt), e.g. sub-01's test file."
+
+
+def _open_saved_run(results_dir: Optional[Path], run: str, device: str):
+    """The run's rebuilt method; a code-changed warning becomes one line on stderr."""
+    import warnings
+
+    from rich.markup import escape
+
+    from bench.paths import default_results_dir
+    from bench.saved_model import CodeChangedWarning, open_run
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        saved = open_run(results_dir or default_results_dir(), run, device)
+    for warning in caught:
+        if issubclass(warning.category, CodeChangedWarning):
+            err_console.print(f"[yellow]warning:[/yellow] {escape(str(warning.message))}", highlight=False)
+        else:  # not ours: shown as Python would have shown it
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return saved
+
+
+@app.command()
+def embed(
+    run: str = typer.Option(..., "--run", help=RUN_HELP),
+    eeg: Path = typer.Option(..., "--eeg", help=EEG_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the embeddings here as .npy (atomic)."),
+    results_dir: Optional[Path] = typer.Option(None, "--results", "--results-dir", help=RESULTS_HELP),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
+    batch_size: int = typer.Option(1024, "--batch-size", help="Rows per encode_eeg call (the evaluator's: 1024)."),
+) -> None:
+    """EEG embeddings of a file with a finished run's model: its channels, window and test-repetition averaging."""
+    import numpy as np
+
+    from bench.saved_model import embed_eeg, read_run_eeg, save_embeddings
+
+    saved = _open_saved_run(results_dir, run, device)
+    emb = embed_eeg(saved, read_run_eeg(saved, eeg), batch_size)
+    if out is not None:
+        save_embeddings(out, emb)
+        console.print(f"wrote {out} ({emb.shape[0]} × {emb.shape[1]} float32) with run {saved.label}",
+                      highlight=False)
+        return
+    norms = np.linalg.norm(emb, axis=1) if emb.size else np.zeros(0)
+    reps = saved.meta["selection"]["test_repetitions"]
+    console.print(f"run {saved.label}: {eeg}", highlight=False)
+    console.print(f"embeddings: {emb.shape[0]} × {emb.shape[1]} float32 ({'all' if reps is None else reps} "
+                  f"repetitions averaged); norm mean {norms.mean() if norms.size else 0:.4g}, "
+                  f"min {norms.min() if norms.size else 0:.4g}, max {norms.max() if norms.size else 0:.4g}; "
+                  f"finite: {'yes' if np.isfinite(emb).all() else 'NO'}", highlight=False)
+
+
+@app.command()
+def predict(
+    run: str = typer.Option(..., "--run", help=RUN_HELP),
+    eeg: Path = typer.Option(..., "--eeg", help=EEG_HELP),
+    gallery: Path = typer.Option(..., "--gallery", help="Feature file or folder (bench features .npz, ATM .pt, NICE .npy)."),
+    partition: str = typer.Option("test", "--partition", help="Which rows of the feature file: test | train."),
+    table: str = typer.Option("image", "--table", help="image (default) | centroid (NICE-style concept centres)."),
+    top: int = typer.Option(5, "--top", help="Gallery items listed per EEG row."),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", help="Write eeg_row,rank,gallery_row,item,score here."),
+    results_dir: Optional[Path] = typer.Option(None, "--results", "--results-dir", help=RESULTS_HELP),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
+    batch_size: int = typer.Option(1024, "--batch-size", help="Rows per encoder call (the evaluator's: 1024)."),
+) -> None:
+    """Rank gallery images for each row of an EEG file with a finished run's model (the evaluator's similarity)."""
+    from rich.markup import escape
+
+    from bench.saved_model import predict as run_predict
+
+    saved = _open_saved_run(results_dir, run, device)
+    pred = run_predict(saved, eeg, gallery, partition, top, batch_size, table)
+    if csv_path is not None:
+        _write_predictions_csv(csv_path, pred)
+        console.print(f"wrote {csv_path} ({pred.index.shape[0]} EEG rows × top {pred.index.shape[1]}) with run "
+                      f"{saved.label}", highlight=False)
+        return
+    out = Table(title=escape(f"run {saved.label}: {eeg.name} vs {gallery.name} ({partition} {table}, "
+                             f"{len(pred.names)} items)"))
+    out.add_column("EEG row", justify="right")
+    for r in range(pred.index.shape[1]):
+        out.add_column(f"#{r + 1}", overflow="fold")
+    for i, (rows, scores) in enumerate(zip(pred.index, pred.score)):
+        out.add_row(str(i), *(f"{escape(pred.names[j])} ({s:.3f})" for j, s in zip(rows, scores)))
+    console.print(out)
+
+
+def _write_predictions_csv(path: Path, pred) -> None:
+    import csv
+    import io
+
+    from bench.io import atomic_write_text
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["eeg_row", "rank", "gallery_row", "item", "score"])
+    for i, (rows, scores) in enumerate(zip(pred.index, pred.score)):
+        writer.writerows([i, r + 1, int(j), pred.names[j], f"{s:.6f}"] for r, (j, s) in enumerate(zip(rows, scores)))
+    atomic_write_text(path, buffer.getvalue())
 
 
 # --- data: synthetic datasets and data-root checks ---------------------------------------------------------------
@@ -442,6 +580,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     except USER_ERRORS as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise SystemExit(1)
+    except OSError as exc:
+        _os_error(exc)  # a disk or permission failure that no write site turned into a StorageError: still one line
     except Exception as exc:
         import click
 
@@ -451,6 +591,21 @@ def main(argv: Optional[list[str]] = None) -> None:
         if isinstance(exc, click.exceptions.Abort):
             raise SystemExit(130)
         raise
+
+
+def _os_error(exc: OSError) -> None:
+    """Print a disk, folder or permission failure as one line naming the path, exit 1; re-raise anything else."""
+    import errno
+
+    from rich.markup import escape
+
+    from bench.io import WRITE_ERRNOS, os_reason
+
+    if exc.errno not in WRITE_ERRNOS | {errno.ENOTDIR, errno.EISDIR, errno.EIO}:
+        raise exc
+    where = f"{exc.filename}: " if exc.filename else ""
+    err_console.print(f"[red]error:[/red] {escape(where + os_reason(exc))}", highlight=False)
+    raise SystemExit(1)
 
 
 if __name__ == "__main__":

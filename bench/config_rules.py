@@ -248,6 +248,7 @@ RULES: tuple[Rule, ...] = (
     one_of("train.mixed_precision", ("auto", "no", "bf16", "fp16")),
     flag("train.compile"),
     integer("train.num_threads", 1, nullable=True),
+    flag("train.save_model"),
     integer("train.checkpoint_every", 1),
     flag("train.keep_checkpoint"),
 

@@ -14,20 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from bench import provenance, seal
 from bench.checkpoint import RunCheckpoint
 from bench.code_fingerprint import CodeFingerprint, fingerprint_method
 from bench.config_rules import TEST_SELECTED_VALIDATIONS
 from bench.errors import UserError
 from bench.evaluate import ZeroShotEvaluator
-from bench.io import atomic_path
 from bench.method import Method
 from bench.preflight import check_spec
 from bench.protocols import EvalSet, Split
 from bench.records import COMPLETED, FAILED, RunRecord, RunSpec, RunStore
 from bench.registry import METHODS, PROTOCOLS
+from bench.saved_model import kept_with
 from bench.specs import data_info, flag_overrides, make_spec, open_dataset, recipe_record, resolve_config
 from bench.train import FitResult, Trainer, seed_everything
 
@@ -51,6 +49,8 @@ def current_code(spec: RunSpec) -> CodeFingerprint:
 
 def stale_reason(record: RunRecord | None, code: CodeFingerprint) -> str | None:
     """Why a completed record cannot be reused with the current code (None: reusable, or nothing to reuse)."""
+    if record is not None and record.corrupt:  # edited or impossible numbers (bench/record_check.py): recompute
+        return f"corrupt record {record.corrupt}"
     if record is None or record.status != COMPLETED or record.code_fingerprint == code.digest:
         return None
     return code.changes_from(record.provenance.get("code"))
@@ -122,15 +122,9 @@ def record_setup_failure(spec: RunSpec, store: RunStore, exc: BaseException) -> 
     return record
 
 
-def _save_arrays(store: RunStore, spec: RunSpec, scored) -> None:
-    with atomic_path(store.arrays_path(spec.spec_hash), suffix=".npz") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, eeg_embeddings=scored.eeg, gallery_embeddings=scored.gallery,
-                                similarity=scored.similarity)
-
-
-def _test_and_record(spec: RunSpec, run: PreparedRun, fit: FitResult, timings: dict, main: bool,
-                     store: RunStore) -> RunRecord:
+def _test_and_record(spec: RunSpec, run: PreparedRun, fit: FitResult, timings: dict
+                     ) -> tuple[RunRecord, dict]:
+    """The test record and its arrays (published together by execute_spec: RunStore.publish)."""
     t = time.perf_counter()  # training and model selection are over: only now is the test partition read
     scored = run.evaluator.score(run.method, run.split.test.open(), fit.device)
     timings["eval_s"] = time.perf_counter() - t
@@ -138,9 +132,8 @@ def _test_and_record(spec: RunSpec, run: PreparedRun, fit: FitResult, timings: d
     metrics = {**scored.metrics, "test_selected": run.split.info.get("validation") in TEST_SELECTED_VALIDATIONS,
                "val": {"best_epoch": fit.best_epoch, "best_top1": fit.best_val_top1,
                        "selected_epoch": fit.selected_epoch, "stopped_early": fit.stopped_early, "curve": fit.curve}}
-    if main:
-        _save_arrays(store, spec, scored)
-    return RunRecord(spec, COMPLETED, metrics=metrics, timings=timings, split=run.split.info, extras=fit.extras)
+    arrays = {"eeg_embeddings": scored.eeg, "gallery_embeddings": scored.gallery, "similarity": scored.similarity}
+    return RunRecord(spec, COMPLETED, metrics=metrics, timings=timings, split=run.split.info, extras=fit.extras), arrays
 
 
 def resumable(spec: RunSpec, store: RunStore, code: CodeFingerprint) -> bool:
@@ -150,7 +143,7 @@ def resumable(spec: RunSpec, store: RunStore, code: CodeFingerprint) -> bool:
         done = store.read(spec.spec_hash)
     except UserError:  # an unreadable record is recomputed; it says nothing about the checkpoint
         return True
-    return done is None or done.status != COMPLETED or done.code_fingerprint != code.digest
+    return done is None or done.status != COMPLETED or done.code_fingerprint != code.digest or bool(done.corrupt)
 
 
 def execute_spec(spec: RunSpec, ds, store: RunStore, progress: bool = True, on_epoch=None) -> RunRecord:
@@ -159,7 +152,7 @@ def execute_spec(spec: RunSpec, ds, store: RunStore, progress: bool = True, on_e
     The fit writes a checkpoint after each epoch and resumes from one this spec and code left (``bench/checkpoint.py``);
     it is deleted once the completed record is written, and kept after a failure, so a rerun resumes."""
     started, timings, code = provenance.now(), {}, current_code(spec)
-    run, fit, main = None, None, True
+    run, fit, main, arrays = None, None, True, None
     checkpoint = RunCheckpoint.for_run(store.runs_dir, spec, code.digest, resume=resumable(spec, store, code))
     try:
         selection_val = open_selection_validation(spec, ds)  # None unless validation is test-selected (labelled)
@@ -172,19 +165,20 @@ def execute_spec(spec: RunSpec, ds, store: RunStore, progress: bool = True, on_e
         main = trainer.accelerator is None or trainer.accelerator.is_main_process
         timings.update(load_s=run.load_s, train_s=fit.train_s, samples_per_s=fit.samples_per_s,
                        epochs_run=fit.epochs_run, checkpoint_s=fit.checkpoint_s)
-        record = _test_and_record(spec, run, fit, timings, main, store)
+        record, arrays = _test_and_record(spec, run, fit, timings)
     except Exception as exc:  # the record says what failed; the grid goes on
         log.error("%s failed: %s", spec.label, exc)
         record = failed_record(spec, exc, timings, run.split.info if run else None)
     record.code_fingerprint = code.digest
     record.provenance = {**provenance.collect(fit.device if fit else "cpu", spec.data_fingerprint,
                                               fit.num_processes if fit else 1, fit.mixed_precision if fit else "no",
-                                              preprocessing=getattr(ds, "preprocessing", None)),
+                                              preprocessing=getattr(ds, "preprocessing", None), dataset=ds),
                          "recipe": recipe_record(spec.method, spec.config), "code": code.to_dict(),
                          "started_at": started, "finished_at": provenance.now(),
                          **({"resumed": fit.resumed} if fit is not None and fit.resumed else {})}
     if main:
-        store.write(record)
+        with kept_with(store, record, run.method if run else None, ds):  # the model file before the record naming it
+            store.publish(record, arrays)  # the record and its .npz appear together or not at all
         if record.status == COMPLETED:  # after the record: a kill in between leaves a checkpoint, not a lost run
             checkpoint.discard()
     return record

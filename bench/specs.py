@@ -22,24 +22,24 @@ def flag_overrides(protocol: str | None = None, data_root: str | Path | None = N
     return {"protocol.name": protocol, "data.root": str(Path(data_root).resolve()) if data_root else None}
 
 
-def protocol_recipe(method: str, protocol: str) -> Path | None:
-    """The protocol layer of ``method`` under ``protocol``: ``<name>.<protocol>.yaml`` beside its recipe, else its
-    parent's, following the recipe's ``extends`` to a method it derives from (NICE-SA and NICE-GA get
-    ``nice.published.yaml``; MCDB, which borrows NICE's training recipe without being a NICE, does not). None when
-    there is none. Like the recipe, the path comes from the registered modules' files and registered names only."""
+def protocol_recipe(method: str, protocol: str) -> list[Path]:
+    """The protocol layers of ``method`` under ``protocol``, parents first: ``<name>.<protocol>.yaml`` beside its
+    recipe, preceded by its parent's, following the recipe's ``extends`` to a method it derives from (NICE-SA and
+    NICE-GA get ``nice.published.yaml``, then their own wiring layer; MCDB, which borrows NICE's training recipe
+    without being a NICE, gets none). Empty when there is none. Like the recipe, the paths come from the registered
+    modules' files and registered names only."""
     if protocol not in PROTOCOLS.names():  # an unknown name is the protocol.name rule's to report
-        return None
+        return []
     entry = METHODS.get(method)
     recipe = method_recipe(method)
     if recipe is None:
-        return None
+        return []
     layer = recipe.with_name(f"{method}.{protocol}.yaml")
-    if layer.is_file():
-        return layer
+    own = [layer] if layer.is_file() else []
     parent = load_yaml(recipe).get("extends") if recipe.is_file() else None
     if isinstance(parent, str) and parent in METHODS.names() and issubclass(entry.obj, METHODS.get(parent).obj):
-        return protocol_recipe(parent, protocol)
-    return None
+        return [*protocol_recipe(parent, protocol), *own]
+    return own
 
 
 def check_protocol_recipe(method: str, cfg: dict) -> None:
@@ -47,7 +47,7 @@ def check_protocol_recipe(method: str, cfg: dict) -> None:
     declare how its paper ran it; a method without that layer is refused before any data is read."""
     name = cfg["protocol"]["name"]
     honest = getattr(PROTOCOLS.get(name).obj, "honest_counterpart", None)
-    if honest and protocol_recipe(method, name) is None:
+    if honest and not protocol_recipe(method, name):
         raise ConfigError(f"{method} declares no {name} protocol (no {method}.{name}.yaml beside its module); "
                           f"use --protocol {honest}")
 

@@ -77,7 +77,7 @@ def main() -> None:
     print("|---|---|---|---|")
     for name in args.methods.split(","):
         m = measure(name, args.rounds)
-        print(f"| {m['method']} | {m['params'] / 1e6:.2f} M | {m['bytes'] / 2**20:.1f} MiB | {m['write_s']:.2f} s |")
+        print(f"| {m['method']} | {m['params'] / 1e6:.2f} M | {m['bytes'] / 1e6:.1f} MB | {m['write_s']:.2f} s |")
 
 
 if __name__ == "__main__":

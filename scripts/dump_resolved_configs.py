@@ -38,7 +38,7 @@ def cases(methods: list[str], root: Path = Path(".")) -> Iterator[tuple[str, tup
         yield method, (), ("protocol.name=inter",)
         yield method, (), (REAL_ROOT,)
         for protocol in PUBLISHED:
-            if protocol_recipe(method, protocol) is not None:
+            if protocol_recipe(method, protocol):
                 yield method, (), (f"protocol.name={protocol}",)
         for recipe in NAMED_RECIPES.get(method, []):
             yield method, (recipe,), ()

@@ -142,7 +142,7 @@ def test_a_protocol_layer_applies_after_the_recipe_when_the_resolved_protocol_na
     (recipes.folder.parent / "defaults.yaml").write_text(yaml.safe_dump(
         {"data": {"root": None}, "protocol": {"name": "intra"}, "train": {"lr": 0.1, "epochs": 10, "batch_size": 8},
          "method": {}}))
-    layer_of = lambda method, protocol: recipes.folder / f"{method}.{protocol}.yaml"  # noqa: E731
+    layer_of = lambda method, protocol: [recipes.folder / f"{method}.{protocol}.yaml"]  # noqa: E731
     recipes.write("m", "train:\n  lr: 0.2\n  epochs: 30\n")
     recipes.write("m.published", "train:\n  lr: 0.5\n  batch_size: 4\n")
     recipes.write("m.synthetic", "train:\n  batch_size: 2\n")
@@ -155,7 +155,7 @@ def test_a_protocol_layer_applies_after_the_recipe_when_the_resolved_protocol_na
     real = resolve("m", sets=["protocol.name=published", 'data.root="/x"'], **kw)
     assert real["train"] == {"lr": 0.5, "epochs": 30, "batch_size": 4}  # no synthetic recipe on a real root
     assert applied_recipes("m", real, recipes.find, layer_of) == [str(recipes.find("m")),
-                                                                 str(layer_of("m", "published"))]
+                                                                 str(*layer_of("m", "published"))]
     for text, words in (("protocol:\n  name: intra\n", "must not set protocol.name"),
                         ("data:\n  root: /y\n", "must not set data.root"),
                         ("extends: m\n", "cannot use extends")):
@@ -167,16 +167,23 @@ def test_a_protocol_layer_applies_after_the_recipe_when_the_resolved_protocol_na
 def test_protocol_layers_follow_extends_only_to_a_parent_the_method_derives_from():
     from bench.specs import protocol_recipe
 
-    nice = REPO / "baselines" / "nice.published.yaml"
-    assert protocol_recipe("nice", "published") == nice
-    assert protocol_recipe("nice-sa", "published") == nice and protocol_recipe("nice-ga", "published") == nice
+    base = REPO / "baselines"
+    nice = base / "nice.published.yaml"
+    assert protocol_recipe("nice", "published") == [nice]
+    # the parent's protocol first, then the variant's released wiring
+    assert protocol_recipe("nice-sa", "published") == [nice, base / "nice-sa.published.yaml"]
+    assert protocol_recipe("nice-ga", "published") == [nice, base / "nice-ga.published.yaml"]
     # MCDB's recipe extends nice (NICE's training block) but MCDB is no NICE: it declares no published protocol
-    assert protocol_recipe("mcdb", "published") is None and protocol_recipe("ridge", "published") is None
-    assert protocol_recipe("nice", "published-inter") is None and protocol_recipe("nice", "intr") is None
-    assert protocol_recipe("eegproject", "inter") == REPO / "baselines" / "eegproject.inter.yaml"
+    assert protocol_recipe("mcdb", "published") == [] and protocol_recipe("ridge", "published") == []
+    assert protocol_recipe("nice", "published-inter") == [] and protocol_recipe("nice", "intr") == []
+    assert protocol_recipe("eegproject", "inter") == [base / "eegproject.inter.yaml"]
     published = resolve_config("nice-ga", overrides=flag_overrides(protocol="published"))
     assert recipe_record("nice-ga", published) == ["baselines/nice.yaml", "baselines/nice-ga.yaml",
-                                                   "baselines/nice.published.yaml"]
+                                                   "baselines/nice.published.yaml", "baselines/nice-ga.published.yaml"]
+    assert published["method"]["encoder_kwargs"] == {"ga_mode": "reference"}
+    assert (published["eval"]["main_gallery"], published["train"]["selection"]) == ("centroid", "last")
+    atm = resolve_config("atm", overrides=flag_overrides(protocol="published"))
+    assert atm["method"]["encoder_kwargs"] == {"token_slice": "paper"}
 
 
 def test_eegproject_takes_ubps_inter_learning_rate_under_inter_only():

@@ -94,17 +94,32 @@ def run(spec, ds, results, interrupt_at=None):
     """execute_spec, interrupted in the second step of epoch ``interrupt_at``; the record, or None if interrupted."""
     INTERRUPT["epoch"] = interrupt_at
     try:
-        return execute_spec(spec, ds, RunStore(results), progress=False)
+        record = execute_spec(spec, ds, RunStore(results), progress=False)
     except Interrupted:
         return None
     finally:
         INTERRUPT["epoch"] = None
+    record.runs_dir = Path(results) / "runs"  # where its saved model is (for same_extras)
+    return record
+
+
+def same_extras(a: dict, a_runs: Path, b: dict, b_runs: Path) -> None:
+    """The method's logged extras equal, and the saved selected models (train.save_model) equal tensor for tensor
+    (their files differ only in the metadata's finish time)."""
+    model_a, model_b = a.get("saved_model"), b.get("saved_model")
+    assert {k: v for k, v in a.items() if k != "saved_model"} == {k: v for k, v in b.items() if k != "saved_model"}
+    assert (model_a is None) == (model_b is None)
+    if model_a is not None:
+        from safetensors.torch import load_file
+
+        ta, tb = load_file(a_runs / model_a["file"]), load_file(b_runs / model_b["file"])
+        assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
 
 
 def same_run(a, b):
     assert a.status == b.status == "completed", (a.error, b.error)
     assert a.metrics == b.metrics  # headline, k-way, val curve (train loss, logs, val top-1/top-5 per epoch)
-    assert a.extras == b.extras
+    same_extras(a.extras, a.runs_dir, b.extras, b.runs_dir)
 
 
 # --- in process -----------------------------------------------------------------------------------------------------
@@ -347,6 +362,7 @@ def records(results: Path) -> dict[int, dict]:
     out = {}
     for path in (results / "runs").glob("*.json"):
         rec = json.loads(path.read_text())
+        rec["runs_dir"] = results / "runs"  # not a record field: where its saved model is (for same_extras)
         out[rec["subject"]] = rec
     return out
 
@@ -371,7 +387,8 @@ def reference(tiny_root, tmp_path_factory):
 def same_as_reference(rec: dict, ref: dict) -> None:
     assert rec["status"] == "completed", rec.get("error")
     assert rec["spec_hash"] == ref["spec_hash"]
-    assert rec["metrics"] == ref["metrics"] and rec["extras"] == ref["extras"]
+    assert rec["metrics"] == ref["metrics"]
+    same_extras(rec["extras"], rec["runs_dir"], ref["extras"], ref["runs_dir"])
 
 
 def test_bench_train_sigkilled_at_a_random_epoch_resumes_bit_for_bit(tiny_root, tmp_path, reference):
@@ -435,7 +452,8 @@ def test_tune_restarts_a_trial_whose_process_died_from_tunes_checkpoint(tiny_roo
     assert (tmp_path / "killed").is_file()  # it did kill itself
     rec = records(tmp_path)[1]
     assert rec["method"] == "nice-killer"
-    assert rec["metrics"] == reference[1]["metrics"] and rec["extras"] == reference[1]["extras"]
+    assert rec["metrics"] == reference[1]["metrics"]
+    same_extras(rec["extras"], rec["runs_dir"], reference[1]["extras"], reference[1]["runs_dir"])
     assert [r["epoch"] for r in rec["provenance"]["resumed"]] == [4]
     assert "resumed nice-killer intra sub-01 seed 0 at epoch 4 of 6 from " in out.stdout
     assert not list(folder.glob("*.pt"))
