@@ -7,6 +7,7 @@ is written (or stays, with train.keep_checkpoint). Through the commands: `bench 
 `bench run` killed mid-sweep with its Ray, a Ray Tune trial whose process kills itself (retried by Tune from Tune's
 copy of the checkpoint), and DDP under `accelerate launch`, each against an uninterrupted run.
 """
+import dataclasses
 import json
 import os
 import random
@@ -278,6 +279,9 @@ def test_the_checkpoint_is_deleted_with_the_record_and_kept_with_keep_checkpoint
     ds = InMemoryThingsEEG()
     plain, kept = spec_of(ds), spec_of(ds, "test-noisy", "train.keep_checkpoint=true", "train.checkpoint_every=3")
     assert plain.spec_hash == kept.spec_hash  # where files go is not part of the run
+    train = {k: v for k, v in plain.config["train"].items() if k not in ("keep_checkpoint", "checkpoint_every")}
+    before = dataclasses.replace(plain, config={**plain.config, "train": train})
+    assert before.spec_hash == plain.spec_hash  # a spec made before the keys existed hashes as it did
     first = run(plain, ds, tmp_path)
     path = checkpoint_path(RunStore(tmp_path).runs_dir, plain.spec_hash)
     assert first.status == "completed" and not path.exists() and not list(path.parent.iterdir())
