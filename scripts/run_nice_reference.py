@@ -218,19 +218,25 @@ def fingerprint(files: list[Path]) -> dict[str, str]:
 
 
 # --- the run: a child process executes the patched source, the parent reads the reference's log -------------------
-def run_child(spec_file: str) -> int:
-    """Child side: compile the patched nice_stand.py in memory, run its main() and time it (cwd = the work folder)."""
-    spec = json.loads(Path(spec_file).read_text())
-    path, source = patched_reference(Path(spec["clone"]), Plan(**spec["plan"]))
-    import torch
-
-    torch.set_num_threads(spec["threads"])
+def load_reference_module(clone: Path, plan: Plan) -> types.ModuleType:
+    """The patched nice_stand.py executed as module ``nice_stand`` (its module level sets CUDA_VISIBLE_DEVICES)."""
+    path, source = patched_reference(clone, plan)
     sys.path.insert(0, str(path.parent))  # as `python nice_stand.py` in the clone would see it
     module = types.ModuleType("nice_stand")  # not "__main__": its own `if __name__` block stays idle
     module.__file__ = str(path)
     sys.modules["nice_stand"] = module
     exec(compile(source, str(path), "exec"), module.__dict__)  # tracebacks show the clone's file and lines
-    sys.argv = [str(path), *spec["argv"]]
+    return module
+
+
+def run_child(spec_file: str) -> int:
+    """Child side: compile the patched nice_stand.py in memory, run its main() and time it (cwd = the work folder)."""
+    spec = json.loads(Path(spec_file).read_text())
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    module = load_reference_module(Path(spec["clone"]), Plan(**spec["plan"]))
+    sys.argv = [module.__file__, *spec["argv"]]
     start, cpu = time.perf_counter(), time.process_time()
     module.main()
     gc.collect()  # IE never closes its log file; collecting the instance flushes it before the parent reads it

@@ -263,3 +263,30 @@ def test_real_reference_one_epoch_on_the_tiny_root(tiny_root, tmp_path):
     record = json.loads((out / "nice-reference_sub-01_seed-0_epochs-1.json").read_text())
     assert record["reference_commit"] and record["epochs_logged"] == 1 and record["n_test"] == 40
     assert 0 <= record["top1"] <= record["top5"] <= 100
+
+
+@pytest.mark.skipif(not os.environ.get("NICE_CLONE"), reason="set NICE_CLONE to a clone of eeyhsong/NICE-EEG")
+def test_reference_model_equals_our_tsconv_with_its_weights(script, monkeypatch):
+    """NICE's Enc_eeg + Proj_eeg and our `tsconv` encoder: same parameters in the same order, same outputs (eval and
+    train mode: even the dropout draws line up), so a fidelity gap cannot come from the model."""
+    import torch
+    from bench.encoders.tsconv import TSConvEncoder
+
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # the module level writes CUDA_VISIBLE_DEVICES
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    ref = script.load_reference_module(Path(os.environ["NICE_CLONE"]), plan(script, n_test=200, n_val=740))
+    monkeypatch.delitem(sys.modules, "nice_stand")
+    torch.manual_seed(0)
+    enc, proj = ref.Enc_eeg(), ref.Proj_eeg(proj_dim=1024)
+    enc.apply(ref.weights_init_normal), proj.apply(ref.weights_init_normal)
+    ours = TSConvEncoder(63, 250, 1024)
+    theirs = [*enc.state_dict().values(), *proj.state_dict().values()]
+    assert [v.shape for v in theirs] == [v.shape for v in ours.state_dict().values()]
+    ours.load_state_dict(dict(zip(ours.state_dict(), theirs)))
+    x = torch.randn(8, 63, 250)
+    for train in (False, True):
+        enc.train(train), proj.train(train), ours.train(train)
+        torch.manual_seed(1)
+        a = proj(enc(x.unsqueeze(1)))
+        torch.manual_seed(1)
+        torch.testing.assert_close(ours(x), a, atol=1e-4, rtol=1e-4)
