@@ -290,3 +290,28 @@ def test_reference_model_equals_our_tsconv_with_its_weights(script, monkeypatch)
         a = proj(enc(x.unsqueeze(1)))
         torch.manual_seed(1)
         torch.testing.assert_close(ours(x), a, atol=1e-4, rtol=1e-4)
+
+
+def test_fidelity_table_pairs_runs_and_judges_the_mean(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("fidelity_table", ROOT / "scripts" / "fidelity_table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    ref_dir, runs = tmp_path / "ref", tmp_path / "ours" / "runs"
+    ref_dir.mkdir()
+    runs.mkdir(parents=True)
+    for seed, (ref1, our1) in enumerate([(50.0, 49.0), (40.0, 44.0)]):
+        (ref_dir / f"nice-reference_sub-01_seed-{seed}_epochs-4.json").write_text(json.dumps(
+            {"subject": 1, "seed": seed, "epochs": 4, "batch_size": 8, "data_root": str(tmp_path), "top1": ref1,
+             "top5": 90.0, "wall_s": 10.0, "cpu_s": 5.0}))
+        for protocol, epochs in (("published", 4), ("intra", 4), ("published", 5)):  # only the first pairs
+            (runs / f"{seed}-{protocol}-{epochs}.json").write_text(json.dumps(
+                {"method": "nice", "protocol": protocol, "status": "completed", "subject": 1, "seed": seed,
+                 "config": {"train": {"epochs": epochs, "batch_size": 8}, "data": {"root": str(tmp_path)}},
+                 "metrics": {"top1": our1, "top5": 80.0}, "timings": {"train_s": 3.0, "eval_s": 1.0}}))
+    assert table.main(["--reference", str(ref_dir), "--ours", str(tmp_path / "ours")]) == 0
+    out = capsys.readouterr().out
+    assert "| 1 | 1 | 40.0 | 90.0 | 10 (5) | 44.0 | 80.0 | 4 |" in out
+    assert "| mean ± sd | 2 runs | 45.0 ± 7.1 | 90.0 ± 0.0 | | 46.5 ± 3.5 |" in out
+    assert "+1.5 points (within ±2)" in out
+    assert table.main(["--reference", str(ref_dir), "--ours", str(tmp_path / "ours"), "--tolerance", "1"]) == 1
+    assert table.main(["--reference", str(ref_dir), "--ours", str(tmp_path / "ours"), "--protocol", "inter"]) == 2
