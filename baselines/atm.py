@@ -33,7 +33,8 @@ Recipe: ``baselines/atm.yaml`` (AdamW 3e-4, weight decay 0.01, batch 64, 40 epoc
 Deviations from the reference code:
 
 - All 63 channel tokens reach TSConv; the paper-era scripts keep tokens ``[:, :63]``, i.e. the subject token and
-  channels 1–62, dropping O2 (the refactored ``models/atms.py`` keeps ``[:, 1:]`` as here).
+  channels 1–62, dropping O2 (the refactored ``models/atms.py`` keeps ``[:, 1:]`` as here). The paper-era slice is
+  one switch away: ``--set 'method.encoder_kwargs={token_slice: paper}'`` (same parameters).
 - Model selection on validation top-1 over held-out training concepts; the reference has no validation set and
   reports the best (or the mean of the last 10) *test* epochs (ATM issues #8, #21).
 - The unused ``subject_wise_linear`` layers and the temporal embedding are not built (``bench/encoders/atms.py``).
@@ -64,7 +65,7 @@ class ATM(ContrastiveBaseline):
     # the reference's model (ATMS_retrieval.py); the training recipe is baselines/atm.yaml
     defaults = {
         "encoder": "atms",                # iTransformer (1 layer, 4 heads, d_model 250, d_ff 256, dropout 0.25)
-        "encoder_kwargs": {},             # + Enc_eeg + Proj_eeg
+        "encoder_kwargs": {},             # + Enc_eeg + Proj_eeg; {token_slice: paper}: the scripts' [:, :63]
         "logit_scale_init": LOG_INV_007,  # ATMS.logit_scale = nn.Parameter(torch.ones([]) * np.log(1 / 0.07))
         "logit_scale_type": "linear",     # ClipLoss multiplies by the raw parameter (no exp)
         "learn_logit_scale": True,        # part of eeg_model.parameters(), so AdamW trains it

@@ -40,6 +40,10 @@ def _global(
         load_plugin(path)
 
 
+PROTOCOL_HELP = ("intra | inter | published | published-inter (default: the config's). published*: as each paper ran "
+                 "it, not comparable to intra/inter (bench list protocols).")
+
+
 @app.command("list")
 def list_cmd(
     kind: str = typer.Argument("methods", help="methods | encoders | features | datasets | protocols"),
@@ -84,7 +88,7 @@ def train(
     method: str = typer.Option(..., "--method", help="Registered method name (bench list methods)."),
     subject: int = typer.Option(..., "--subject", help="Subject id (1-based; with --protocol inter, the held-out one)."),
     seed: int = typer.Option(0, "--seed", help="Seed of this run."),
-    protocol: Optional[str] = typer.Option(None, "--protocol", help="intra | inter (default: the config's)."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help=PROTOCOL_HELP),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Data root; default: the built-in synthetic dataset."),
     results_dir: Path = typer.Option(None, "--results-dir", help="Where runs/ is written (default ./results)."),
     config: List[Path] = typer.Option([], "--config", help="YAML config layered over the method's. Repeatable."),
@@ -94,6 +98,9 @@ def train(
 ) -> None:
     """Train, select on validation and test one run; writes one record under <results-dir>/runs/."""
     from bench.paths import default_results_dir
+    from bench.records import check_writable
+
+    check_writable(results_dir or default_results_dir())  # before the data is read and the model trained
     from bench.execute import train_one
 
     outcome = train_one(method, subject, seed, protocol=protocol, data_root=data_root,
@@ -110,10 +117,24 @@ def train(
                           f"record: {where}")
         raise typer.Exit(1)
     m = rec.metrics
+    val_top1 = m["val"]["best_top1"]
+    val = "no validation" if val_top1 is None else f"val top-1 {val_top1:.1f}%"
     console.print(f"{rec.spec.label}: top-1 {m['top1']:.1f}%  top-5 {m['top5']:.1f}%  "
                   f"(chance {m['chance_top1']:.1f}% / {m['chance_top5']:.1f}%, {m['n_test']}-way; "
-                  f"selected epoch {m['val']['selected_epoch']}, val top-1 {m['val']['best_top1']:.1f}%)")
+                  f"selected epoch {m['val']['selected_epoch']}, {val})")
+    if _published_label(m):
+        console.print(_published_label(m), highlight=False)
     console.print(f"record: {where}")
+
+
+def _published_label(metrics: dict) -> str:
+    """The line that says how a non-honest number was made ('' for the harness's own scoring and selection)."""
+    parts = []
+    if metrics.get("main_gallery", "image") != "image" or metrics.get("similarity", "cosine") != "cosine":
+        parts.append(f"scored as published: {metrics['similarity']} against the {metrics['main_gallery']} gallery")
+    if metrics.get("test_selected"):
+        parts.append("TEST-SELECTED: validation read the test partition")
+    return "; ".join(parts)
 
 
 def _say(message: str) -> None:
@@ -136,7 +157,7 @@ def run(
     method: str = typer.Option(..., "--method", help="Method name(s), comma-separated, e.g. mcdb,nice,atm."),
     subjects: str = typer.Option("all", "--subjects", help="'all', '1,2,5' or '1-3'."),
     seeds: str = typer.Option("0", "--seeds", help="Seeds, e.g. '0,1,2' or '0-4'."),
-    protocol: Optional[str] = typer.Option(None, "--protocol", help="intra | inter (default: the config's)."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help=PROTOCOL_HELP),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Data root; default: the built-in synthetic dataset."),
     results_dir: Path = typer.Option(None, "--results-dir", help="Where runs/ is written (default ./results)."),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
@@ -144,23 +165,32 @@ def run(
     gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="GPUs per trial; fractions share a GPU, N>1 runs DDP."),
     workers_per_trial: int = typer.Option(1, "--workers-per-trial", help="DDP workers per trial (Ray Train); >1 also on CPU."),
     max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", help="At most this many trials at once."),
-    retries: int = typer.Option(0, "--retries", help="Re-run failed trials up to N times."),
+    retries: int = typer.Option(0, "--retries", help="Re-run failed trials (also those whose process died) up to N times."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for runs another live `bench run` is computing, then reuse "
+                                                    "them (or compute them if it died without finishing them)."),
     force: bool = typer.Option(False, "--force", help="Recompute runs that already have a completed record."),
     ablation: bool = typer.Option(False, "--ablation", help="Also run the method's declared ablation variants."),
     config: List[Path] = typer.Option([], "--config", help="YAML config layered over each method's. Repeatable."),
     set_: List[str] = typer.Option([], "--set", help="Override one key for every method. Repeatable."),
 ) -> None:
-    """Run methods × subjects × seeds as Ray Tune trials, skipping completed runs; print the leaderboard."""
+    """Run methods × subjects × seeds as Ray Tune trials, skipping completed runs; print the leaderboard.
+
+    Exits 1 if any run failed (raised, or its process died); runs another `bench run` is computing are reported
+    busy and do not change the exit code."""
     from bench.paths import default_results_dir
+    from bench.records import check_writable
+
+    check_writable(results_dir or default_results_dir())  # before Ray starts and the data is read or generated
     from bench.grid import SweepRequest, print_summary, run_sweep
 
     req = SweepRequest(methods=[m.strip() for m in method.split(",") if m.strip()], subjects=subjects, seeds=seeds,
                        protocol=protocol, data_root=data_root, results_dir=results_dir or default_results_dir(),
-                       config_files=tuple(config), sets=tuple(set_), ablation=ablation, force=force, retries=retries)
+                       config_files=tuple(config), sets=tuple(set_), ablation=ablation, force=force, retries=retries,
+                       wait=wait)
     result = run_sweep(req, _ray_options(address, cpus_per_trial, gpus_per_trial, workers_per_trial, max_concurrent),
                        printer=_say)
     print_summary(result, req, console)
-    if any(r.status != "completed" for r in result.records) or result.busy:
+    if result.of_kind("failed"):
         raise typer.Exit(1)
 
 
@@ -189,6 +219,7 @@ def tune(
     from bench.hparam_search import TuneRequest, run_tune
 
     rdir = results_dir or default_results_dir()
+    _check_tune_writable(rdir, out)
     ray_opts = _ray_options(address, cpus_per_trial, gpus_per_trial, 1, max_concurrent)
     outcome = run_tune(TuneRequest(method=method, search=search, num_samples=num_samples, scheduler=scheduler,
                                    subjects=subjects, seed=seed, protocol=protocol, data_root=data_root,
@@ -203,6 +234,17 @@ def tune(
         req = SweepRequest(methods=[method], subjects=subjects, seeds=str(seed), protocol=protocol,
                            data_root=data_root, results_dir=rdir, config_files=(outcome.config_path,))
         print_summary(run_sweep(req, ray_opts, printer=_say), req, console)
+
+
+def _check_tune_writable(results_dir: Path, out: Optional[Path]) -> None:
+    """`bench tune` writes Ray's trials under the results folder and the best config to --out: both must take a file
+    before Ray starts."""
+    from bench.io import probe_writable
+    from bench.records import check_writable
+
+    check_writable(results_dir)
+    if out is not None:
+        probe_writable(out.parent, "output folder")
 
 
 @app.command()
@@ -220,6 +262,10 @@ def features(
     prompt_template: str = typer.Option("This picture is {concept}", "--prompt-template"),
     underscores_to_spaces: bool = typer.Option(False, "--underscores-to-spaces", help="aircraft_carrier → aircraft carrier."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or float16 (storage; computed in float32)."),
+    transform: str = typer.Option("eval", "--transform", help="eval: the model's resize + centre crop; train: its "
+                                  "random training transform (ATM's open_clip preprocess_train), seeded per image."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="With --transform train: the crops' seed (default 0); "
+                                       "each image's draw depends only on it and the image's index."),
     batch_size: int = typer.Option(64, "--batch-size"),
     workers: int = typer.Option(4, "--workers", help="Threads decoding images."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
@@ -231,18 +277,19 @@ def features(
 
     extract_features(images, model, out, weights=weights, pretrained=pretrained, random_init=random_init, layer=layer,
                      pool=pool, text=text, prompt_template=prompt_template, underscores_to_spaces=underscores_to_spaces,
-                     dtype=dtype, batch_size=batch_size, workers=workers, device=device, force=force,
-                     progress=progress, log=lambda msg: err_console.print(msg, highlight=False, markup=False))
+                     dtype=dtype, transform=transform, seed=seed, batch_size=batch_size, workers=workers, device=device,
+                     force=force, progress=progress,
+                     log=lambda msg: err_console.print(msg, highlight=False, markup=False))
 
 
 @app.command()
 def leaderboard(
     results_dir: Optional[Path] = typer.Option(None, "--results-dir", help="Results directory (default: $BENCH_RESULTS_DIR or ./results)."),
-    protocol: Optional[str] = typer.Option(None, "--protocol", help="intra | inter (default: every protocol found)."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="intra | inter, or published | published-inter for their inflation table alone (default: every protocol found)."),
     methods: List[str] = typer.Option([], "--methods", help="Only these methods (comma-separated or repeated); a base name brings its ablation variants."),
     fmt: str = typer.Option("md", "--format", help="md | csv | tex | html"),
     out: Optional[Path] = typer.Option(None, "--out", help="Write here instead of printing."),
-    table: Optional[str] = typer.Option(None, "--table", help="all | main | subjects | kway | ablation | timings | stats (csv: one table, default main)."),
+    table: Optional[str] = typer.Option(None, "--table", help="all | main | subjects | kway | ablation | timings | stats | inflation (csv: one table, default main)."),
     reported: Optional[Path] = typer.Option(None, "--reported", help="Literature numbers (default: <results-dir>/reported.csv if present)."),
     no_reported: bool = typer.Option(False, "--no-reported", help="Leave reported rows out."),
     expect_subjects: Optional[str] = typer.Option(None, "--expect-subjects", help="Subjects a complete row has, e.g. 1-10 (default: all subjects seen)."),
@@ -250,6 +297,8 @@ def leaderboard(
     metric: str = typer.Option("top1", "--metric", help="top1 | top5: the score the tests and plots compare."),
     reference: Optional[str] = typer.Option(None, "--reference", help="Method the paired-difference plot compares against (default: the best)."),
     plots_dir: Optional[Path] = typer.Option(None, "--plots-dir", help="Also write the plots (PNG and SVG) here."),
+    skip_corrupt: bool = typer.Option(False, "--skip-corrupt", help="Leave out (and list) corrupt run records instead "
+                                      "of refusing: edited or impossible metrics, or ones their arrays disagree with."),
 ) -> None:
     """Compare methods: tables, paired tests across subjects, plots and a self-contained HTML report."""
     from bench.ids import parse_optional_ids
@@ -261,7 +310,9 @@ def leaderboard(
         protocol=protocol, methods=[m for item in methods for m in item.split(",") if m.strip()] or None,
         expect_subjects=parse_optional_ids(expect_subjects, "expect-subjects"),
         expect_seeds=parse_optional_ids(expect_seeds, "expect-seeds"), metric=metric,
-        reference=reference, plots_dir=plots_dir)
+        reference=reference, plots_dir=plots_dir, skip_corrupt=skip_corrupt)
+    for problem in result.skipped:
+        err_console.print(f"skipped corrupt record: {problem}", highlight=False, markup=False)
     if result.out is None:
         typer.echo(result.text, nl=False)  # plain echo: rich would read "mcdb[+text]" as markup
     else:
@@ -421,6 +472,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     except USER_ERRORS as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise SystemExit(1)
+    except OSError as exc:
+        _os_error(exc)  # a disk or permission failure that no write site turned into a StorageError: still one line
     except Exception as exc:
         import click
 
@@ -430,6 +483,21 @@ def main(argv: Optional[list[str]] = None) -> None:
         if isinstance(exc, click.exceptions.Abort):
             raise SystemExit(130)
         raise
+
+
+def _os_error(exc: OSError) -> None:
+    """Print a disk, folder or permission failure as one line naming the path, exit 1; re-raise anything else."""
+    import errno
+
+    from rich.markup import escape
+
+    from bench.io import WRITE_ERRNOS, os_reason
+
+    if exc.errno not in WRITE_ERRNOS | {errno.ENOTDIR, errno.EISDIR, errno.EIO}:
+        raise exc
+    where = f"{exc.filename}: " if exc.filename else ""
+    err_console.print(f"[red]error:[/red] {escape(where + os_reason(exc))}", highlight=False)
+    raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,12 @@ Layers, lowest first::
                             what differs from the layers below (may touch any section); then, only when the
                             resolved ``data.root`` is null (the built-in synthetic dataset), ``<method>.synthetic.yaml``
                             beside it if the method ships one: the recipe resized for that small data on a CPU
+    the protocol layer      ``<method>.<protocol>.yaml`` beside the recipe when the resolved ``protocol.name`` is
+                            ``<protocol>`` (``baselines/nice.published.yaml``, ``baselines/eegproject.inter.yaml``):
+                            how the method's paper ran that protocol. Found by ``find_protocol_layer``, which follows
+                            the recipe's ``extends`` to a parent method the method derives from: the parent's layer
+                            first, then the method's own (NICE-SA gets ``nice.published.yaml``, then
+                            ``nice-sa.published.yaml``). They sit between the recipe and the synthetic recipe.
     --config FILE           the user's file(s), in order
     --set a.b=c             repeatable, last wins
 
@@ -28,7 +34,7 @@ import difflib
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
@@ -195,19 +201,49 @@ def synthetic_recipe(recipe: Path) -> Path:
     return recipe.with_name(f"{recipe.stem}.synthetic.yaml")
 
 
-def method_recipe_files(method: str | None, find_recipe: RecipeFinder | None, synthetic: bool) -> list[Path]:
-    """The method's recipe file(s) to layer: ``<name>.yaml``, then ``<name>.synthetic.yaml`` when ``synthetic``."""
+#: finds a method's protocol layers: (method, protocol name) → its ``<name>.<protocol>.yaml`` files, parents first
+#: (empty: it has none); :func:`bench.specs.protocol_recipe`
+ProtocolLayerFinder = Callable[[str, str], "list[Path]"]
+
+#: keys a protocol layer may not set: the layer is chosen by ``protocol.name`` and the synthetic recipe by ``data.root``
+PROTOCOL_LAYER_FORBIDDEN = ("protocol.name", "data.root")
+
+
+def method_recipe_files(method: str | None, find_recipe: RecipeFinder | None, synthetic: bool,
+                        protocol_layers: Sequence[Path] = ()) -> list[Path]:
+    """The method's recipe file(s) to layer: ``<name>.yaml``, then its protocol layers (``<name>.<protocol>.yaml``,
+    parents' first) when they apply, then ``<name>.synthetic.yaml`` when ``synthetic``."""
     recipe = find_recipe(method) if method and find_recipe else None
     if recipe is None:
         return []
     recipe = Path(recipe)
     small = synthetic_recipe(recipe)
-    return [f for f in (recipe, *([small] if synthetic else [])) if f.is_file()]
+    return [f for f in (recipe, *protocol_layers, *([small] if synthetic else [])) if f.is_file()]
 
 
-def applied_recipes(method: str, cfg: Mapping, find_recipe: RecipeFinder) -> list[str]:
-    """Every recipe file layered into ``cfg`` (``extends`` parents first), as :func:`resolve` chose them."""
-    files = method_recipe_files(method, find_recipe, cfg.get("data", {}).get("root") is None)
+def protocol_layers(method: str | None, protocol: Any, find_protocol_layer: ProtocolLayerFinder | None
+                    ) -> list[Path]:
+    """The protocol layers that apply to ``method`` under ``protocol`` (each checked), parents' first; may be empty."""
+    if not method or find_protocol_layer is None or not isinstance(protocol, str):
+        return []
+    layers = [Path(f) for f in find_protocol_layer(method, protocol) if Path(f).is_file()]
+    for found in layers:
+        data = load_yaml(found)
+        if "extends" in data:
+            raise ConfigError(f"{found}: a protocol layer applies over the method's recipe and cannot use extends")
+        bad = [k for k in leaf_keys(data) if k in PROTOCOL_LAYER_FORBIDDEN]
+        if bad:
+            raise ConfigError(f"{found}: a protocol layer must not set {bad[0]} (the layer is chosen by protocol.name "
+                              f"and the synthetic recipe by data.root)")
+    return layers
+
+
+def applied_recipes(method: str, cfg: Mapping, find_recipe: RecipeFinder,
+                    find_protocol_layer: ProtocolLayerFinder | None = None) -> list[str]:
+    """Every recipe file layered into ``cfg`` (``extends`` parents first, then the protocol layer, then the synthetic
+    recipe), as :func:`resolve` chose them."""
+    layers = protocol_layers(method, cfg.get("protocol", {}).get("name"), find_protocol_layer)
+    files = method_recipe_files(method, find_recipe, cfg.get("data", {}).get("root") is None, layers)
     return [source for f in files for _, source in recipe_layers(f, find_recipe)]
 
 
@@ -244,6 +280,7 @@ def resolve(
     config_files: Iterable[str | Path] = (),
     sets: Iterable[str] = (),
     find_recipe: RecipeFinder | None = None,
+    find_protocol_layer: ProtocolLayerFinder | None = None,
 ) -> dict:
     """The fully resolved and checked config for ``method`` (see the module docstring for the layer order).
 
@@ -251,19 +288,24 @@ def resolve(
     The recipe depends on the data: ``<name>.synthetic.yaml`` is layered over ``<name>.yaml`` only when the resolved
     ``data.root`` is null (the built-in synthetic dataset). data.root is usually set by a later layer (``--config``,
     ``--set``, ``--data-root``), so the layers are resolved once with the recipe alone and, if the root comes out
-    null and the method ships a synthetic recipe, once more with it.
+    null and the method ships a synthetic recipe, once more with it. The protocol layer (``find_protocol_layer``)
+    follows the resolved ``protocol.name`` the same way; it may set neither ``protocol.name`` nor ``data.root``, so
+    neither choice can contradict itself.
     """
     config_files, sets = list(config_files), list(sets)
 
-    def layered(synthetic: bool) -> tuple[dict, dict, list[str]]:
-        files = [*method_recipe_files(method, find_recipe, synthetic), *config_files]
+    def layered(synthetic: bool, layers: Sequence[Path]) -> tuple[dict, dict, list[str]]:
+        files = [*method_recipe_files(method, find_recipe, synthetic, layers), *config_files]
         return _layered(method, method_defaults, files, sets, find_recipe)
 
-    cfg, origin, layers = layered(False)
+    cfg, origin, layers = layered(False, ())
+    protocol_files = protocol_layers(method, cfg.get("protocol", {}).get("name"), find_protocol_layer)
+    if protocol_files:
+        cfg, origin, layers = layered(False, protocol_files)
     has_synthetic = len(method_recipe_files(method, find_recipe, True)) > len(method_recipe_files(method, find_recipe,
                                                                                                   False))
     if cfg.get("data", {}).get("root") is None and has_synthetic:
-        cfg, origin, layers = layered(True)
+        cfg, origin, layers = layered(True, protocol_files)
         if cfg["data"]["root"] is not None:  # the synthetic recipe itself set it: the choice would contradict itself
             raise ConfigError(f"{origin['data.root']}: a synthetic recipe applies only when data.root is null, so it "
                               f"must not set data.root")

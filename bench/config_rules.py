@@ -21,6 +21,14 @@ from bench.errors import ConfigError
 #: ``eval.kway: auto``: the k-way ladder of ATM (Li et al. 2024), kept where k < the number of test images
 KWAY_LADDER = (2, 4, 10, 50, 100, 200)
 GALLERIES = ("image", "text", "centroid")
+#: ``protocol.validation``: what the trainer validates (and selects / stops) on. Only ``concepts`` is honest; the
+#: others replay published procedures and are allowed only under a protocol that declares them (bench/protocols.py)
+VALIDATIONS = ("concepts", "images", "none", "test", "test-other-subjects")
+#: validation kinds whose numbers come from the test partition: a run using one is recorded ``test_selected``
+TEST_SELECTED_VALIDATIONS = ("test", "test-other-subjects")
+MAIN_GALLERIES = ("image", "centroid")
+SIMILARITIES = ("cosine", "dot")
+STOP_SIGNALS = ("val_top1", "train_loss")
 
 
 @dataclass(frozen=True)
@@ -161,6 +169,28 @@ def _protocol_names() -> list[str]:
     return PROTOCOLS.names()
 
 
+def _protocol_attr(name: Any, attr: str, default: Any) -> Any:
+    """A class attribute of the registered protocol ``name`` (``default`` for a name the protocol.name rule refuses)."""
+    from bench.registry import PROTOCOLS
+
+    return getattr(PROTOCOLS.get(name).obj, attr, default) if name in _protocol_names() else default
+
+
+def _validation_allowed(validation: Any, protocol: Any) -> bool:
+    return validation in _protocol_attr(protocol, "validations", VALIDATIONS)
+
+
+def _validation_words(validation: Any, protocol: Any) -> str:
+    allowed = _protocol_attr(protocol, "validations", VALIDATIONS)
+    return f" Under protocol {protocol} it may be {', '.join(allowed)}" + (
+        " (paper-specific and test-selected validation replay published numbers: --protocol published or "
+        "published-inter)." if tuple(allowed) == ("concepts",) else ".")
+
+
+def _published_only(value: Any, protocol: Any, honest_value: str) -> bool:
+    return value == honest_value or bool(_protocol_attr(protocol, "honest_counterpart", None))
+
+
 def _synthetic_presets() -> list[str]:
     from bench.data.synthetic import PRESETS
 
@@ -183,7 +213,13 @@ RULES: tuple[Rule, ...] = (
     flag("data.prompt_underscores_to_spaces"),
 
     one_of("protocol.name", _protocol_names),
+    one_of("protocol.validation", VALIDATIONS),
+    Rule("protocol.validation", "a validation kind the protocol declares", _validation_allowed, _validation_words,
+         also=("protocol.name",)),
+    Rule("protocol.validation", "none only with train.selection last (no validation: nothing to select on)",
+         lambda validation, selection: validation != "none" or selection == "last", also=("train.selection",)),
     integer("protocol.val_concepts", 1),
+    integer("protocol.val_images", 1),
     integer("protocol.val_seed", 0),
 
     integer("train.epochs", 1),
@@ -203,6 +239,11 @@ RULES: tuple[Rule, ...] = (
     integer("train.grad_accum", 1),
     one_of("train.selection", ("best_val", "last")),
     integer("train.patience", 1, nullable=True),
+    one_of("train.stop_on", STOP_SIGNALS),
+    Rule("train.stop_on", "train_loss when there is no validation set and train.patience is set",
+         lambda stop_on, validation, patience: stop_on != "val_top1" or validation != "none" or patience is None,
+         also=("protocol.validation", "train.patience")),
+    number("train.min_delta", ">= 0", lambda v: v >= 0),
     integer("train.val_every", 1),
     one_of("train.mixed_precision", ("auto", "no", "bf16", "fp16")),
     flag("train.compile"),
@@ -211,6 +252,14 @@ RULES: tuple[Rule, ...] = (
     Rule("eval.kway", "auto or a list of distinct integers >= 2", kway_ok),
     Rule("eval.galleries", "a list of distinct names among image, text, centroid that includes image",
          _galleries_ok, _galleries_hint),
+    one_of("eval.main_gallery", MAIN_GALLERIES),
+    Rule("eval.main_gallery", "image under an honest protocol (concept centres are NICE's published scoring: "
+                              "--protocol published; eval.galleries: [image, centroid] reports them beside)",
+         lambda main, protocol: _published_only(main, protocol, "image"), also=("protocol.name",)),
+    one_of("eval.similarity", SIMILARITIES),
+    Rule("eval.similarity", "cosine under an honest protocol (the unnormalised dot product is NICE's published "
+                            "scoring: --protocol published)",
+         lambda similarity, protocol: _published_only(similarity, protocol, "cosine"), also=("protocol.name",)),
 )
 
 

@@ -16,11 +16,18 @@ The scoring rules (``SCORING_VERSION`` names them; a record made under other rul
   other n−1 rows, in closed form (multivariate hypergeometric over distractors that beat, tie or lose to the
   target), with ties by expectation as above; top-5 is reported for k ≥ 50. No seed, no draw noise.
 * Extra galleries, reported under ``galleries`` and never mixed with the main number: ``text`` (one prompt per
-  concept) and ``centroid`` (NICE-style concept centres).
+  concept) and ``centroid`` (NICE-style concept centres), always by cosine.
+* The main number ranks against the test images' features by cosine (``eval.main_gallery: image``,
+  ``eval.similarity: cosine``). Only the published protocols may replay NICE's scoring instead: the concept centres
+  (``main_gallery: centroid``) and ``dot`` = the L2-normalised EEG embedding · the raw gallery embedding (NICE's
+  ``100·ê·c``; the factor does not change ranks). The record names both (``metrics.main_gallery``,
+  ``metrics.similarity``); when they are not the honest pair, ``galleries.image`` carries the honest number beside.
+  These are new choices, not changed rules: every earlier record means what it meant, so ``SCORING_VERSION`` stays.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +54,16 @@ def cosine_similarity(queries: np.ndarray, gallery: np.ndarray) -> np.ndarray:
     q = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
     g = gallery / np.maximum(np.linalg.norm(gallery, axis=1, keepdims=True), 1e-12)
     return (q @ g.T).astype(np.float64)
+
+
+def dot_similarity(queries: np.ndarray, gallery: np.ndarray) -> np.ndarray:
+    """NICE's test score ``100·ê·c`` without the factor: unit-normalised queries against the gallery as it is (the
+    centres' norms, 0.74–0.98 in NICE's file, weigh in)."""
+    q = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+    return (q @ gallery.T).astype(np.float64)
+
+
+SIMILARITY = {"cosine": cosine_similarity, "dot": dot_similarity}
 
 
 @dataclass(frozen=True)
@@ -170,17 +187,36 @@ def _table_encoder(encode, table: np.ndarray, device):
 
 class ZeroShotEvaluator:
     def __init__(self, kway="auto", galleries: list[str] | tuple[str, ...] = ("image",), batch_size: int = 1024,
-                 seed: int = 0):
+                 seed: int = 0, main_gallery: str = "image", similarity: str = "cosine"):
         unknown = set(galleries) - set(GALLERIES)
         if unknown:
             raise ValueError(f"unknown gallery {sorted(unknown)}; choose from {', '.join(GALLERIES)}")
+        if main_gallery not in ("image", "centroid") or similarity not in SIMILARITY:
+            raise ValueError(f"main gallery image or centroid and similarity {' or '.join(SIMILARITY)}; got "
+                             f"{main_gallery!r}, {similarity!r}")
         self.kway, self.galleries, self.batch_size = kway, list(galleries), int(batch_size)
         self.seed = int(seed)  # orders the per-sample probe only; no score depends on it
+        self.main_gallery, self.similarity = main_gallery, similarity
 
     @classmethod
     def from_config(cls, cfg: dict) -> "ZeroShotEvaluator":
         e = cfg["eval"]
-        return cls(kway=e["kway"], galleries=e["galleries"])
+        return cls(kway=e["kway"], galleries=e["galleries"], main_gallery=e.get("main_gallery", "image"),
+                   similarity=e.get("similarity", "cosine"))
+
+    @property
+    def honest(self) -> bool:
+        """Whether the main number is the harness's own: cosine against the test images."""
+        return self.main_gallery == "image" and self.similarity == "cosine"
+
+    def main_view(self, data: EvalSet) -> EvalSet:
+        """``data`` with its gallery replaced by the main gallery's rows (query i's own concept centre for
+        ``centroid``): how test-selected validation is scored exactly as the test is."""
+        if self.main_gallery == "image":
+            return data
+        if data.centroid is None:
+            raise EvaluationError("eval.main_gallery=centroid but the test features have no centroid rows")
+        return dataclasses.replace(data, gallery=data.centroid[data.concept])
 
     # --- embedding ----------------------------------------------------------------------------------------------
     @staticmethod
@@ -238,33 +274,41 @@ class ZeroShotEvaluator:
                     f"batches, in another order); a test embedding may depend only on its own input and the trained model")
 
     # --- scoring ------------------------------------------------------------------------------------------------
-    def retrieval(self, eeg_emb: np.ndarray, gallery_emb: np.ndarray, fold: np.ndarray) -> dict:
-        counts = rank_counts(cosine_similarity(eeg_emb, gallery_emb), fold)
+    def retrieval(self, eeg_emb: np.ndarray, gallery_emb: np.ndarray, fold: np.ndarray,
+                  similarity: str = "cosine") -> dict:
+        counts = rank_counts(SIMILARITY[similarity](eeg_emb, gallery_emb), fold)
         return {"top1": counts.topk(1), "top5": counts.topk(5)}
 
     def validate(self, method, data: EvalSet, device="cpu") -> dict:
-        """Validation top-1/top-5 (fold-wise retrieval over held-out training concepts); raises
-        :class:`EvaluationError` on non-finite embeddings (the trainer never selects such an epoch)."""
+        """Validation top-1/top-5 (fold-wise retrieval against the set's gallery, by ``eval.similarity``); raises
+        :class:`EvaluationError` on non-finite embeddings (the trainer never selects such an epoch). Test-selected
+        validation arrives as :meth:`main_view` of the test, so it is scored as the test is."""
         eeg, galleries = self.embed(method, data, device, what="validation")
-        return self.retrieval(eeg, galleries["image"], data.fold)
+        return self.retrieval(eeg, galleries["image"], data.fold, self.similarity)
 
     def score(self, method, data: EvalSet, device="cpu") -> Embedded:
-        """The test metrics: exact n-way top-1/top-5, chance levels, exact k-way, and the labelled extra galleries."""
+        """The test metrics: exact n-way top-1/top-5 against the main gallery, chance levels, exact k-way, and the
+        labelled extra galleries (cosine)."""
         if len(np.unique(data.fold)) != 1:
             raise ValueError("the test set is one retrieval problem; got several folds")
         probe = copy.deepcopy(method)  # taken before the method sees any test input, so no state carries over
-        eeg, galleries = self.embed(method, data, device, what="test", galleries=self.galleries)
+        names = list(dict.fromkeys([*self.galleries, self.main_gallery]))
+        eeg, galleries = self.embed(method, data, device, what="test", galleries=names)
         self.check_per_sample(probe, data, eeg, galleries, device)
         del probe
-        sim = cosine_similarity(eeg, galleries["image"])
+        main = galleries["image"] if self.main_gallery == "image" else galleries[self.main_gallery][data.concept]
+        sim = SIMILARITY[self.similarity](eeg, main)
         counts = rank_counts(sim, data.fold)
         n = len(data)
         metrics: dict = {"top1": counts.topk(1), "top5": counts.topk(5), "n_test": n,
                          "chance_top1": 100.0 / n, "chance_top5": 100.0 * min(5, n) / n,
                          "mean_rank": counts.mean_rank(),
                          "kway": {str(k): kway_accuracy(sim, k) for k in kway_values(self.kway, n)}}
-        extra = {name: self.retrieval(eeg, emb[data.concept], data.fold)
-                 for name, emb in galleries.items() if name != "image"}
+        # every listed gallery by cosine, except the pair the headline already is (image by cosine, when honest)
+        extra = {name: self.retrieval(eeg, galleries[name][data.concept] if name != "image" else galleries[name],
+                                      data.fold)
+                 for name in self.galleries if not (name == "image" and self.honest)}
         if extra:
             metrics["galleries"] = extra
-        return Embedded(eeg=eeg, gallery=galleries["image"], similarity=sim.astype(np.float32), metrics=metrics)
+        metrics.update(main_gallery=self.main_gallery, similarity=self.similarity)
+        return Embedded(eeg=eeg, gallery=main, similarity=sim.astype(np.float32), metrics=metrics)

@@ -14,16 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from bench import provenance, seal
 from bench.code_fingerprint import CodeFingerprint, fingerprint_method
+from bench.config_rules import TEST_SELECTED_VALIDATIONS
 from bench.errors import UserError
 from bench.evaluate import ZeroShotEvaluator
-from bench.io import atomic_path
 from bench.method import Method
 from bench.preflight import check_spec
-from bench.protocols import Split
+from bench.protocols import EvalSet, Split
 from bench.records import COMPLETED, FAILED, RunRecord, RunSpec, RunStore
 from bench.registry import METHODS, PROTOCOLS
 from bench.specs import data_info, flag_overrides, make_spec, open_dataset, recipe_record, resolve_config
@@ -49,6 +47,8 @@ def current_code(spec: RunSpec) -> CodeFingerprint:
 
 def stale_reason(record: RunRecord | None, code: CodeFingerprint) -> str | None:
     """Why a completed record cannot be reused with the current code (None: reusable, or nothing to reuse)."""
+    if record is not None and record.corrupt:  # edited or impossible numbers (bench/record_check.py): recompute
+        return f"corrupt record {record.corrupt}"
     if record is None or record.status != COMPLETED or record.code_fingerprint == code.digest:
         return None
     return code.changes_from(record.provenance.get("code"))
@@ -69,10 +69,30 @@ def build_method(name: str, cfg: dict, info, seed: int) -> Method:
     return METHODS.create(name, info=info, **cfg["method"])
 
 
-def prepare_run(spec: RunSpec, ds) -> PreparedRun:
-    """Config → split → method, the same for `bench train`, `bench run`, `bench tune` and `bench perf`."""
+def open_selection_validation(spec: RunSpec, ds) -> EvalSet | None:
+    """Test-selected validation (``protocol.validation: test`` / ``test-other-subjects``; published protocols only):
+    the harness opens the test partition(s) now, *before* the sealed phase, logging a ``test-selected`` warning, and
+    scores them as the test will be (the main gallery). None for every other validation kind."""
+    protocol = PROTOCOLS.get(spec.protocol).obj.from_config(spec.config)
+    val = protocol.selection_validation(ds, spec.subject, label=spec.label)
+    return None if val is None else ZeroShotEvaluator.from_config(spec.config).main_view(val)
+
+
+def prepare_run(spec: RunSpec, ds, selection_val: EvalSet | None = None) -> PreparedRun:
+    """Config → split → method, the same for `bench train`, `bench run`, `bench tune` and `bench perf`.
+
+    ``selection_val``: the test-selected validation set :func:`open_selection_validation` opened before the seal
+    (required exactly when the protocol validates on a test partition)."""
     t = time.perf_counter()
-    split = PROTOCOLS.get(spec.protocol).obj.from_config(spec.config).split(ds, spec.subject)
+    protocol = PROTOCOLS.get(spec.protocol).obj.from_config(spec.config)
+    split = protocol.split(ds, spec.subject)
+    if protocol.test_selected:
+        if selection_val is None:
+            raise seal.SealError(f"{spec.label}: protocol.validation={protocol.validation} validates on a test "
+                                 f"partition, which only `bench train` / `bench run` open (before the sealed phase); "
+                                 f"bench tune selects on honest validation only")
+        split.val = selection_val
+        split.info["n_val_queries"] = len(selection_val)
     load_s = time.perf_counter() - t
     method = build_method(spec.method, spec.config, data_info(ds, split.train), spec.seed)
     return PreparedRun(split, method, ZeroShotEvaluator.from_config(spec.config), load_s)
@@ -100,33 +120,28 @@ def record_setup_failure(spec: RunSpec, store: RunStore, exc: BaseException) -> 
     return record
 
 
-def _save_arrays(store: RunStore, spec: RunSpec, scored) -> None:
-    with atomic_path(store.arrays_path(spec.spec_hash), suffix=".npz") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, eeg_embeddings=scored.eeg, gallery_embeddings=scored.gallery,
-                                similarity=scored.similarity)
-
-
-def _test_and_record(spec: RunSpec, run: PreparedRun, fit: FitResult, timings: dict, main: bool,
-                     store: RunStore) -> RunRecord:
+def _test_and_record(spec: RunSpec, run: PreparedRun, fit: FitResult, timings: dict
+                     ) -> tuple[RunRecord, dict]:
+    """The test record and its arrays (published together by execute_spec: RunStore.publish)."""
     t = time.perf_counter()  # training and model selection are over: only now is the test partition read
     scored = run.evaluator.score(run.method, run.split.test.open(), fit.device)
     timings["eval_s"] = time.perf_counter() - t
-    metrics = {**scored.metrics, "val": {"best_epoch": fit.best_epoch, "best_top1": fit.best_val_top1,
-                                         "selected_epoch": fit.selected_epoch, "stopped_early": fit.stopped_early,
-                                         "curve": fit.curve}}
-    if main:
-        _save_arrays(store, spec, scored)
-    return RunRecord(spec, COMPLETED, metrics=metrics, timings=timings, split=run.split.info, extras=fit.extras)
+    # test_selected: validation read a test partition, so the selected epoch (or the stopping one) saw test data
+    metrics = {**scored.metrics, "test_selected": run.split.info.get("validation") in TEST_SELECTED_VALIDATIONS,
+               "val": {"best_epoch": fit.best_epoch, "best_top1": fit.best_val_top1,
+                       "selected_epoch": fit.selected_epoch, "stopped_early": fit.stopped_early, "curve": fit.curve}}
+    arrays = {"eeg_embeddings": scored.eeg, "gallery_embeddings": scored.gallery, "similarity": scored.similarity}
+    return RunRecord(spec, COMPLETED, metrics=metrics, timings=timings, split=run.split.info, extras=fit.extras), arrays
 
 
 def execute_spec(spec: RunSpec, ds, store: RunStore, progress: bool = True, on_epoch=None) -> RunRecord:
     """Train, select and test one spec; always returns a record (``failed`` with its traceback on error)."""
     started, timings, code = provenance.now(), {}, current_code(spec)
-    run, fit, main = None, None, True
+    run, fit, main, arrays = None, None, True, None
     try:
+        selection_val = open_selection_validation(spec, ds)  # None unless validation is test-selected (labelled)
         with seal.sealed(f"{spec.label} is being built, trained and selected"):
-            run = prepare_run(spec, ds)
+            run = prepare_run(spec, ds, selection_val)
             trainer = Trainer(spec.config["train"], spec.seed, run.evaluator, progress=progress,
                               log_prefix=f"{spec.label} ", on_epoch=on_epoch)
             fit = trainer.fit(run.method, run.split.train, run.split.val)
@@ -134,18 +149,18 @@ def execute_spec(spec: RunSpec, ds, store: RunStore, progress: bool = True, on_e
         main = trainer.accelerator is None or trainer.accelerator.is_main_process
         timings.update(load_s=run.load_s, train_s=fit.train_s, samples_per_s=fit.samples_per_s,
                        epochs_run=fit.epochs_run)
-        record = _test_and_record(spec, run, fit, timings, main, store)
+        record, arrays = _test_and_record(spec, run, fit, timings)
     except Exception as exc:  # the record says what failed; the grid goes on
         log.error("%s failed: %s", spec.label, exc)
         record = failed_record(spec, exc, timings, run.split.info if run else None)
     record.code_fingerprint = code.digest
     record.provenance = {**provenance.collect(fit.device if fit else "cpu", spec.data_fingerprint,
                                               fit.num_processes if fit else 1, fit.mixed_precision if fit else "no",
-                                              preprocessing=getattr(ds, "preprocessing", None)),
+                                              preprocessing=getattr(ds, "preprocessing", None), dataset=ds),
                          "recipe": recipe_record(spec.method, spec.config), "code": code.to_dict(),
                          "started_at": started, "finished_at": provenance.now()}
     if main:
-        store.write(record)
+        store.publish(record, arrays)  # the record and its .npz appear together or not at all
     return record
 
 

@@ -11,6 +11,7 @@ from typing import Callable
 from bench.ablation import FROM_FULL, FULL_LABEL, dotted_get, registered_declaration, variant_sets
 from bench.errors import UserError
 from bench.ray_scheduler import GridResult, RayOptions, run_grid
+from bench.sweep_accounting import BUSY, DONE, FAILED, REUSED
 from bench.preflight import check_spec
 from bench.records import RunSpec
 from bench.registry import METHODS
@@ -35,6 +36,7 @@ class SweepRequest:
     ablation: bool = False
     force: bool = False
     retries: int = 0
+    wait: bool = False  # wait for specs another live `bench run` holds, then reuse (or compute) them
 
 
 def ablation_variants(method: str) -> list[tuple[str | None, dict]]:
@@ -106,25 +108,34 @@ def run_sweep(req: SweepRequest, ray: RayOptions, printer: Callable[[str], None]
     specs, _ = expand_specs(req)
     printer(f"{len(specs)} run(s): {', '.join(req.methods)}{' with ablations' if req.ablation else ''}; "
             f"results in {Path(req.results_dir).resolve()}")
-    return run_grid(specs, req.results_dir, ray, force=req.force, retries=req.retries, printer=printer)
+    return run_grid(specs, req.results_dir, ray, force=req.force, retries=req.retries, printer=printer, wait=req.wait)
 
 
 def print_summary(result: GridResult, req: SweepRequest, console) -> None:
-    """The leaderboard of the requested runs (with their ablation table), then what failed or was not run."""
+    """Counts (done / reused / failed / busy), the leaderboard of the requested runs (with their ablation table),
+    then why each failed run failed and who holds each busy one."""
+    from rich.markup import escape  # labels such as mcdb[+text] are not markup
+
     from bench.leaderboard import build_leaderboard, rich_tables
 
-    console.print(f"{len(result.records)} run(s) in {Path(req.results_dir).resolve()}: {result.skipped} reused, "
-                  f"{result.scheduled} scheduled, {result.wall_s:.0f} s")
+    counts = {kind: len(result.of_kind(kind)) for kind in (DONE, REUSED, FAILED, BUSY)}
+    console.print(f"{len(result.outcomes)} run(s) in {Path(req.results_dir).resolve()}: {counts[DONE]} done, "
+                  f"{counts[REUSED]} reused, {counts[FAILED]} failed, {counts[BUSY]} busy "
+                  f"({result.scheduled} trial(s) scheduled, {result.wall_s:.0f} s)", highlight=False)
     if result.records:
         board = build_leaderboard(result.records)
         for table in rich_tables(board, "main"):
             console.print(table)
+        for table in rich_tables(board, "inflation"):  # only when a published protocol ran: honest vs as-published
+            console.print(table)
         if req.ablation:
             for table in rich_tables(board, "ablation"):
                 console.print(table)
-    for rec in result.records:
-        if rec.status != "completed":
-            console.print(f"[red]failed[/red] {rec.spec.label}: {rec.error['type']}: {rec.error['message']}",
-                          highlight=False)
-    for label in result.busy:
-        console.print(f"[yellow]not run[/yellow] {label}: held by another `bench run` on this results folder")
+    runs = Path(req.results_dir).resolve() / "runs"
+    for label, reason in result.of_kind(FAILED):
+        console.print(f"[red]failed[/red] {escape(label)}: {escape(reason)}", highlight=False)
+    for label, reason in result.of_kind(BUSY):
+        console.print(f"[yellow]busy[/yellow] {escape(label)}: {escape(reason)} (lock in {runs / '.locks'}); not a "
+                      f"failure: `bench run --wait` waits for it", highlight=False)
+    if counts[FAILED]:
+        console.print(f"the failed runs' records (error, traceback, log tail) are in {runs}", highlight=False)

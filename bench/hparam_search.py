@@ -150,6 +150,10 @@ def run_tune(req: TuneRequest, ray: RayOptions, printer=print) -> TuneOutcome:
 
     flags = flag_overrides(req.protocol, req.data_root)
     resolved = resolve_config(req.method, req.config_files, req.sets, flags)
+    if resolved["protocol"].get("validation", "concepts") in ("none", "test", "test-other-subjects"):
+        raise TuneError(f"bench tune searches on a validation set that is not the test: protocol.validation="
+                        f"{resolved['protocol']['validation']} ({resolved['protocol']['name']}) has none; tune under "
+                        f"intra or inter")
     space = load_search_space(req.search, resolved)
     subjects = parse_ids(req.subjects, "subjects", open_dataset(resolved).subjects)
     if req.scheduler not in ("fifo", "asha"):

@@ -6,8 +6,8 @@ refused before anything is trained or recorded:
 
 * the feature tables agree: every table has the training image features' dimension and one row per image
   (image) or concept (text, centroid) of its partition;
-* the method's text features exist (``requires_text``), and every requested extra gallery (``eval.galleries``) is in
-  the test partition's features;
+* the method's text features exist (``requires_text``), and every requested extra gallery (``eval.galleries``) and
+  the main gallery (``eval.main_gallery``) is in the test partition's features;
 * every ``eval.kway`` value is below the number of test images;
 * ``data.test_repetitions`` is at most what the subject's test file holds.
 
@@ -40,6 +40,11 @@ def check_spec(spec: RunSpec, ds: Any) -> None:
                                f"only {', '.join(tables['train'])}; extract them with an open_clip model (bench "
                                f"features --model open_clip:...) or set data.features to a file that has them")
     check_galleries(cfg["eval"]["galleries"], tables["test"], where)
+    main = cfg["eval"].get("main_gallery", "image")
+    if main != "image" and main not in tables["test"]:
+        raise ConfigError(f"eval.main_gallery: the {main} gallery needs {GALLERY_TABLES[main]} in the test features, "
+                          f"but {where} holds only {', '.join(tables['test'])} there; set data.features to a file "
+                          f"that has them")
     kway_values(cfg["eval"]["kway"], ds.n_test_images)
     check_test_repetitions(cfg["data"]["test_repetitions"], ds, spec.subject)
 

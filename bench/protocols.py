@@ -5,9 +5,17 @@
 * ``inter`` (leave one subject out): train on every other subject's training partition minus the validation
   concepts; validate on those concepts of the same training subjects; test on the held-out subject's test partition,
   whose subject identity the model never sees.
+* ``published`` / ``published-inter``: the same subjects as ``intra`` / ``inter``, but validation, selection and
+  scoring as each method's paper ran them (``protocol.validation``, set by ``<name>.<protocol>.yaml`` beside the
+  method): held-out training *images* (NICE), no validation (UBP intra), the test partition itself (ATM: the best
+  test epoch) or the training subjects' test partitions (UBP inter). Their numbers replay published ones and are not
+  comparable to the honest protocols'; a run whose validation reads a test partition is recorded ``test_selected``.
 
 The test partition is a :class:`SealedTest`: nothing of it (EEG or features) is read until :meth:`SealedTest.open`,
-which the runner calls once training and model selection are over. Methods never receive a split.
+which the runner calls once training and model selection are over. Methods never receive a split. Test-selected
+validation (``protocol.validation: test`` or ``test-other-subjects``) is opened by the harness, not the method, before
+the sealed phase, through :meth:`Protocol.selection_validation` (:meth:`SealedTest.open_for_selection`, logged as a
+warning); the seal then stays closed for everything else.
 """
 from __future__ import annotations
 
@@ -19,6 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from bench import seal
+from bench.config_rules import TEST_SELECTED_VALIDATIONS
 from bench.errors import UserError
 from bench.registry import register_protocol
 
@@ -70,10 +79,23 @@ class SealedTest:
     def __init__(self, dataset: Any, subject: int, n_reps: int | None, subject_index: int | None):
         self._dataset, self._subject, self._n_reps, self._subject_index = dataset, subject, n_reps, subject_index
         self.opened = False
+        self.opened_for_selection: str | None = None  # why the harness opened it for model selection, if it did
 
     def open(self) -> EvalSet:
         seal.guard_test_read(f"SealedTest.open() of sub-{self._subject:02d}")
         self.opened = True
+        return self._read()
+
+    def open_for_selection(self, reason: str) -> EvalSet:
+        """The harness opens the test partition *before* the sealed phase to validate on it (``protocol.validation:
+        test`` / ``test-other-subjects``): labelled, logged and recorded; refused inside the sealed phase like any
+        other test read. The evaluator still opens it again, after selection, for the score."""
+        seal.guard_test_read(f"SealedTest.open_for_selection() of sub-{self._subject:02d}")
+        log.warning("test-selected: %s", reason)
+        self.opened_for_selection = reason
+        return self._read()
+
+    def _read(self) -> EvalSet:
         ds = self._dataset
         eeg = np.asarray(ds.load_test(self._subject, n_reps=self._n_reps), dtype=np.float32)
         feats = ds.test_features()
@@ -88,10 +110,22 @@ class SealedTest:
                        concept=concept, text=feats.text, centroid=feats.centroid)
 
 
+def concat_eval_sets(parts: list[EvalSet]) -> EvalSet:
+    """Several retrieval problems as one set, fold k = part k (their text / centroid tables are the same test ones)."""
+    if len(parts) == 1:
+        return parts[0]
+    subjects = [p.subject for p in parts]
+    return EvalSet(eeg=np.concatenate([p.eeg for p in parts]), gallery=np.concatenate([p.gallery for p in parts]),
+                   fold=np.concatenate([np.full(len(p), k, dtype=np.int64) for k, p in enumerate(parts)]),
+                   subject=None if any(s is None for s in subjects) else np.concatenate(subjects),
+                   concept=np.concatenate([p.concept for p in parts]), text=parts[0].text,
+                   centroid=parts[0].centroid)
+
+
 @dataclass
 class Split:
     train: TrainSet
-    val: EvalSet
+    val: EvalSet | None  # None: no validation (``none``), or test-selected validation the harness supplies
     test: SealedTest
     info: dict = field(default_factory=dict)
 
@@ -111,6 +145,21 @@ def choose_val_concepts(n_concepts: int, requested: int, seed: int) -> tuple[np.
         raise ProtocolError(f"only {n_concepts} training concepts: too few to hold {n_val} out for validation")
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(n_concepts, size=n_val, replace=False)), note
+
+
+def choose_val_images(n_images: int, requested: int, seed: int) -> tuple[np.ndarray, dict]:
+    """Held-out random training *images* (NICE: 740 of 16,540; their concepts stay in training), capped at 20 %."""
+    if requested < 1:
+        raise ProtocolError(f"protocol.val_images must be >= 1, got {requested}")
+    cap = max(1, math.floor(MAX_VAL_SHARE * n_images))
+    n_val = min(requested, cap)
+    note = {}
+    if n_val < requested:
+        note = {"val_images_requested": requested,
+                "val_images_note": f"capped at {MAX_VAL_SHARE:.0%} of {n_images} training images"}
+        log.warning("protocol.val_images=%d capped to %d (%s)", requested, n_val, note["val_images_note"])
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.permutation(n_images)[:n_val]), note
 
 
 def _subject_index(ds: Any, subject: int) -> int:
@@ -141,16 +190,31 @@ class Protocol:
     #: whether the model may know which subject a query comes from; validation queries are presented exactly as
     #: test queries are, so selection measures the condition the test measures
     knows_test_subject: ClassVar[bool]
+    #: the ``protocol.validation`` kinds this protocol accepts (the honest protocols: held-out training concepts only)
+    validations: ClassVar[tuple[str, ...]] = ("concepts",)
+    #: a protocol that replays published procedures names the honest protocol to use instead; it needs each method's
+    #: ``<name>.<protocol>.yaml`` (bench/specs.py refuses a method without one)
+    honest_counterpart: ClassVar[str | None] = None
 
     def __init__(self, val_concepts: int = 100, val_seed: int = 0, train_average: bool = True,
-                 test_repetitions: int | None = None):
+                 test_repetitions: int | None = None, validation: str = "concepts", val_images: int = 740):
         self.val_concepts, self.val_seed = int(val_concepts), int(val_seed)
         self.train_average, self.test_repetitions = bool(train_average), test_repetitions
+        if validation not in self.validations:
+            raise ProtocolError(f"protocol {self.name} validates on {', '.join(self.validations)}, not {validation!r}")
+        self.validation, self.val_images = validation, int(val_images)
 
     @classmethod
     def from_config(cls, cfg: dict) -> "Protocol":
-        return cls(val_concepts=cfg["protocol"]["val_concepts"], val_seed=cfg["protocol"]["val_seed"],
-                   train_average=cfg["data"]["train_average"], test_repetitions=cfg["data"]["test_repetitions"])
+        p = cfg["protocol"]
+        return cls(val_concepts=p["val_concepts"], val_seed=p["val_seed"], train_average=cfg["data"]["train_average"],
+                   test_repetitions=cfg["data"]["test_repetitions"], validation=p.get("validation", "concepts"),
+                   val_images=p.get("val_images", 740))
+
+    @property
+    def test_selected(self) -> bool:
+        """Whether validation (hence selection or early stopping) reads a test partition."""
+        return self.validation in TEST_SELECTED_VALIDATIONS
 
     def training_subjects(self, ds: Any, subject: int) -> list[int]:
         raise NotImplementedError
@@ -159,13 +223,45 @@ class Protocol:
         """Every subject whose files a run on ``subject`` reads (its data fingerprint covers exactly these)."""
         return sorted({*self.training_subjects(ds, subject), subject})
 
+    def _held_out(self, ds: Any, image_concept: np.ndarray) -> tuple[np.ndarray, dict]:
+        """(training images held out for validation, as a mask; what the record says about them)."""
+        if self.validation == "concepts":
+            val_concepts, note = choose_val_concepts(len(ds.train_concepts), self.val_concepts, self.val_seed)
+            return np.isin(image_concept, val_concepts), {
+                "val_concepts": [ds.train_concepts[i] for i in val_concepts], "n_val_concepts": len(val_concepts),
+                **note}
+        if self.validation == "images":
+            val_images, note = choose_val_images(len(image_concept), self.val_images, self.val_seed)
+            mask = np.zeros(len(image_concept), dtype=bool)
+            mask[val_images] = True
+            return mask, {"val_images": val_images.tolist(), "n_val_images": len(val_images), **note}
+        return np.zeros(len(image_concept), dtype=bool), {}  # none / test-selected: every training row trains
+
+    def _validation_set(self, ds: Any, feats: Any, val_mask: np.ndarray, image_concept: np.ndarray,
+                        val_eeg: list[np.ndarray], val_subj: list[np.ndarray]) -> EvalSet | None:
+        """The held-out training rows as retrieval problems shaped like the test (None when nothing is held out)."""
+        if self.validation not in ("concepts", "images"):
+            return None
+        val_imgs = np.flatnonzero(val_mask)
+        n_subjects = len(val_eeg)
+        if self.validation == "concepts":
+            per_concept = ds.images_per_train_concept
+            # fold j = the j-th image of every validation concept (and, across training subjects, one fold per
+            # subject and image slot): each fold is an n_val-way retrieval shaped like the test
+            within = np.arange(len(val_imgs)) % per_concept
+            folds = np.concatenate([within + k * per_concept for k in range(n_subjects)])
+        else:  # the held-out images of one subject are one retrieval problem (their concepts may repeat)
+            folds = np.repeat(np.arange(n_subjects), len(val_imgs))
+        val_rows = np.tile(val_imgs, n_subjects)
+        return EvalSet(eeg=np.concatenate(val_eeg), gallery=feats.image[val_rows], fold=folds.astype(np.int64),
+                       subject=np.concatenate(val_subj) if self.knows_test_subject else None,
+                       concept=image_concept[val_rows], text=feats.text)
+
     def split(self, ds: Any, subject: int) -> Split:
         test_index = _subject_index(ds, subject)
         train_subjects = self.training_subjects(ds, subject)
-        n_concepts = len(ds.train_concepts)
-        val_concepts, note = choose_val_concepts(n_concepts, self.val_concepts, self.val_seed)
         image_concept = np.asarray(ds.train_image_concept, dtype=np.int64)
-        val_mask = np.isin(image_concept, val_concepts)
+        val_mask, held_out = self._held_out(ds, image_concept)
 
         feats = ds.train_features()
         if feats.image.shape[0] != image_concept.shape[0]:
@@ -184,25 +280,45 @@ class Protocol:
         train = TrainSet(eeg=np.concatenate(eeg_parts) if len(eeg_parts) > 1 else eeg_parts[0],
                          row_image=row_image, row_concept=image_concept[row_image],
                          row_subject=np.concatenate(subj_parts), image=feats.image, text=feats.text)
-
-        val_imgs = np.flatnonzero(val_mask)
-        per_concept = ds.images_per_train_concept
-        # fold j = the j-th image of every validation concept (and, across training subjects, one fold per
-        # subject and image slot): each fold is an n_val-way retrieval shaped like the test
-        within = np.arange(len(val_imgs)) % per_concept
-        folds = np.concatenate([within + k * per_concept for k in range(len(train_subjects))])
-        val_rows = np.tile(val_imgs, len(train_subjects))
-        val = EvalSet(eeg=np.concatenate(val_eeg), gallery=feats.image[val_rows], fold=folds.astype(np.int64),
-                      subject=np.concatenate(val_subj) if self.knows_test_subject else None,
-                      concept=image_concept[val_rows], text=feats.text)
+        val = self._validation_set(ds, feats, val_mask, image_concept, val_eeg, val_subj)
 
         visible_test_subject = test_index if self.knows_test_subject else None
         sealed = SealedTest(ds, subject, self.test_repetitions, visible_test_subject)
         info = {"protocol": self.name, "protocol_version": self.version, "test_subject": subject,
-                "train_subjects": train_subjects, "n_train_rows": len(train), "n_val_queries": len(val),
-                "val_concepts": [ds.train_concepts[i] for i in val_concepts], "n_val_concepts": len(val_concepts),
-                "train_average": self.train_average, "test_repetitions": self.test_repetitions, **note}
+                "train_subjects": train_subjects, "n_train_rows": len(train),
+                "n_val_queries": len(val) if val is not None else 0, "validation": self.validation, **held_out,
+                "train_average": self.train_average, "test_repetitions": self.test_repetitions,
+                **self._test_selected_info(ds, subject)}
         return Split(train=train, val=val, test=sealed, info=info)
+
+    def _test_selection_subjects(self, ds: Any, subject: int) -> list[int]:
+        """Whose test partitions validation reads: the test subject's (``test``), the training subjects'
+        (``test-other-subjects``), or none."""
+        if self.validation == "test":
+            return [subject]
+        return self.training_subjects(ds, subject) if self.validation == "test-other-subjects" else []
+
+    def _test_selected_info(self, ds: Any, subject: int) -> dict:
+        subjects = self._test_selection_subjects(ds, subject)
+        if not subjects:
+            return {}
+        return {"val_test_subjects": subjects,
+                "validation_note": f"test-selected: validation is the test partition of "
+                                   f"{', '.join(f'sub-{s:02d}' for s in subjects)} (selection and early stopping see "
+                                   f"the test images); the harness opened it before the sealed phase"}
+
+    def selection_validation(self, ds: Any, subject: int, label: str = "") -> EvalSet | None:
+        """For test-selected validation only (else None): the test partition(s) that validation reads, opened now by
+        the harness (before the sealed phase), each subject's its own fold, presented as the test's queries are."""
+        subjects = self._test_selection_subjects(ds, subject)
+        parts = []
+        for s in subjects:
+            index = _subject_index(ds, s) if self.knows_test_subject else None
+            reason = (f"{label or self.name}: protocol.validation={self.validation} reads the test partition of "
+                      f"sub-{s:02d} for model selection / early stopping (as published; not comparable to the "
+                      f"honest protocols)")
+            parts.append(SealedTest(ds, s, self.test_repetitions, index).open_for_selection(reason))
+        return concat_eval_sets(parts) if parts else None
 
 
 @register_protocol("intra", description="within subject: train and test on one subject; validation on held-out "
@@ -224,3 +340,26 @@ class LeaveOneSubjectOut(Protocol):
         if not others:
             raise ProtocolError(f"leave-one-subject-out needs at least 2 subjects; {ds.root} has {ds.subjects}")
         return others
+
+
+PUBLISHED_WORDS = "as published; not comparable to the honest protocols"
+
+
+@register_protocol("published", description=f"within subject, {PUBLISHED_WORDS}: each method's paper's own validation, "
+                                            f"selection and scoring (<name>.published.yaml beside the method; e.g. "
+                                            f"NICE's concept centres, ATM's best test epoch)",
+                   citation="Song et al., ICLR 2024; Li et al., NeurIPS 2024; Wu et al., CVPR 2025")
+class PublishedIntraSubject(IntraSubject):
+    name, version = "published", 1
+    validations = ("concepts", "images", "none", "test")
+    honest_counterpart = "intra"
+
+
+@register_protocol("published-inter", description=f"leave one subject out, {PUBLISHED_WORDS}: each method's paper's "
+                                                  f"own validation and selection (<name>.published-inter.yaml; e.g. "
+                                                  f"UBP's early stopping on the other subjects' test EEG)",
+                   citation="Wu et al., CVPR 2025")
+class PublishedLeaveOneSubjectOut(LeaveOneSubjectOut):
+    name, version = "published-inter", 1
+    validations = ("concepts", "images", "none", "test", "test-other-subjects")
+    honest_counterpart = "inter"

@@ -66,11 +66,24 @@ def driver_command(command: str | None) -> Iterator[None]:
 
 
 def collect(device: str, data_fingerprint: str, num_processes: int = 1, mixed_precision: str = "no", *,
-            command: str | None = None, preprocessing: dict | None = None) -> dict:
+            command: str | None = None, preprocessing: dict | None = None, dataset=None) -> dict:
     """``command``: what the user ran (default: the driver's command when inside a trial, else this process's);
-    ``preprocessing``: the data root's preprocessing sidecar (``ThingsEEG.preprocessing``), None when it has none."""
+    ``preprocessing``: the data root's preprocessing sidecar (``ThingsEEG.preprocessing``), None when it has none;
+    ``dataset``: the opened dataset, for the ``data`` block (None when none was opened)."""
     return {**git_state(), "packages": package_versions(), "device": device_description(device),
             "num_processes": num_processes, "mixed_precision": mixed_precision, "data_fingerprint": data_fingerprint,
             "python": platform.python_version(), "host": socket.gethostname(),
             "command": command or _driver_command or command_line(),
-            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "preprocessing": preprocessing}
+            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "preprocessing": preprocessing,
+            "data": data_block(dataset)}
+
+
+def data_block(dataset) -> dict | None:
+    """What the leaderboard must know of a run's data to compare it with published numbers: whether it is synthetic
+    and how many test images it scores against. None when no dataset was opened (a setup failure); a dataset that
+    cannot tell (a test double) leaves the field None, so the leaderboard falls back to the config."""
+    if dataset is None:
+        return None
+    synthetic, n_test = getattr(dataset, "is_synthetic", None), getattr(dataset, "n_test_images", None)
+    return {"synthetic": synthetic if isinstance(synthetic, bool) else None,
+            "n_test_images": int(n_test) if isinstance(n_test, int) else None}

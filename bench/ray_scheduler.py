@@ -5,6 +5,10 @@ with a ``completed`` record is never scheduled again, so a killed sweep restarte
 only what is missing. Each trial goes through the same code path as `bench train` (:func:`bench.execute.claim_and_run`),
 holds the spec's lock while computing it, and writes its record itself; Ray only schedules.
 
+What became of each spec (done, reused, failed, busy), a trial whose process died without a record, and the locks
+that tell a dead trial from another live `bench run` are in :mod:`bench.sweep_accounting`. A local Ray started here
+is stopped by a reaper process (:mod:`bench.ray_reaper`) if this driver dies without stopping it (``kill -9``).
+
 Trials with ``gpus_per_trial > 1`` (or ``workers_per_trial > 1``) run as DDP: the Tune trial is a light driver that
 claims the spec and launches a Ray Train ``TorchTrainer`` whose workers each run Accelerate (which picks up the
 process group Ray Train created).
@@ -13,13 +17,18 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench.errors import UserError
-from bench.records import COMPLETED, FAILED, RunRecord, RunSpec, RunStore
+from bench.records import COMPLETED, RunRecord, RunSpec, RunStore
+from bench.sweep_accounting import (BUSY, DONE, FAILED, REUSED, Holder, Outcome, describe_death, driver_stamp,
+                                    exit_notes, lock_holder, lock_path, settle_lost_trial, stamp_lock,
+                                    wait_for_release)
 
 
 #: a DDP trial's Tune function only launches and waits for its Ray Train workers; Tune needs a non-zero request
@@ -48,11 +57,20 @@ class RayOptions:
 
 @dataclass
 class GridResult:
-    records: list[RunRecord] = field(default_factory=list)
-    scheduled: int = 0
-    skipped: int = 0
-    busy: list[str] = field(default_factory=list)
+    records: list[RunRecord] = field(default_factory=list)  # the requested specs' records, busy ones left out
+    scheduled: int = 0    # trials launched, retries included
+    skipped: int = 0      # specs reused: completed by the current code before, or by another `bench run` meanwhile
+    outcomes: dict[str, Outcome] = field(default_factory=dict)  # spec_hash → what became of it
+    labels: dict[str, str] = field(default_factory=dict)        # spec_hash → label
     wall_s: float = 0.0
+
+    def of_kind(self, kind: str) -> list[tuple[str, str]]:
+        """(label, reason) of every spec whose outcome is ``kind`` (DONE, REUSED, FAILED or BUSY)."""
+        return [(self.labels[h], o.reason) for h, o in self.outcomes.items() if o.kind == kind]
+
+    @property
+    def busy(self) -> list[str]:
+        return [label for label, _ in self.of_kind(BUSY)]
 
 
 @dataclass
@@ -98,6 +116,39 @@ def ray_environment() -> dict[str, str]:
             "RAY_TRAIN_V2_ENABLED": "1"}
 
 
+#: the reaper of the local Ray this process started (see bench/ray_reaper.py). Held for the life of the process:
+#: the reaper acts when its stdin closes, which happens when this object is collected or the process ends.
+_REAPER: subprocess.Popen | None = None
+
+
+def _ray_temp_root() -> str:
+    try:
+        from ray._common.utils import get_default_ray_temp_dir  # where a local Ray puts its sessions
+
+        return get_default_ray_temp_dir()
+    except ImportError:
+        return os.path.join(os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp", "ray")
+
+
+def start_reaper() -> subprocess.Popen:
+    """Start (once per process) the reaper that stops this process's local Ray when the process dies."""
+    global _REAPER
+    if _REAPER is None or _REAPER.poll() is not None:
+        # -I: the reaper needs only the standard library, and a fresh session keeps Ctrl-C and killpg off it
+        _REAPER = subprocess.Popen([sys.executable, "-I", str(Path(__file__).with_name("ray_reaper.py")),
+                                    str(os.getpid()), _ray_temp_root()], stdin=subprocess.PIPE,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return _REAPER
+
+
+def announce_session(session_dir: str | None) -> None:
+    """Tell the reaper which Ray session to stop: only one this process started (Ray names it after our pid)."""
+    if _REAPER is None or not session_dir or not Path(session_dir).name.endswith(f"_{os.getpid()}"):
+        return
+    _REAPER.stdin.write(f"session {session_dir}\n".encode())
+    _REAPER.stdin.flush()
+
+
 def init_ray(opts: RayOptions) -> None:
     import ray
 
@@ -106,11 +157,13 @@ def init_ray(opts: RayOptions) -> None:
     if ray.is_initialized():
         return
     try:
-        if opts.address:
+        if opts.address:  # someone else's cluster: no reaper, whatever happens to this driver
             ray.init(address=opts.address, log_to_driver=False)
         else:
-            ray.init(num_cpus=opts.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                     object_store_memory=opts.object_store_mb * 1024 ** 2)
+            start_reaper()
+            context = ray.init(num_cpus=opts.num_cpus or os.cpu_count(), include_dashboard=False,
+                               log_to_driver=False, object_store_memory=opts.object_store_mb * 1024 ** 2)
+            announce_session(context.address_info.get("session_dir"))
     except ConnectionError as exc:
         raise OrchestrationError(f"cannot join the Ray cluster at {opts.address!r}: {exc}. Start one with "
                                  f"`ray start --head` and pass its address (or 'auto' on a cluster node).") from exc
@@ -169,34 +222,56 @@ def _report_epoch(entry: dict) -> None:
 
 
 def run_trial(config: dict) -> None:
-    """One Ray Tune trial = one run spec (module-level so Ray can import it in workers)."""
+    """One Ray Tune trial = one run spec (module-level so Ray can import it in workers).
+
+    Its last report says what it did: ``completed``/``failed`` (it wrote the record; ``reused`` if another process had
+    completed it), or ``busy`` with the lock's contents. A trial that reports none of these died (see
+    :func:`bench.sweep_accounting.settle_lost_trial`)."""
     config = config["trial"]  # the grid's one value: this trial's spec and settings
     import torch
     from ray import tune
 
+    from bench.execute import RunBusyError, RunOutcome, record_setup_failure
     from bench.provenance import driver_command
-    from bench.execute import RunBusyError, record_setup_failure, run_spec
-    from bench.specs import open_dataset
 
     load_plugins(config)
     spec = RunSpec.from_dict(config["spec"])
     store = RunStore(config["results_dir"])
     if config.get("threads"):
         torch.set_num_threads(max(1, int(config["threads"])))  # Ray's OMP_NUM_THREADS does not reach torch's pool
-    with driver_command(config.get("command")):  # the record names the user's `bench run`, not Ray's worker
+    with driver_command(config.get("command")), exit_notes():  # the record names the user's `bench run`
         try:
-            if config.get("ddp_workers", 1) > 1:
-                record = _run_ddp_trial(spec, store, config)
-            else:
-                record = run_spec(spec, open_dataset(spec.config), store, force=config["force"], progress=False,
-                                  on_epoch=_report_epoch).record
-        except RunBusyError as exc:
-            tune.report({"status": "busy", "spec_hash": spec.spec_hash, "message": str(exc)})
+            outcome = _claim_and_compute(spec, store, config)
+        except RunBusyError:
+            tune.report({"status": BUSY, "spec_hash": spec.spec_hash, "lock": _read_lock(store, spec.spec_hash)})
             return
-        except Exception as exc:  # outside the run itself (e.g. opening the data): still a record, never a lost run
-            record = record_setup_failure(spec, store, exc)
-    tune.report({"status": record.status, "spec_hash": spec.spec_hash,
-                 "top1": record.metrics.get("top1", math.nan), "top5": record.metrics.get("top5", math.nan)})
+        except (Exception, SystemExit) as exc:  # outside the run itself (e.g. opening the data): still a record
+            outcome = RunOutcome(record_setup_failure(spec, store, exc))
+    record = outcome.record
+    tune.report({"status": record.status, "spec_hash": spec.spec_hash, "reused": outcome.skipped,
+                 "top1": record.metrics.get("top1", math.nan), "top5": record.metrics.get("top5", math.nan),
+                 "test_selected": bool(record.metrics.get("test_selected", False))})
+
+
+def _read_lock(store: RunStore, spec_hash: str) -> str:
+    try:
+        return lock_path(store, spec_hash).read_text()
+    except OSError:
+        return ""
+
+
+def _claim_and_compute(spec: RunSpec, store: RunStore, config: dict):
+    """:func:`bench.execute.claim_and_run`; once the lock is ours it names this sweep's driver, then computes."""
+    from bench.execute import claim_and_run, execute_spec
+    from bench.specs import open_dataset
+
+    def compute() -> RunRecord:
+        stamp_lock(store, spec.spec_hash, config["driver"])
+        if config.get("ddp_workers", 1) > 1:
+            return _launch_ddp(spec, store, config)
+        return execute_spec(spec, open_dataset(spec.config), store, progress=False, on_epoch=_report_epoch)
+
+    return claim_and_run(spec, store, compute, force=config["force"])
 
 
 def load_plugins(config: dict) -> None:
@@ -218,14 +293,8 @@ def _ddp_worker(config: dict) -> None:
         execute_spec(spec, open_dataset(spec.config), RunStore(config["results_dir"]), progress=False)
 
 
-def _run_ddp_trial(spec: RunSpec, store: RunStore, config: dict) -> RunRecord:
-    """The spec through the one store operation, computed by Ray Train workers (each runs Accelerate)."""
-    from bench.execute import claim_and_run
-
-    return claim_and_run(spec, store, lambda: _launch_ddp(spec, store, config), force=config["force"]).record
-
-
 def _launch_ddp(spec: RunSpec, store: RunStore, config: dict) -> RunRecord:
+    """The spec computed by Ray Train workers (each runs Accelerate) while this trial holds its lock."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -243,9 +312,9 @@ def _launch_ddp(spec: RunSpec, store: RunStore, config: dict) -> RunRecord:
     return record
 
 
-# --- the grid --------------------------------------------------------------------------------------------------------
+# --- progress --------------------------------------------------------------------------------------------------------
 def progress_callback(total: int, labels: dict[str, str], concurrency: int, printer):
-    """A Tune callback printing one line per event: counts of done / failed / running / pending, metric, ETA.
+    """A Tune callback printing one line per event: counts of done / failed / busy / running / pending, metric, ETA.
 
     Built on demand so importing this module does not import Ray."""
     from ray import tune
@@ -253,20 +322,21 @@ def progress_callback(total: int, labels: dict[str, str], concurrency: int, prin
     class Progress(tune.Callback):
         def __init__(self):
             self.total, self.labels, self.concurrency, self.print = total, labels, max(1, concurrency), printer
-            self.running, self.done, self.failed, self.start = {}, 0, 0, time.time()
+            self.running, self.done, self.failed, self.busy, self.start = {}, 0, 0, 0, time.time()
             self.durations: list[float] = []
 
         def _label(self, trial) -> str:
             return self.labels.get(trial.config["trial"]["spec_hash"], trial.trial_id)
 
         def _line(self, msg: str) -> None:
-            pending = self.total - self.done - self.failed - len(self.running)
+            pending = self.total - self.done - self.failed - self.busy - len(self.running)
             eta = ""
             if self.durations:
                 left = pending + len(self.running)
                 secs = sum(self.durations) / len(self.durations) * math.ceil(left / self.concurrency)
                 eta = f", ETA {int(secs // 60)}m{int(secs % 60):02d}s"
-            self.print(f"[{self.done} done, {self.failed} failed, {len(self.running)} running, "
+            busy = f"{self.busy} busy, " if self.busy else ""
+            self.print(f"[{self.done} done, {self.failed} failed, {busy}{len(self.running)} running, "
                        f"{pending} pending{eta}] {msg}")
 
         def on_trial_start(self, iteration, trials, trial, **info):
@@ -279,11 +349,17 @@ def progress_callback(total: int, labels: dict[str, str], concurrency: int, prin
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             started = self.running.pop(trial.trial_id, time.time())
-            self.durations.append(time.time() - started)
             result = trial.last_result or {}
+            if result.get("status") == BUSY:  # not a failure: another `bench run` is computing it
+                self.busy += 1
+                self._line(f"busy  {self._label(trial)} ({Holder.parse(result.get('lock', ''))})")
+                return
+            self.durations.append(time.time() - started)
             if result.get("status") == COMPLETED:
                 self.done += 1
-                self._line(f"done  {self._label(trial)}: top-1 {result['top1']:.1f}%, top-5 {result['top5']:.1f}%")
+                how = "reused" if result.get("reused") else "done "
+                tag = " (TEST-SELECTED)" if result.get("test_selected") else ""
+                self._line(f"{how} {self._label(trial)}: top-1 {result['top1']:.1f}%, top-5 {result['top5']:.1f}%{tag}")
             else:
                 self.failed += 1
                 self._line(f"FAILED {self._label(trial)} ({result.get('status', 'error')})")
@@ -291,65 +367,154 @@ def progress_callback(total: int, labels: dict[str, str], concurrency: int, prin
         def on_trial_error(self, iteration, trials, trial, **info):
             self.running.pop(trial.trial_id, None)
             self.failed += 1
-            self._line(f"ERROR {self._label(trial)}")
+            self._line(f"DIED  {self._label(trial)}: the trial ended without writing a record (see the summary)")
 
     return Progress()
 
 
-def run_grid(specs: list[RunSpec], results_dir: str | Path, opts: RayOptions, force: bool = False,
-             retries: int = 0, printer=print) -> GridResult:
-    """Run every spec that lacks a completed record; re-run failed ones up to ``retries`` times."""
+# --- the grid --------------------------------------------------------------------------------------------------------
+def _tuner(todo: list[RunSpec], results_dir: Path, opts: RayOptions, forced: set[str], printer):
     from ray import tune
+    import ray
 
-    results_dir = Path(results_dir).resolve()  # trials run elsewhere (other cwd, other nodes)
-    store = RunStore(results_dir)
-    result = GridResult()
-    t0 = time.time()
-    planned = plan(specs, store, force)
-    todo, result.skipped = planned.todo, len(planned.done)
-    if planned.done:
-        printer(f"{len(planned.done)} of {len(planned.done) + len(todo)} runs already completed; skipping them")
-    for line in planned.stale_lines():
-        printer(line)
-    attempt = 0
-    while todo:
-        init_ray(opts)
-        check_resources(opts)
-        check_shared_storage(results_dir)
-        workers = opts.ddp_workers()
-        per_trial = ({"cpu": DDP_DRIVER_CPU} if workers > 1 else
-                     {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
+    from bench.provenance import command_line
+    from bench.registry import loaded_plugins
+
+    workers = opts.ddp_workers()
+    per_trial = ({"cpu": DDP_DRIVER_CPU} if workers > 1 else
+                 {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
+    cluster_cpus = ray.cluster_resources().get("CPU", 1)
+    concurrency = opts.max_concurrent or max(1, int(cluster_cpus // max(opts.cpus_per_trial * workers, 1e-9)))
+    base = {"results_dir": str(results_dir), "threads": opts.cpus_per_trial, "plugins": loaded_plugins(),
+            "command": command_line(), "driver": driver_stamp(), "ddp_workers": workers,
+            "cpus_per_trial": opts.cpus_per_trial, "gpus_per_trial": opts.gpus_per_trial}
+    trial_configs = [{**base, "force": s.spec_hash in forced, "spec": s.to_dict(), "spec_hash": s.spec_hash}
+                     for s in todo]
+    return tune.Tuner(
+        tune.with_resources(run_trial, per_trial),
+        param_space={"trial": tune.grid_search(trial_configs)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
+        run_config=tune.RunConfig(
+            name=f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}", storage_path=str(results_dir / "ray"),
+            verbose=0, failure_config=tune.FailureConfig(max_failures=0),
+            callbacks=[progress_callback(len(todo), {s.spec_hash: s.label for s in todo}, concurrency, printer)]),
+    )
+
+
+def local_logs_dir() -> Path | None:
+    """This node's Ray log folder, where a dead worker's stdout/stderr are (Ray has no public call for it)."""
+    try:
         import ray
 
-        cluster_cpus = ray.cluster_resources().get("CPU", 1)
-        concurrency = opts.max_concurrent or max(1, int(cluster_cpus // max(opts.cpus_per_trial * workers, 1e-9)))
-        from bench.provenance import command_line
-        from bench.registry import loaded_plugins
+        return Path(ray._private.worker._global_node.get_logs_dir_path())
+    except Exception:  # an internal that moved: the record just goes without the log's last lines
+        return None
 
-        base = {"results_dir": str(results_dir), "force": force or attempt > 0, "threads": opts.cpus_per_trial,
-                "plugins": loaded_plugins(), "command": command_line(),
-                "ddp_workers": workers, "cpus_per_trial": opts.cpus_per_trial, "gpus_per_trial": opts.gpus_per_trial}
-        trial_configs = [{**base, "spec": s.to_dict(), "spec_hash": s.spec_hash} for s in todo]
-        labels = {s.spec_hash: s.label for s in todo}
-        tuner = tune.Tuner(
-            tune.with_resources(run_trial, per_trial),
-            param_space={"trial": tune.grid_search(trial_configs)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
-            run_config=tune.RunConfig(
-                name=f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}", storage_path=str(results_dir / "ray"),
-                verbose=0, failure_config=tune.FailureConfig(max_failures=0),
-                callbacks=[progress_callback(len(todo), labels, concurrency, printer)]),
-        )
-        result.scheduled += len(todo)
-        tuner.fit()
-        outcome = {spec.spec_hash: store.read(spec.spec_hash) for spec in todo}
-        result.busy += [s.label for s in todo if outcome[s.spec_hash] is None]  # another `bench run` held its lock
-        failed = [s for s in todo if outcome[s.spec_hash] is not None and outcome[s.spec_hash].status == FAILED]
-        if not failed or attempt >= retries:
+
+def _error_text(result) -> str:
+    if result is None:
+        return "Ray Tune returned no result for this trial (it never ran)"
+    error = result.error
+    return f"{type(error).__name__}: {error}" if error is not None else "the trial ended without reporting a record"
+
+
+def settle(spec: RunSpec, result, store: RunStore) -> Outcome:
+    """What one trial's last report (``result``: Ray Tune's Result, or None) says became of its spec."""
+    from bench.execute import current_code
+
+    metrics = (result.metrics if result is not None else None) or {}
+    status = metrics.get("status")
+    if status == COMPLETED:
+        return Outcome(REUSED if metrics.get("reused") else DONE)
+    if status == FAILED:
+        record = store.read(spec.spec_hash)
+        error = (record.error if record is not None else None) or {}
+        return Outcome(FAILED, f"{error.get('type', 'error')}: {error.get('message', 'see its record')}")
+    code = current_code(spec).digest
+    if status == BUSY:
+        holder = Holder.parse(metrics.get("lock", ""))
+        if not holder.ours():
+            return Outcome(BUSY, str(holder))
+        death = describe_death(f"its lock is {holder}: a leftover process of an earlier trial of this sweep", None)
+        return settle_lost_trial(spec, store, death, code)
+    return settle_lost_trial(spec, store, describe_death(_error_text(result), local_logs_dir()), code)
+
+
+def run_round(todo: list[RunSpec], results_dir: Path, opts: RayOptions, forced: set[str], printer
+              ) -> dict[str, Outcome]:
+    """Run ``todo`` as one Ray Tune experiment; every spec comes back with an outcome, trials that died included."""
+    init_ray(opts)
+    check_resources(opts)
+    check_shared_storage(results_dir)
+    grid = _tuner(todo, results_dir, opts, forced, printer).fit()
+    results = {r.config["trial"]["spec_hash"]: r for r in grid}
+    store = RunStore(results_dir)
+    return {s.spec_hash: settle(s, results.get(s.spec_hash), store) for s in todo}
+
+
+def set_aside_busy(specs: list[RunSpec], store: RunStore, result: GridResult, printer) -> list[RunSpec]:
+    """The specs no other live `bench run` holds; the others are marked busy (not scheduled, not failed)."""
+    free = []
+    for spec in specs:
+        holder = lock_holder(store, spec.spec_hash)
+        if holder is not None and not holder.ours():
+            result.outcomes[spec.spec_hash] = Outcome(BUSY, str(holder))
+            printer(f"busy  {spec.label}: {holder}")
+        else:
+            free.append(spec)
+    return free
+
+
+def _retry(todo: list[RunSpec], outcomes: dict[str, Outcome], attempts: dict[str, int], retries: int, printer
+           ) -> list[RunSpec]:
+    again = [s for s in todo if outcomes[s.spec_hash].kind == FAILED and attempts.get(s.spec_hash, 0) < retries]
+    for spec in again:
+        attempts[spec.spec_hash] = attempts.get(spec.spec_hash, 0) + 1
+    if again:
+        attempt = max(attempts[s.spec_hash] for s in again)
+        printer(f"retrying {len(again)} failed run(s) (attempt {attempt} of {retries})")
+    return again
+
+
+def _after_wait(busy: list[RunSpec], store: RunStore, result: GridResult, printer, poll_s: float) -> list[RunSpec]:
+    """Wait until another `bench run` releases some busy specs; reuse what it completed, return the rest to run."""
+    freed = wait_for_release(busy, store, printer, poll_s)
+    again = plan(freed, store)
+    for spec in again.done:
+        result.outcomes[spec.spec_hash] = Outcome(REUSED, "completed by another `bench run`")
+    return set_aside_busy(again.todo, store, result, printer)
+
+
+def run_grid(specs: list[RunSpec], results_dir: str | Path, opts: RayOptions, force: bool = False,
+             retries: int = 0, printer=print, wait: bool = False, poll_s: float = 2.0) -> GridResult:
+    """Run every spec that lacks a completed record; re-run failed ones up to ``retries`` times; with ``wait``, wait
+    for the specs another live `bench run` holds, then reuse or compute them."""
+    results_dir = Path(results_dir).resolve()  # trials run elsewhere (other cwd, other nodes)
+    store, t0 = RunStore(results_dir), time.time()
+    planned = plan(specs, store, force)
+    unique = planned.done + planned.todo
+    result = GridResult(labels={s.spec_hash: s.label for s in unique})
+    if planned.done:
+        printer(f"{len(planned.done)} of {len(unique)} runs already completed; skipping them")
+    for line in planned.stale_lines():
+        printer(line)
+    result.outcomes.update({s.spec_hash: Outcome(REUSED) for s in planned.done})
+    todo, attempts = set_aside_busy(planned.todo, store, result, printer), {}
+    forced = {s.spec_hash for s in todo} if force else set()
+    while True:
+        if todo:
+            outcomes = run_round(todo, results_dir, opts, forced, printer)
+            result.scheduled += len(todo)
+            result.outcomes.update(outcomes)
+            todo = _retry(todo, outcomes, attempts, retries, printer)
+            forced |= {s.spec_hash for s in todo}  # a retry recomputes the failed record it left
+            continue
+        busy = [s for s in unique if result.outcomes[s.spec_hash].kind == BUSY]
+        if not (wait and busy):
             break
-        attempt += 1
-        printer(f"retrying {len(failed)} failed run(s) (attempt {attempt} of {retries})")
-        todo = failed
-    result.records = [r for s in specs if (r := store.read(s.spec_hash)) is not None]
+        todo = _after_wait(busy, store, result, printer, poll_s)
+    result.records = [r for s in unique if result.outcomes[s.spec_hash].kind != BUSY
+                      and (r := store.read(s.spec_hash)) is not None]
+    result.skipped = len(result.of_kind(REUSED))
     result.wall_s = time.time() - t0
     return result

@@ -6,7 +6,10 @@
 * Under ``accelerate launch --num_processes N`` every process draws the same seeded permutation and takes its
   share of each global batch (``train.batch_size`` is the global batch), so N processes run the same number of
   optimiser steps on the same samples as one process does.
-* Model selection on validation top-1 (``best_val``) or the last epoch; early stopping with ``train.patience``.
+* Model selection on validation top-1 (``best_val``) or the last epoch; early stopping with ``train.patience`` on
+  validation top-1 or on the epoch's mean training loss (``train.stop_on``), an improvement counting only beyond
+  ``train.min_delta`` (as Lightning's EarlyStopping). Without a validation set (``protocol.validation: none``, UBP
+  intra) there is no validation pass and the last epoch is selected.
 * One epoch is steps of :meth:`Trainer._optimizer_step` (one global batch in ``train.grad_accum`` chunks); the
   Method API (``bench/method.py``) says which hook runs per chunk, per step and per epoch.
 """
@@ -164,15 +167,22 @@ class EpochTotals:
     log_sums: dict = field(default_factory=dict)
     steps: int = 0
     samples: int = 0
+    row_loss_sum: torch.Tensor | None = None  # each chunk's loss × its rows (this process's): the per-row mean
+    rows: int = 0
 
     @classmethod
     def zeros(cls, device: torch.device) -> "EpochTotals":
         return cls(loss_sum=torch.zeros((), device=device),
-                   first_bad=torch.full((), -1, dtype=torch.long, device=device))
+                   first_bad=torch.full((), -1, dtype=torch.long, device=device),
+                   row_loss_sum=torch.zeros((), device=device))
 
-    def add_chunk(self, loss: torch.Tensor, logs: dict, n_chunks: int) -> None:
-        """A chunk's loss and logs, weighted as its backward pass was (1 / chunks), into the current step."""
+    def add_chunk(self, loss: torch.Tensor, logs: dict, n_chunks: int, rows: int = 0) -> None:
+        """A chunk's loss and logs, weighted as its backward pass was (1 / chunks), into the current step; and its
+        loss weighted by its ``rows`` into the per-row sum."""
         self.loss_sum += loss.detach().float() / n_chunks
+        if self.row_loss_sum is not None:
+            self.row_loss_sum += loss.detach().float() * rows
+            self.rows += rows
         bad = ~torch.isfinite(loss.detach()) & (self.first_bad < 0)
         self.first_bad = torch.where(bad, torch.full_like(self.first_bad, self.steps + 1), self.first_bad)
         for k, v in logs.items():
@@ -186,11 +196,14 @@ class EpochTotals:
 
 @dataclass
 class Selection:
-    """Model selection across epochs: the best validation top-1 so far, its weights, epochs validated since."""
+    """Model selection across epochs (the best validation top-1 so far and its weights) and early stopping (the
+    watched signal's reference value and the epochs since it last improved by more than ``train.min_delta``)."""
 
     best: float = -1.0
     best_state: dict | None = None
-    since_best: int = 0
+    since_best: int = 0               # epochs without an improvement of the watched signal
+    reference: float | None = None    # the watched signal's value at its last improvement
+    validated: bool = False           # whether any validation pass ran
 
 
 @dataclass
@@ -232,12 +245,13 @@ class Trainer:
         self.accelerator = None
         self.result: FitResult | None = None
 
-    def fit(self, method: Method, train: TrainSet, val: EvalSet) -> FitResult:
+    def fit(self, method: Method, train: TrainSet, val: EvalSet | None) -> FitResult:
+        """``val`` None: no validation pass at all (``protocol.validation: none``); the last epoch is selected."""
         for _ in self.epochs(method, train, val):
             pass
         return self.result
 
-    def epochs(self, method: Method, train: TrainSet, val: EvalSet) -> Iterator[dict]:
+    def epochs(self, method: Method, train: TrainSet, val: EvalSet | None) -> Iterator[dict]:
         """Train epoch by epoch, yielding each epoch's curve entry; ``self.result`` is final once exhausted.
 
         Lets a caller advance several runs in lockstep (``bench tune`` over several subjects) or stop early.
@@ -257,13 +271,16 @@ class Trainer:
             return
         yield from self._fit_gradient(self._prepare(method, data, acc), val, t0)
 
-    def _fit_closed_form(self, method: Method, data: DeviceData, val: EvalSet, t0: float) -> dict:
+    def _fit_closed_form(self, method: Method, data: DeviceData, val: EvalSet | None, t0: float) -> dict:
         device, result = self.accelerator.device, self.result
         method.fit_closed_form(data.eeg.to(device, torch.float32), data.image[data.row_image], data.row_subject)
-        scores = self.evaluator.validate(method, val, device)
-        result.curve = [{"epoch": 1, "val_top1": scores["top1"], "val_top5": scores["top5"]}]
-        result.best_epoch = result.selected_epoch = result.epochs_run = 1
-        result.best_val_top1 = scores["top1"]
+        result.selected_epoch = result.epochs_run = 1
+        if val is None:
+            result.curve = [{"epoch": 1}]
+        else:
+            scores = self.evaluator.validate(method, val, device)
+            result.curve = [{"epoch": 1, "val_top1": scores["top1"], "val_top5": scores["top5"]}]
+            result.best_epoch, result.best_val_top1 = 1, scores["top1"]
         result.train_s = time.perf_counter() - t0
         result.samples_per_s = len(data) / max(result.train_s, 1e-9)
         return result.curve[0]
@@ -288,7 +305,7 @@ class Trainer:
         return GradientFit(method=method, model=model, optimizer=optimizer, schedule=schedule, data=data,
                            state=state, generator=generator, accum=int(cfg["grad_accum"]), acc=acc)
 
-    def _fit_gradient(self, fit: GradientFit, val: EvalSet, t0: float) -> Iterator[dict]:
+    def _fit_gradient(self, fit: GradientFit, val: EvalSet | None, t0: float) -> Iterator[dict]:
         result, selection = self.result, Selection()
         seen, step_s = 0, 0.0
         bar = self._progress_bar(fit.state.epochs, fit.acc.is_main_process)
@@ -299,7 +316,10 @@ class Trainer:
             fit.state.last_logs = entry
             for key, value in (fit.method.on_epoch_end(fit.state) or {}).items():
                 result.extras.setdefault(key, []).append(value)
-            if epoch % int(self.cfg["val_every"]) == 0 or epoch == fit.state.epochs:
+            if self._stop_on() == "train_loss":  # decided before validation, so that a stopping epoch is validated
+                self._watch(selection, entry["train_loss_per_row"], higher_is_better=False, epochs=1)
+            if val is not None and (epoch % int(self.cfg["val_every"]) == 0 or epoch == fit.state.epochs
+                                    or self._should_stop(selection)):
                 self._validate_and_select(fit, val, entry, selection)
             result.curve.append(entry)
             self._report(entry, bar, fit.acc.is_main_process)
@@ -312,8 +332,13 @@ class Trainer:
             bar.close()
         self._finish(fit.method, selection, t0, seen, step_s)
 
+    def _stop_on(self) -> str:
+        return self.cfg.get("stop_on", "val_top1")
+
     def _train_epoch(self, fit: GradientFit, epoch: int) -> tuple[dict, int]:
-        """One pass over the training set; its curve entry and the number of samples it used."""
+        """One pass over the training set; its curve entry and the number of samples it used. Under
+        ``train.stop_on: train_loss`` the entry also holds ``train_loss_per_row``, the signal watched: the epoch's
+        loss averaged over its rows in every process (each step weighted by its batch, as Lightning's epoch mean)."""
         fit.state.epoch = epoch
         fit.method.train()
         perm = torch.randperm(len(fit.data), generator=fit.generator)  # identical in every process: same seed, draws
@@ -322,6 +347,11 @@ class Trainer:
             self._optimizer_step(fit, global_idx, totals)
         entry = totals.entry(epoch)
         check_finite_loss(entry["train_loss"], int(totals.first_bad), epoch, fit.state.steps_per_epoch)
+        if self._stop_on() == "train_loss":
+            sums = torch.stack([totals.row_loss_sum, torch.tensor(float(totals.rows), device=fit.acc.device)])
+            if fit.acc.num_processes > 1:
+                sums = fit.acc.reduce(sums, reduction="sum")
+            entry["train_loss_per_row"] = float(sums[0]) / max(float(sums[1]), 1.0)
         return entry, totals.samples
 
     def _optimizer_step(self, fit: GradientFit, global_idx: torch.Tensor, totals: EpochTotals) -> None:
@@ -351,7 +381,7 @@ class Trainer:
                 loss, logs = fit.model(batches[j] if batches else fit.data.batch(chunk), state)
                 acc.backward(loss / len(chunks))
             state.chunk_logs.append(logs)
-            totals.add_chunk(loss, logs, len(chunks))
+            totals.add_chunk(loss, logs, len(chunks), len(chunk))
         lr_scale = fit.method.after_backward(state) or {}
         if self.cfg["grad_clip"]:
             acc.clip_grad_norm_(fit.method.parameters(), float(self.cfg["grad_clip"]))
@@ -391,15 +421,27 @@ class Trainer:
         for ``best_val``). Non-finite validation output scores ``None`` and never becomes the best."""
         scores = self._validate(fit.method, val, fit.acc)
         entry.update(val_top1=scores["top1"], val_top5=scores["top5"])
+        selection.validated = True
         if scores["top1"] is not None and scores["top1"] > selection.best:
-            selection.best, selection.since_best, self.result.best_epoch = scores["top1"], 0, entry["epoch"]
+            selection.best, self.result.best_epoch = scores["top1"], entry["epoch"]
             if self.cfg["selection"] == "best_val":
                 selection.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in fit.method.state_dict().items()})
+        if self._stop_on() == "val_top1":
+            self._watch(selection, scores["top1"], higher_is_better=True, epochs=int(self.cfg["val_every"]))
+
+    def _watch(self, selection: Selection, value: float | None, higher_is_better: bool, epochs: int) -> None:
+        """Early stopping's bookkeeping: ``value`` improves on the reference only by more than ``train.min_delta``
+        (a non-finite validation score never does); otherwise ``epochs`` more epochs passed without improvement."""
+        delta = float(self.cfg.get("min_delta", 0.0))
+        gain = None if value is None or selection.reference is None else (
+            value - selection.reference if higher_is_better else selection.reference - value)
+        if value is not None and (gain is None or gain > delta):
+            selection.reference, selection.since_best = value, 0
         else:
-            selection.since_best += int(self.cfg["val_every"])
+            selection.since_best += epochs
 
     def _should_stop(self, selection: Selection) -> bool:
-        """Early stopping: ``train.patience`` epochs validated without a better top-1."""
+        """Early stopping: ``train.patience`` epochs without the watched signal improving (``train.stop_on``)."""
         return self.cfg["patience"] is not None and selection.since_best >= int(self.cfg["patience"])
 
     def _report(self, entry: dict, bar, main_process: bool) -> None:
@@ -412,8 +454,8 @@ class Trainer:
 
     def _finish(self, method: Method, selection: Selection, t0: float, seen: int, step_s: float) -> None:
         result = self.result
-        self._select(method, self.cfg["selection"], selection.best_state, result)
-        result.best_val_top1 = selection.best
+        self._select(method, self.cfg["selection"], selection.best_state, result, selection.validated)
+        result.best_val_top1 = selection.best if selection.validated else None
         result.train_s = time.perf_counter() - t0
         result.samples_per_s = seen / max(step_s, 1e-9)  # optimisation steps only, validation excluded
         method.eval()
@@ -431,16 +473,20 @@ class Trainer:
         return scores
 
     @staticmethod
-    def _select(method: Method, selection: str, best_state: dict | None, result: FitResult) -> None:
+    def _select(method: Method, selection: str, best_state: dict | None, result: FitResult,
+                validated: bool = True) -> None:
         """Load the selected epoch's weights; refuse to select an epoch whose validation output was not finite."""
         if selection == "best_val":
+            if not validated:
+                raise ValueError("train.selection=best_val needs a validation set; without one (protocol.validation: "
+                                 "none) select the last epoch")
             if best_state is None:
                 raise DivergenceError(f"no epoch of {result.epochs_run} produced finite validation embeddings: "
                                       f"nothing can be selected")
             method.load_state_dict(best_state)
             result.selected_epoch = result.best_epoch
         elif selection == "last":
-            if result.curve[-1].get("val_top1") is None:
+            if validated and result.curve[-1].get("val_top1") is None:
                 raise DivergenceError(f"the last epoch ({result.epochs_run}) produced non-finite validation "
                                       f"embeddings; train.selection=last cannot select it")
             result.selected_epoch = result.epochs_run

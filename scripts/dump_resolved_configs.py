@@ -16,11 +16,14 @@ from typing import Iterator
 from bench.ablation import variant_sets
 from bench.registry import METHODS
 from bench.execute import resolve_config
+from bench.specs import protocol_recipe
 
 NAMED_RECIPES = {"mcdb": ["configs/recipes/mcdb-nice-paper.yaml"]}
 #: a real data root (never opened here): a method's recipe may differ on it from the synthetic dataset's (issue 16)
 REAL_ROOT = 'data.root="/data/things-eeg"'
 BUILTIN_PACKAGES = ("baselines", "methods")
+#: protocols that replay published procedures: a method is resolved under each one it declares a layer for
+PUBLISHED = ("published", "published-inter")
 
 
 def builtin_methods() -> list[str]:
@@ -28,12 +31,15 @@ def builtin_methods() -> list[str]:
 
 
 def cases(methods: list[str], root: Path = Path(".")) -> Iterator[tuple[str, tuple, tuple]]:
-    """(method, config files, --set items): each method alone, under LOSO, on a real data root, with its named recipes
-    and ablations."""
+    """(method, config files, --set items): each method alone, under LOSO, on a real data root, under each published
+    protocol it declares (issue 17), with its named recipes and ablations."""
     for method in methods:
         yield method, (), ()
         yield method, (), ("protocol.name=inter",)
         yield method, (), (REAL_ROOT,)
+        for protocol in PUBLISHED:
+            if protocol_recipe(method, protocol):
+                yield method, (), (f"protocol.name={protocol}",)
         for recipe in NAMED_RECIPES.get(method, []):
             yield method, (recipe,), ()
         for switches in (getattr(METHODS.get(method).obj, "ablations", None) or {}).values():

@@ -8,6 +8,7 @@ import json
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,8 +16,10 @@ import torch.nn.functional as F
 from bench.losses import LOG_INV_007, LogitScale
 from bench.cli import main
 from bench.encoders import ATMSEncoder, ShortWindowError, TSConvEncoder
+from bench.evaluate import ZeroShotEvaluator
 from bench.losses import clip_loss, multi_positive_losses
 from bench.method import Batch, DataInfo, TrainState
+from bench.protocols import EvalSet
 from bench.records import RunStore
 from bench.registry import METHODS
 from bench.execute import execute_spec
@@ -242,6 +245,42 @@ def test_nice_sa_defaults_to_the_described_attention():
     assert attention.mode == "attention" and hasattr(attention, "query")
     reference = build("nice-sa", info, "method.encoder_kwargs={sa_mode: reference}").encoder.front_end.fn[1]
     assert reference.mode == "reference" and not hasattr(reference, "query")
+
+
+def test_nice_ga_reference_wiring_by_config_and_scored_per_sample(tmp_path):
+    """ga_mode=reference reaches the encoder through encoder_kwargs, trains with the released first-sample wiring,
+    and is scored: in eval mode it is per-sample, so the evaluator's per-sample check passes."""
+    info = data_info(8, 80)
+    assert build("nice-ga", info).encoder.front_end.fn[0].mode == "attention"
+    assert build("nice-ga", info, "method.encoder_kwargs={ga_mode: reference}").encoder.front_end.fn[0].mode == \
+        "reference"
+    tiny_eeg = InMemoryThingsEEG(n_concepts=30, n_chans=8, n_times=80)
+    cfg = resolve_config("nice-ga", sets=["protocol.val_concepts=6", "train.epochs=2", "train.batch_size=32",
+                                          "train.num_threads=1", "eval.kway=[2]",
+                                          "method.encoder_kwargs={ga_mode: reference}"])
+    record = execute_spec(make_spec("nice-ga", cfg, 1, 0, tiny_eeg), tiny_eeg, RunStore(tmp_path), progress=False)
+    assert record.status == "completed", record.error
+    assert record.spec.config["method"]["encoder_kwargs"] == {"ga_mode": "reference"}
+
+    # At NICE's init the graph barely moves an embedding (in the run above, the training wiring applied at evaluation
+    # would differ by < 1e-4, under the check's tolerance), so the check meets a sharpened graph: per-sample in eval.
+    torch.manual_seed(0)
+    method = build("nice-ga", info, "method.encoder_kwargs={ga_mode: reference}")
+    gat = method.encoder.front_end.fn[0]
+    with torch.no_grad():
+        gat.weight.weight.normal_(0, 0.5)
+        gat.att.normal_(0, 1.0)
+    rng = np.random.default_rng(0)
+    data = EvalSet(eeg=rng.standard_normal((20, 8, 80)).astype(np.float32),
+                   gallery=rng.standard_normal((20, 16)).astype(np.float32), fold=np.zeros(20, dtype=np.int64),
+                   subject=None, concept=np.arange(20))
+    ZeroShotEvaluator(kway=[2]).score(method, data)  # raises "encode_eeg is not per-sample" otherwise
+
+
+def test_atm_paper_token_slice_by_config():
+    info = data_info(8, 80)
+    assert build("atm", info).encoder.token_slice == "channels"
+    assert build("atm", info, "method.encoder_kwargs={token_slice: paper}").encoder.token_slice == "paper"
 
 
 def test_invalid_hyper_parameters_fail_at_construction():

@@ -135,6 +135,66 @@ def test_mcdb_uses_the_paper_recipe_on_a_real_root_and_the_cpu_recipe_on_synthet
     assert recipe_record("nice", synthetic) == ["baselines/nice.yaml"] and recipe_record("ridge", synthetic) == []
 
 
+# --- protocol layers ----------------------------------------------------------------------------------------------
+def test_a_protocol_layer_applies_after_the_recipe_when_the_resolved_protocol_names_it(recipes, tmp_path):
+    """``<name>.<protocol>.yaml`` follows the *resolved* protocol.name (whichever layer set it), sits between the
+    recipe and the synthetic recipe, and may set neither protocol.name nor data.root (nor extend anything)."""
+    (recipes.folder.parent / "defaults.yaml").write_text(yaml.safe_dump(
+        {"data": {"root": None}, "protocol": {"name": "intra"}, "train": {"lr": 0.1, "epochs": 10, "batch_size": 8},
+         "method": {}}))
+    layer_of = lambda method, protocol: [recipes.folder / f"{method}.{protocol}.yaml"]  # noqa: E731
+    recipes.write("m", "train:\n  lr: 0.2\n  epochs: 30\n")
+    recipes.write("m.published", "train:\n  lr: 0.5\n  batch_size: 4\n")
+    recipes.write("m.synthetic", "train:\n  batch_size: 2\n")
+    kw = {"find_recipe": recipes.find, "find_protocol_layer": layer_of}
+    assert resolve("m", **kw)["train"] == {"lr": 0.2, "epochs": 30, "batch_size": 2}  # intra: no layer
+    assert resolve("m", sets=["protocol.name=published"], **kw)["train"] == {"lr": 0.5, "epochs": 30, "batch_size": 2}
+    user = tmp_path / "user.yaml"
+    user.write_text("protocol:\n  name: published\n")
+    assert resolve("m", config_files=[user], **kw)["train"]["lr"] == 0.5  # --config chose the protocol
+    real = resolve("m", sets=["protocol.name=published", 'data.root="/x"'], **kw)
+    assert real["train"] == {"lr": 0.5, "epochs": 30, "batch_size": 4}  # no synthetic recipe on a real root
+    assert applied_recipes("m", real, recipes.find, layer_of) == [str(recipes.find("m")),
+                                                                 str(*layer_of("m", "published"))]
+    for text, words in (("protocol:\n  name: intra\n", "must not set protocol.name"),
+                        ("data:\n  root: /y\n", "must not set data.root"),
+                        ("extends: m\n", "cannot use extends")):
+        recipes.write("m.published", text)
+        with pytest.raises(ConfigError, match=rf"m.published.yaml: .*{words}"):
+            resolve("m", sets=["protocol.name=published"], **kw)
+
+
+def test_protocol_layers_follow_extends_only_to_a_parent_the_method_derives_from():
+    from bench.specs import protocol_recipe
+
+    base = REPO / "baselines"
+    nice = base / "nice.published.yaml"
+    assert protocol_recipe("nice", "published") == [nice]
+    # the parent's protocol first, then the variant's released wiring
+    assert protocol_recipe("nice-sa", "published") == [nice, base / "nice-sa.published.yaml"]
+    assert protocol_recipe("nice-ga", "published") == [nice, base / "nice-ga.published.yaml"]
+    # MCDB's recipe extends nice (NICE's training block) but MCDB is no NICE: it declares no published protocol
+    assert protocol_recipe("mcdb", "published") == [] and protocol_recipe("ridge", "published") == []
+    assert protocol_recipe("nice", "published-inter") == [] and protocol_recipe("nice", "intr") == []
+    assert protocol_recipe("eegproject", "inter") == [base / "eegproject.inter.yaml"]
+    published = resolve_config("nice-ga", overrides=flag_overrides(protocol="published"))
+    assert recipe_record("nice-ga", published) == ["baselines/nice.yaml", "baselines/nice-ga.yaml",
+                                                   "baselines/nice.published.yaml", "baselines/nice-ga.published.yaml"]
+    assert published["method"]["encoder_kwargs"] == {"ga_mode": "reference"}
+    assert (published["eval"]["main_gallery"], published["train"]["selection"]) == ("centroid", "last")
+    atm = resolve_config("atm", overrides=flag_overrides(protocol="published"))
+    assert atm["method"]["encoder_kwargs"] == {"token_slice": "paper"}
+
+
+def test_eegproject_takes_ubps_inter_learning_rate_under_inter_only():
+    assert resolve_config("eegproject")["train"]["lr"] == 1e-4
+    inter = resolve_config("eegproject", overrides=flag_overrides(protocol="inter"))
+    assert inter["train"]["lr"] == 1e-5
+    assert recipe_record("eegproject", inter) == ["baselines/eegproject.yaml", "baselines/eegproject.inter.yaml"]
+    assert resolve_config("eegproject", overrides=flag_overrides(protocol="published-inter"))["train"]["lr"] == 1e-5
+    assert resolve_config("eegproject", overrides=flag_overrides(protocol="published"))["train"]["lr"] == 1e-4
+
+
 # --- the built-in recipes -----------------------------------------------------------------------------------------
 def test_resolved_configs_of_every_builtin_are_unchanged():
     """Every built-in method, its LOSO form, named recipes and ablation variants resolve as the golden file says."""
@@ -163,10 +223,13 @@ def test_recipes_set_only_what_differs_from_the_method_defaults(method):
 
 
 def test_every_recipe_file_belongs_to_a_registered_method():
-    """A recipe is found by its method's name (``<name>.yaml``, ``<name>.synthetic.yaml``): a misnamed file would
-    silently be ignored, so none may exist."""
+    """A recipe is found by its method's name (``<name>.yaml``, ``<name>.synthetic.yaml``, ``<name>.<protocol>.yaml``
+    for a registered protocol): a misnamed file would silently be ignored, so none may exist."""
+    from bench.registry import PROTOCOLS
+
     assert not (REPO / "configs" / "methods").exists()  # recipes live beside their methods now
     recipes = {method_recipe(m) for m in BUILTINS} | {synthetic_recipe(method_recipe(m)) for m in BUILTINS}
+    recipes |= {method_recipe(m).with_name(f"{m}.{p}.yaml") for m in BUILTINS for p in PROTOCOLS.names()}
     for path in [*(REPO / "baselines").rglob("*.yaml"), *(REPO / "methods").rglob("*.yaml")]:
         assert path in recipes, f"{path} is not <name>.yaml of a method registered in its folder"
     assert {p.name for p in recipes if p.is_file()} >= {"nice.yaml", "nice-sa.yaml", "nice-ga.yaml", "mcdb.yaml"}

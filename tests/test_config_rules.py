@@ -26,8 +26,16 @@ BAD = [
     ("data.prompt_template", "A {thing}", "with {concept} and no other braces"),
     ("data.prompt_template", "'{concept} {'", "with {concept} and no other braces"),
     ("data.prompt_underscores_to_spaces", "yes please", "expects true/false"),
-    ("protocol.name", "intr", "protocol.name must be one of inter, intra; got 'intr'. Did you mean intra?"),
+    ("protocol.name", "intr", "protocol.name must be one of inter, intra, published, published-inter; got 'intr'. "
+                              "Did you mean intra?"),
+    ("protocol.validation", "tset", "one of concepts, images, none, test, test-other-subjects; got 'tset'. "
+                                    "Did you mean test?"),
+    ("protocol.validation", "test", "protocol.validation must be a validation kind the protocol declares; got "
+                                    "protocol.validation='test', protocol.name='intra'. Under protocol intra it may be "
+                                    "concepts"),
+    ("protocol.validation", "images", "Under protocol intra it may be concepts"),
     ("protocol.val_concepts", "0", "an integer >= 1; got 0"),
+    ("protocol.val_images", "0", "an integer >= 1; got 0"),
     ("protocol.val_seed", "-1", "an integer >= 0; got -1"),
     ("train.epochs", "0", "train.epochs must be an integer >= 1; got 0."),
     ("train.epochs", "-1", "an integer >= 1; got -1"),
@@ -51,6 +59,8 @@ BAD = [
     ("train.patience", "0", "null or an integer >= 1; got 0"),
     ("train.patience", "true", "null or an integer >= 1; got True"),
     ("train.val_every", "0", "train.val_every must be an integer >= 1; got 0"),
+    ("train.stop_on", "train-loss", "one of val_top1, train_loss; got 'train-loss'. Did you mean train_loss?"),
+    ("train.min_delta", "-0.001", "train.min_delta must be a number >= 0; got -0.001"),
     ("train.mixed_precision", "bf61", "one of auto, no, bf16, fp16; got 'bf61'. Did you mean bf16?"),
     ("train.compile", "3", "expects true/false"),
     ("train.num_threads", "0", "null or an integer >= 1; got 0"),
@@ -62,6 +72,20 @@ BAD = [
     ("eval.galleries", "[text]", "The image gallery is always scored"),
     ("eval.galleries", "[image, image]", "distinct names among image, text, centroid"),
     ("eval.galleries", "image", "expects a list"),  # the default's type, checked while layering
+    ("eval.main_gallery", "centroids", "one of image, centroid; got 'centroids'. Did you mean centroid?"),
+    ("eval.main_gallery", "centroid", "eval.main_gallery must be image under an honest protocol"),
+    ("eval.similarity", "dots", "one of cosine, dot; got 'dots'. Did you mean dot?"),
+    ("eval.similarity", "dot", "eval.similarity must be cosine under an honest protocol"),
+]
+
+#: rules between a published protocol's keys (protocol.name set too): item → fragment
+BAD_PUBLISHED = [
+    (["protocol.name=published", "protocol.validation=test-other-subjects"],
+     "Under protocol published it may be concepts, images, none, test."),
+    (["protocol.name=published", "protocol.validation=none"],
+     "protocol.validation must be none only with train.selection last"),
+    (["protocol.name=published", "protocol.validation=none", "train.selection=last", "train.patience=3"],
+     "train.stop_on must be train_loss when there is no validation set and train.patience is set"),
 ]
 
 GOOD = ["data.channels=occipital17", "data.channels=[O1, Oz, O2]", "data.channels=O1,Oz,O2", "eval.kway=[2, 50]",
@@ -69,7 +93,18 @@ GOOD = ["data.channels=occipital17", "data.channels=[O1, Oz, O2]", "data.channel
         "eval.kway=[]", "eval.galleries=[image, text, centroid]", "protocol.name=inter", "train.patience=5",
         "train.grad_clip=1", "data.test_repetitions=4", "train.warmup_epochs=49", "data.tmin=-0.2",
         "train.betas=[0, 0.5]", "train.optimizer=sgd", "train.momentum=0", "train.step_gamma=1",
-        "train.num_threads=2", "data.root=/some/where", "data.prompt_template='{concept}'"]
+        "train.num_threads=2", "data.root=/some/where", "data.prompt_template='{concept}'",
+        "protocol.val_images=1", "train.stop_on=train_loss", "train.min_delta=0.001", "protocol.name=published",
+        "protocol.name=published-inter"]
+
+#: what only a published protocol allows
+GOOD_PUBLISHED = [["protocol.name=published", "protocol.validation=images"],
+                  ["protocol.name=published", "protocol.validation=test"],
+                  ["protocol.name=published", "protocol.validation=none", "train.selection=last"],
+                  ["protocol.name=published", "protocol.validation=none", "train.selection=last",
+                   "train.patience=5", "train.stop_on=train_loss"],
+                  ["protocol.name=published-inter", "protocol.validation=test-other-subjects"],
+                  ["protocol.name=published", "eval.main_gallery=centroid", "eval.similarity=dot"]]
 
 
 @pytest.fixture(autouse=True)
@@ -108,6 +143,18 @@ def test_every_rule_is_documented_in_the_defaults_file():
 @pytest.mark.parametrize("item", GOOD)
 def test_allowed_values_pass(item):
     resolve(None, sets=[item])
+
+
+@pytest.mark.parametrize("items,fragment", BAD_PUBLISHED, ids=[" ".join(i) for i, _ in BAD_PUBLISHED])
+def test_published_protocol_rules_refuse_in_one_line(items, fragment):
+    with pytest.raises(ConfigError) as err:
+        resolve(None, sets=items)
+    assert fragment in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("items", GOOD_PUBLISHED, ids=[" ".join(i) for i in GOOD_PUBLISHED])
+def test_published_protocol_values_pass(items):
+    resolve(None, sets=items)
 
 
 def test_the_shipped_recipes_pass():

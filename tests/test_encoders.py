@@ -197,6 +197,39 @@ def test_atms_keeps_every_channel_token():
     torch.testing.assert_close(model(x, subject=torch.tensor([0])), model(x, subject=torch.tensor([1])))
 
 
+def test_atms_paper_token_slice_keeps_subject_token_and_first_channels():
+    """token_slice=paper: the trunk gets the subject token + channel tokens 1 … C-1 (ATMS_retrieval.py's [:, :63])."""
+    torch.manual_seed(0)
+    model = ATMSEncoder(n_chans=6, n_times=100, n_outputs=N_OUT, token_slice="paper").eval()
+    seen = {}
+    model.final_norm.register_forward_hook(lambda m, i, o: seen.update(tokens=o))
+    model.trunk.register_forward_pre_hook(lambda m, i: seen.update(trunk=i[0]))
+    x = torch.randn(2, 6, 100)
+    model(x, subject=torch.tensor([0, 1]))
+    assert seen["tokens"].shape == (2, 7, 100)
+    torch.testing.assert_close(seen["trunk"], seen["tokens"][:, :6], rtol=0, atol=0)
+    with torch.no_grad():  # switch off token mixing so each token reaches the trunk on its own
+        model.encoder_layer.attention.out.weight.zero_()
+        model.encoder_layer.attention.out.bias.zero_()
+    moved = x.clone()
+    moved[:, -1] += 1.0  # the last channel (O2 at the paper shape) is dropped
+    torch.testing.assert_close(model(moved), model(x))
+    moved = x.clone()
+    moved[:, -2] += 1.0  # the one before it is kept
+    assert not torch.allclose(model(moved), model(x))
+    assert not torch.allclose(model(x, subject=torch.tensor([0, 0])), model(x, subject=torch.tensor([1, 1])))
+
+
+def test_atms_token_slice_option():
+    channels = create_encoder("atms", n_chans=63, n_times=250, n_outputs=1024)
+    paper = create_encoder("atms", n_chans=63, n_times=250, n_outputs=1024, token_slice="paper")
+    assert channels.token_slice == "channels" and paper.token_slice == "paper"
+    assert count(channels) == count(paper) == 3_075_412 == ATMS_63x250  # the trunk sees 63 rows either way
+    assert paper.get_config()["token_slice"] == "paper" and channels.get_config()["token_slice"] == "channels"
+    with pytest.raises(ValueError, match="token_slice must be one of"):
+        create_encoder("atms", n_chans=8, n_times=100, n_outputs=N_OUT, token_slice="all")
+
+
 def test_atms_short_window_is_about_token_width():
     with pytest.raises(ShortWindowError):
         ATMSEncoder(n_chans=8, n_times=64, n_outputs=N_OUT)
@@ -255,6 +288,106 @@ def test_graph_attention_equals_brute_force_on_every_sample():
     moved[2, 4] += 1.0
     assert not torch.allclose(layer(moved)[2, 0], out[2, 0])
     torch.testing.assert_close(layer(moved)[:2], out[:2])
+
+
+def gatconv_reference(x, edge_index, weight, att_src, att_dst, bias, negative_slope=0.2):
+    """torch_geometric's GATConv(heads=1) in plain torch, edge list in, as its message passing computes it.
+
+    ``edge_index`` is (2, E) with row 0 the source j and row 1 the target i (PyG's ``source_to_target`` flow). Self-
+    loops already listed are removed and one per node is added (``add_self_loops=True``); the attention logit of edge
+    j → i is LeakyReLU(att_src·W x_j + att_dst·W x_i), softmax-normalised over the edges entering i; the message is
+    α_ij W x_j, summed at i, plus the bias.
+    """
+    n = x.shape[0]
+    h = x @ weight.T
+    src, dst = edge_index[0], edge_index[1]
+    keep = src != dst
+    loops = torch.arange(n)
+    src, dst = torch.cat([src[keep], loops]), torch.cat([dst[keep], loops])
+    logits = torch.nn.functional.leaky_relu(h[src] @ att_src + h[dst] @ att_dst, negative_slope)
+    top = logits.new_full((n,), -math.inf).scatter_reduce(0, dst, logits, "amax")  # PyG's softmax: subtract each max
+    e = (logits - top[dst]).exp()
+    alpha = e / e.new_zeros(n).index_add(0, dst, e)[dst]
+    return torch.zeros_like(h).index_add(0, dst, alpha[:, None] * h[src]) + bias
+
+
+def released_eeg_gat(layer, x):
+    """NICE-EEG's EEG_GAT.forward (spatial_modules.py) on (B, C, F): the batch flattened to B·C nodes, edges only
+    among node ids 0 … C-1 (every ordered pair i != j), one GATConv."""
+    batch, n_chans, f = x.shape
+    edges = torch.tensor([(i, j) for i in range(n_chans) for j in range(n_chans) if i != j], dtype=torch.long).t()
+    out = gatconv_reference(x.reshape(batch * n_chans, f), edges, layer.weight.weight,
+                            att_src=layer.att[f:], att_dst=layer.att[:f], bias=layer.bias)
+    return out.view(batch, n_chans, f)
+
+
+def sharpened_gat(n_features, mode):
+    torch.manual_seed(0)
+    layer = ChannelGraphAttention(n_features, mode=mode)
+    with torch.no_grad():
+        layer.weight.weight.normal_(0, 0.5)  # sharper attention than the N(0, 0.02) init, so mixing is visible
+        layer.att.normal_(0, 1.0)
+        layer.bias.normal_(0, 0.1)
+    return layer.double()  # float64, so the edge-list and dense computations agree to rounding, gradients too
+
+
+def test_released_gat_reimplementation_is_gatconv():
+    """The edge-list GATConv above, given the complete graph of every sample, is our every-sample layer."""
+    layer = sharpened_gat(7, "attention")
+    x = torch.randn(3, 5, 7, dtype=torch.float64)
+    edges = torch.tensor([(b * 5 + i, b * 5 + j) for b in range(3) for i in range(5) for j in range(5)]).t()
+    out = gatconv_reference(x.reshape(15, 7), edges, layer.weight.weight, layer.att[7:], layer.att[:7], layer.bias)
+    torch.testing.assert_close(out.view(3, 5, 7), layer(x))
+
+
+def test_graph_attention_reference_mode_is_the_released_wiring_in_training():
+    """ga_mode=reference in training: sample 0 gets the graph, the others their self-loop, values and gradients."""
+    layer = sharpened_gat(7, "reference").train()
+    x = torch.randn(4, 5, 7, dtype=torch.float64, requires_grad=True)
+    ours = layer(x)
+    released = released_eeg_gat(layer, x)
+    torch.testing.assert_close(ours, released)
+    every_sample = ChannelGraphAttention(7).double()
+    every_sample.load_state_dict(layer.state_dict())
+    assert not torch.allclose(ours[0], layer.weight(x[0]) + layer.bias)  # sample 0 is mixed across channels
+    torch.testing.assert_close(ours[0], every_sample(x)[0])
+    torch.testing.assert_close(ours[1:], layer.weight(x[1:]) + layer.bias)  # the rest: the shared linear map
+    grads = torch.autograd.grad(ours.square().sum(), [x, layer.att])
+    ref_grads = torch.autograd.grad(released.square().sum(), [x, layer.att])
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r)
+    # the attention vector learns from sample 0 alone
+    (g_att,) = torch.autograd.grad(layer(x)[1:].square().sum(), [layer.att], allow_unused=True)
+    assert g_att is None or not g_att.abs().max() > 0
+
+
+def test_graph_attention_reference_mode_is_per_sample_in_eval():
+    """In eval mode every sample gets the self-loop map, what the released test pass gave 199 of its 200 items."""
+    layer = sharpened_gat(7, "reference").eval()
+    x = torch.randn(4, 5, 7, dtype=torch.float64)
+    out = layer(x)
+    torch.testing.assert_close(out, layer.weight(x) + layer.bias)
+    torch.testing.assert_close(out[1:], released_eeg_gat(layer, x)[1:])
+    torch.testing.assert_close(layer(x.flip(0)).flip(0), out)  # batch position does not matter
+    torch.testing.assert_close(layer(x[2:3]), out[2:3])
+
+
+def test_ga_mode_is_checked_and_plumbed():
+    for name, kwargs in (("tsconv-ga", {}), ("tsconv", {"spatial_front_end": "ga"})):
+        model = create_encoder(name, n_chans=6, n_times=100, n_outputs=N_OUT, ga_mode="reference", **kwargs)
+        assert model.front_end.fn[0].mode == "reference"
+        assert model.get_config()["ga_mode"] == "reference"
+    assert create_encoder("tsconv-ga", n_chans=6, n_times=100, n_outputs=N_OUT).front_end.fn[0].mode == "attention"
+    paper = create_encoder("tsconv-ga", n_chans=63, n_times=250, n_outputs=768, ga_mode="reference")
+    assert count(paper) == 1_865_746 == NICE_63x250 + GA_63x250  # same layers; only the wiring differs
+    with pytest.raises(ValueError, match="ga_mode must be one of"):
+        create_encoder("tsconv-ga", n_chans=4, n_times=100, n_outputs=N_OUT, ga_mode="first")
+    for front_end in (None, "sa"):
+        with pytest.raises(ValueError, match="applies to spatial_front_end='ga' only"):
+            create_encoder("tsconv", n_chans=4, n_times=100, n_outputs=N_OUT, spatial_front_end=front_end,
+                           ga_mode="reference")
+    with pytest.raises(TypeError, match="ga_mode"):  # NICE-SA's encoder has no such argument at all
+        create_encoder("tsconv-sa", n_chans=4, n_times=100, n_outputs=N_OUT, ga_mode="reference")
 
 
 def test_self_attention_equals_formula():

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from bench.data.concepts import ImageFolderError, make_prompts, scan_things_images
-from bench.data.features import load_partition, read_meta
+from bench.data.features import FeatureSet, load_partition, read_meta, save_feature_set
 from bench.extract import FeatureExtractionError, Weights, extract_features, get_extractor, sha256_file
 
 TINY_CLIP = "tb-tiny-vit"  # vision: 3 blocks of width 48 on 32×32 inputs; text: 2 blocks; joint embedding 32
@@ -71,7 +71,8 @@ def tiny_clip(tmp_path_factory):
 def run(things, model, out, **kw):
     kw.setdefault("random_init", True)
     kw.setdefault("batch_size", 4)
-    return extract_features(things, model, out, progress=False, workers=2, **kw)
+    kw.setdefault("workers", 2)
+    return extract_features(things, model, out, progress=False, **kw)
 
 
 def per_image(ex, paths, layer=None, pool="head"):
@@ -238,6 +239,134 @@ def test_resume_after_kill(things, tmp_path):
         {k: v for k, v in read_meta(whole.path).items() if k != "device"}
 
 
+# --- --transform train: the backend's random training transform, seeded per image ------------------------------------
+class Interrupted(Exception):
+    """Raised from on_batch: the run stops with its finished shards on disk, as a killed one would."""
+
+
+def stop_after(n):
+    def on_batch(computed):
+        if computed >= n:
+            raise Interrupted
+    return on_batch
+
+
+def per_image_train(ex, paths, part, seed):
+    """Each image through the training transform with the documented per-image seed, set by hand: torch's CPU
+    generator, Python's random and numpy's global RNG all seeded with SeedSequence([seed, partition, index])."""
+    import random
+
+    rows = []
+    for index, p in enumerate(paths):
+        s = int(np.random.SeedSequence([seed, {"train": 0, "test": 1}[part], index]).generate_state(1)[0])
+        torch.manual_seed(s)
+        random.seed(s)
+        np.random.seed(s)
+        x = ex.train_transform(Image.open(p).convert("RGB"))
+        with torch.inference_mode():
+            rows.append(ex.encode_image(x[None], None, "head")[0].numpy())
+    x = np.stack(rows)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_open_clip_train_transform(things, tiny_clip, tmp_path):
+    import random
+
+    scan = scan_things_images(things)
+    ev = run(things, tiny_clip, tmp_path / "eval.npz")
+    before = torch.get_rng_state(), random.getstate()
+    tr = run(things, tiny_clip, tmp_path / "train0.npz", transform="train")
+    assert torch.equal(torch.get_rng_state(), before[0]) and random.getstate() == before[1]  # left as found
+    meta = tr.meta
+    assert meta["transform_mode"] == "train" and meta["transform_seed"] == 0 and meta["seed"] == 0
+    assert "RandomResizedCrop" in meta["transform"] and ev.meta["transform_mode"] == "eval"
+    assert "transform_seed" not in ev.meta
+    ex = get_extractor(tiny_clip, random_init=True).load("cpu", RANDOM)
+    assert meta["transform"] == repr(ex.train_transform)
+    for part in ("train", "test"):
+        train_rows, eval_rows = load_partition(tr.path, part), load_partition(ev.path, part)
+        assert np.abs(train_rows.image - eval_rows.image).max() > 1e-3  # a random crop, not the centre crop
+        np.testing.assert_array_equal(train_rows.text, eval_rows.text)  # text does not see the images
+        np.testing.assert_allclose(train_rows.image, per_image_train(ex, getattr(scan, f"{part}_images"), part, 0),
+                                   atol=1e-5)
+    # the same seed gives the same crops whatever the batching, threads and global RNG state (features equal up to the
+    # rounding of another batch size); another seed does not
+    torch.manual_seed(1234)
+    again = run(things, tiny_clip, tmp_path / "again.npz", transform="train", seed=0, batch_size=3, workers=1)
+    seed1 = run(things, tiny_clip, tmp_path / "seed1.npz", transform="train", seed=1)
+    assert seed1.meta["transform_seed"] == 1
+    for part in ("train", "test"):
+        np.testing.assert_allclose(load_partition(again.path, part).image, load_partition(tr.path, part).image,
+                                   rtol=0, atol=1e-6)
+    # train only: the 24×40 images (every test image) admit no crop within open_clip's scale (0.9, 1) and ratio
+    # bounds, so RandomResizedCrop falls back to its deterministic centre crop there
+    assert np.abs(load_partition(seed1.path, "train").image - load_partition(tr.path, "train").image).max() > 1e-3
+
+
+def test_train_transform_is_part_of_the_cache_identity(things, tiny_clip, tmp_path):
+    out = tmp_path / "t.npz"
+    run(things, tiny_clip, out, transform="train")
+    assert run(things, tiny_clip, out, transform="train", seed=0).cache_hit
+    other_seed = run(things, tiny_clip, out, transform="train", seed=2)
+    assert not other_seed.cache_hit and any("transform_seed: '0' → '2'" in m for m in other_seed.messages)
+    back = run(things, tiny_clip, out)
+    assert not back.cache_hit and any("transform_mode: 'train' → 'eval'" in m for m in back.messages)
+    assert read_meta(out)["transform_mode"] == "eval"
+    # a file written before --transform existed (no transform_mode key) is still the evaluation transform's
+    meta = {k: v for k, v in read_meta(out).items() if k not in ("transform_mode", "format")}
+    save_feature_set(out, FeatureSet(train=load_partition(out, "train"), test=load_partition(out, "test"), meta=meta))
+    assert "transform_mode" not in read_meta(out) and run(things, tiny_clip, out).cache_hit
+    assert not run(things, tiny_clip, out, transform="train").cache_hit
+
+
+def test_train_transform_resume_equals_uninterrupted(things, tiny_clip, tmp_path):
+    out = tmp_path / "r.npz"
+    partial = tmp_path / "r.npz.partial"
+    # an evaluation-transform partial run is never resumed into a training-transform one
+    with pytest.raises(Interrupted):
+        run(things, tiny_clip, out, batch_size=1, on_batch=stop_after(2))
+    with pytest.raises(Interrupted):
+        run(things, tiny_clip, out, transform="train", seed=5, batch_size=1, workers=1, on_batch=stop_after(3))
+    assert len(list((partial / "train_image").glob("*.npy"))) == 3 and not out.exists()
+    torch.manual_seed(99)  # whatever the process did in between
+    resumed = run(things, tiny_clip, out, transform="train", seed=5, batch_size=1, workers=3)
+    assert resumed.reused_batches == 3 and resumed.computed_batches == 5
+    whole = run(things, tiny_clip, tmp_path / "whole.npz", transform="train", seed=5, batch_size=1)
+    assert whole.reused_batches == 0 and whole.computed_batches == 8
+    for part in ("train", "test"):
+        np.testing.assert_array_equal(load_partition(out, part).image, load_partition(whole.path, part).image)
+
+
+def test_timm_train_transform(things, tmp_path):
+    """timm's training transform draws from Python's random as well as torch's generator: both are seeded."""
+    ev = run(things, "timm:test_vit", tmp_path / "eval.npz")
+    a = run(things, "timm:test_vit", tmp_path / "a.npz", transform="train", seed=3)
+    b = run(things, "timm:test_vit", tmp_path / "b.npz", transform="train", seed=3, batch_size=2, workers=1)
+    assert "RandomResizedCropAndInterpolation" in a.meta["transform"] and "RandomHorizontalFlip" in a.meta["transform"]
+    ex = get_extractor("timm:test_vit", random_init=True).load("cpu", RANDOM)
+    images = scan_things_images(things).train_images
+    train = load_partition(a.path, "train").image
+    np.testing.assert_allclose(train, load_partition(b.path, "train").image, rtol=0, atol=1e-6)  # other batches
+    np.testing.assert_allclose(train, per_image_train(ex, images, "train", 3), atol=1e-5)
+    assert np.abs(train - load_partition(ev.path, "train").image).max() > 1e-3
+
+
+def test_train_transform_refused_without_one(things, tmp_path, monkeypatch):
+    from bench.extract import TimmExtractor
+
+    load = TimmExtractor.load
+
+    def load_without_train_transform(self, device, weights):
+        load(self, device, weights)
+        self.train_transform = None  # a family (e.g. a plugin) that has no training transform
+        return self
+    monkeypatch.setattr(TimmExtractor, "load", load_without_train_transform)
+    with pytest.raises(FeatureExtractionError, match="timm:test_vit has no training transform"):
+        run(things, "timm:test_vit", tmp_path / "f.npz", transform="train")
+    assert not list(tmp_path.iterdir())
+    assert run(things, "timm:test_vit", tmp_path / "f.npz").computed_batches == 3  # eval is unaffected
+
+
 def _hf_cache_file(home: Path, repo: str, filename: str) -> Path:
     """The layout huggingface_hub leaves behind after a download: refs/main → snapshots/<commit>/<file>."""
     repo_dir = home / "hub" / ("models--" + repo.replace("/", "--"))
@@ -356,6 +485,9 @@ def test_unreadable_image_and_empty_folder(things, tmp_path):
     (dict(model="timm:test_vit.nope"), "no pretrained tag 'nope'"),
     (dict(model="open_clip:ViT-H-14", pretrained="nope"), "no pretrained tag 'nope'; known: laion2b"),
     (dict(layer=6), "out of range"),
+    (dict(transform="random"), "--transform must be one of eval, train"),
+    (dict(seed=1), "--seed applies to --transform train only"),
+    (dict(transform="train", seed=-1), "--seed must be a non-negative integer"),
 ])
 def test_bad_options_fail_before_any_output(things, tmp_path, kwargs, match):
     kwargs = {"model": "timm:test_vit", **kwargs}
@@ -377,6 +509,10 @@ def test_cli(things, tmp_path, capsys, monkeypatch):
     assert "wrote" in capsys.readouterr().err
     main(args + ["--random-init", "--layer", "5", "--dtype", "float16"])
     assert "cache hit" in capsys.readouterr().err
+    main(args + ["--random-init", "--transform", "train", "--seed", "7"])
+    meta = read_meta(out)
+    assert meta["transform_mode"] == "train" and meta["transform_seed"] == 7 and "Random" in meta["transform"]
+    capsys.readouterr()
 
     with pytest.raises(SystemExit) as exc:
         main(args[:-3] + ["--out", str(tmp_path / "n.npz")])

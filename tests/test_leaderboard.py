@@ -135,19 +135,23 @@ def test_completed_record_without_top1_is_refused():
 
 def test_reported_avg_is_computed_from_subjects_only_when_missing(tmp_path):
     path = tmp_path / "reported.csv"
-    path.write_text("method,protocol,subject,top1,top5,source,caveat\n"
-                    "X,intra,1,10,,u,c\nX,intra,2,20,,u,c\n")
-    b = build_leaderboard([], load_reported(path))
+    path.write_text("method,protocol,subject,top1,top5,source,caveat,n_test\n"
+                    "X,intra,1,10,,u,c,200\nX,intra,2,20,,u,c,200\n")
+    real_run = [completed("nice", None, "intra", 1, 0, 14.0)]  # literature rows stand only beside real runs
+    b = build_leaderboard(real_run, load_reported(path))
     avg = b.long[(b.long.method == "X") & (b.long.subject == "avg")].iloc[0]
     assert avg.top1_mean == pytest.approx(15.0) and avg.top1_std == pytest.approx(math.sqrt(50))
     assert math.isnan(avg.top5_mean) and avg.source == "reported"
     fixture = load_reported(REPORTED_CSV)
-    atm = build_leaderboard([], fixture).long.query("method == 'ATM-S' and subject == 'avg'").iloc[0]
+    atm = build_leaderboard(real_run, fixture).long.query("method == 'ATM-S' and subject == 'avg'").iloc[0]
     assert atm.top1_mean == 28.5  # the paper's own average, verbatim, not the mean of the four listed subjects
 
 
 @pytest.mark.parametrize("body, message", [
-    ("method,protocol,subject,top1,top5,source\n", "expected 'method,protocol,subject,top1,top5,source,caveat'"),
+    ("method,protocol,subject,top1,top5,source\n",
+     "expected 'method,protocol,subject,top1,top5,source,caveat,n_test'"),
+    ("method,protocol,subject,top1,top5,source,caveat,n_test\nX,intra,avg,1,2,u,c,\n", "n_test '' is not a number"),
+    ("method,protocol,subject,top1,top5,source,caveat,n_test\nX,intra,avg,1,2,u,c\n", "7 fields, expected 8"),
     ("method,protocol,subject,top1,top5,source,caveat\nX,loso,avg,1,2,u,c\n", r"reported.csv:2: protocol 'loso'"),
     ("method,protocol,subject,top1,top5,source,caveat\nX,intra,11,1,2,u,c\n", "subject '11'"),
     ("method,protocol,subject,top1,top5,source,caveat\nX,intra,avg,n/a,2,u,c\n", "top1 'n/a' is not a number"),

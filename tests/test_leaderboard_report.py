@@ -2,14 +2,12 @@
 import html
 import os
 import re
-import shutil
-import subprocess
 
 import pytest
 from PIL import Image
 
 from bench.leaderboard import LeaderboardError, build_leaderboard, load_reported, render, write_plots
-from leaderboard_data import REPORTED_CSV, fixed_records
+from leaderboard_data import REPORTED_CSV, chromium, fixed_records, run_chromium
 
 
 @pytest.fixture(scope="module")
@@ -49,18 +47,6 @@ def test_html_is_one_self_contained_file(board):
     for text in ("intra: leaderboard", "significance matrix", "reported", "ATM-S", "mcdb", "+spr (full)",
                  "missing: sub-03 seed 1; failed: sub-02 seed 0"):
         assert text in page, text
-
-
-def chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def run_chromium(exe, tmp_path, *args):
-    # Flags from the environment notes: no sandbox as root, and no background connections on a closed network.
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}"]
-    return subprocess.run([exe, *flags, *args], capture_output=True, text=True, timeout=120)
 
 
 def test_html_report_renders_in_headless_chromium(board, tmp_path):

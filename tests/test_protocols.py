@@ -58,3 +58,24 @@ def test_errors():
         IntraSubject(val_concepts=2).split(ds, 5)
     with pytest.raises(ProtocolError, match="at least 2 subjects"):
         LeaveOneSubjectOut(val_concepts=2).split(ds, 1)
+
+
+def test_honest_protocols_validate_on_concepts_only_and_published_ones_declare_their_kinds():
+    from bench.protocols import PublishedIntraSubject, PublishedLeaveOneSubjectOut
+
+    with pytest.raises(ProtocolError, match="protocol intra validates on concepts, not 'test'"):
+        IntraSubject(validation="test")
+    assert (IntraSubject.version, LeaveOneSubjectOut.version) == (1, 2)  # unchanged by issue 17
+    assert IntraSubject.honest_counterpart is None and PublishedIntraSubject.honest_counterpart == "intra"
+    assert "test-other-subjects" not in PublishedIntraSubject.validations
+    assert PublishedLeaveOneSubjectOut.honest_counterpart == "inter"
+    assert "test-other-subjects" in PublishedLeaveOneSubjectOut.validations
+    ds = InMemoryThingsEEG()
+    protocol = IntraSubject(val_concepts=4)
+    split = protocol.split(ds, 1)
+    assert split.info["validation"] == "concepts" and not protocol.test_selected
+    assert protocol.selection_validation(ds, 1) is None and ("test_eeg", 1) not in ds.reads
+    test = PublishedIntraSubject(validation="test")
+    assert test.test_selected and test.split(ds, 1).val is None  # the runner supplies it, opened before the seal
+    opened = test.selection_validation(ds, 1)
+    assert len(opened) == len(ds.test_concepts) and opened.subject.tolist() == [0] * len(ds.test_concepts)

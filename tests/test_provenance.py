@@ -1,5 +1,6 @@
 """Run records say what the user ran: the driver's command under Ray, `bench train`'s own, and the CPU threads."""
 import os
+import shutil
 import sys
 
 import pytest
@@ -31,6 +32,22 @@ def test_bench_train_records_its_own_command_threads_and_no_preprocessing(tiny_r
     assert prov["command"] == " ".join(argv)
     assert prov["torch_threads"] == torch.get_num_threads() and prov["cpu_count"] == os.cpu_count()
     assert prov["preprocessing"] is None  # the synthetic data root was not made by `bench preprocess`
+    assert prov["data"] == {"synthetic": True, "n_test_images": rec.metrics["n_test"]}  # a `bench synth` root
+
+
+def test_the_data_block_tells_synthetic_from_real_data(tiny_root, tmp_path):
+    from bench.data.dataset import ThingsEEG
+
+    synthetic = ThingsEEG.open(tiny_root)
+    assert synthetic.is_synthetic
+    block = provenance.collect("cpu", "fp", dataset=synthetic)["data"]
+    assert block == {"synthetic": True, "n_test_images": synthetic.n_test_images}
+    # the same files without the marker `bench synth` writes read as real data
+    real = tmp_path / "real"
+    shutil.copytree(tiny_root, real, ignore=shutil.ignore_patterns("synthetic.json"))
+    assert not ThingsEEG.open(real).is_synthetic
+    assert provenance.collect("cpu", "fp", dataset=ThingsEEG.open(real))["data"]["synthetic"] is False
+    assert provenance.collect("cpu", "fp")["data"] is None  # no dataset opened (a setup failure): unknown
 
 
 @pytest.mark.ray

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 PATH = Path(__file__).resolve().parents[1] / "results" / "reported.csv"
-COLUMNS = ["method", "protocol", "subject", "top1", "top5", "source", "caveat"]
+COLUMNS = ["method", "protocol", "subject", "top1", "top5", "source", "caveat", "n_test"]
 SUBJECTS = [str(i) for i in range(1, 11)]
 # Per-subject values are printed to 0.1, so their mean is known to ±0.05 and the printed average adds ±0.05.
 ROUNDING = 0.1 + 1e-9
@@ -42,6 +42,7 @@ def test_rows_are_well_formed():
         assert row["protocol"] in ("intra", "inter"), where
         assert row["subject"] in SUBJECTS + ["avg"], where
         assert row["source"].startswith("https://"), where
+        assert row["n_test"] == "200", where  # every published THINGS-EEG number is 200-way
         key = (row["method"], row["protocol"], row["subject"])
         assert key not in keys, f"duplicate row {where}"
         keys.add(key)

@@ -197,6 +197,14 @@ class ThingsEEG:
         """How `bench preprocess` made these files (its ``preprocessing.json``), a copy; None for other data roots."""
         return copy.deepcopy(self._preprocessing)
 
+    @property
+    def is_synthetic(self) -> bool:
+        """Whether the EEG is synthetic: a `bench synth` output (it has ``synthetic.json``), or `bench preprocess`'s
+        output of a synthetic raw root. Numbers on it are not comparable to published THINGS-EEG numbers."""
+        raw_root = (self._preprocessing or {}).get("raw_root")
+        folders = [*self.layout.search_dirs(), *([Path(raw_root)] if raw_root else [])]
+        return any((folder / "synthetic.json").is_file() for folder in folders)
+
     def fingerprint(self, subjects: list[int] | None = None) -> str:
         """A stable hash of the EEG files of ``subjects`` (default: all), the selection options and the features."""
         chosen = self.subjects if subjects is None else sorted(int(s) for s in subjects)

@@ -11,8 +11,11 @@ encoding); a learned subject token is prepended; one post-norm encoder layer and
 
 Deviations from the reference code:
 
-- All ``n_chans`` channel tokens are kept (``[:, 1:]``, as the refactored ``models/atms.py``). The original scripts
-  keep ``[:, :63]``, i.e. the subject token plus the first 62 channels, dropping O2.
+- All ``n_chans`` channel tokens are kept (``token_slice="channels"``: ``[:, 1:]``, as the refactored
+  ``models/atms.py``). The paper-era scripts (``ATMS_retrieval.py``) keep ``[:, :63]``, i.e. the subject token plus
+  the first 62 channels, dropping the last (O2); ``token_slice="paper"`` reproduces that (``[:, :n_chans]``), with
+  the same parameters since the trunk still sees ``n_chans`` rows. The last channel then reaches the trunk only
+  through the attention layer's mixing, and the subject token directly.
 - ``subject`` holds 0-based indices and the fallback to the shared token is per sample (ids outside
   ``[0, n_subjects)`` or ``subject=None``). The reference parses ``sub-XX`` to XX, so sub-01 … sub-09 use rows
   1 … 9, sub-10 falls back to the shared token, and a single unknown id sends the whole batch to it.
@@ -34,6 +37,10 @@ from bench.encoders.base import EEGEncoderMixin, check_probability, positive_int
 from bench.encoders.projector import ResidualProjector
 from bench.encoders.trunk import TSConvTrunk
 from bench.registry import register_encoder
+
+#: which ``n_chans`` encoder tokens reach TSConv: ``channels`` = the channel tokens (``[:, 1:]``), ``paper`` = the
+#: paper-era scripts' ``[:, :n_chans]`` (subject token + every channel but the last)
+TOKEN_SLICES = ("channels", "paper")
 
 
 class TokenSelfAttention(nn.Module):
@@ -80,15 +87,19 @@ class PostNormEncoderLayer(nn.Module):
         return self.norm2(x + self.ffn(x))
 
 
-@register_encoder("atms", description="ATM-S: channel tokens + subject token, 1-layer transformer, TSConv, projector",
+@register_encoder("atms", description="ATM-S: channel tokens + subject token, 1-layer transformer, TSConv, projector "
+                                      "(token_slice: 'channels', 'paper')",
                   citation="Li et al., Visual Decoding and Reconstruction via EEG Embeddings with Guided Diffusion, "
                            "NeurIPS 2024 (arXiv 2403.07721)")
 class ATMSEncoder(EEGEncoderMixin, nn.Module):
     def __init__(self, n_chans: int | None, n_times: int, n_outputs: int, sfreq: float | None = None,
                  chs_info: Sequence[Any] | None = None, n_subjects: int = 10, d_model: int | None = None,
                  n_heads: int = 4, d_ff: int = 256, dropout: float = 0.25, trunk_dropout: float = 0.5,
-                 proj_dropout: float = 0.5) -> None:
+                 proj_dropout: float = 0.5, token_slice: str = "channels") -> None:
         super().__init__(n_chans=n_chans, n_times=n_times, n_outputs=n_outputs, sfreq=sfreq, chs_info=chs_info)
+        if token_slice not in TOKEN_SLICES:
+            raise ValueError(f"token_slice must be one of {TOKEN_SLICES}, got {token_slice!r}")
+        self.token_slice = token_slice
         d_model = n_times if d_model is None else positive_int("d_model", d_model)
         dropout = check_probability("dropout", dropout)
         self.n_subjects = positive_int("n_subjects", n_subjects)
@@ -117,4 +128,5 @@ class ATMSEncoder(EEGEncoderMixin, nn.Module):
         self.check_input(x, subject)
         tokens = torch.cat([self.subject_token(subject, x.shape[0]), self.embedding(x)], dim=1)
         tokens = self.final_norm(self.encoder_layer(self.embedding_dropout(tokens)))
-        return self.projector(self.trunk(tokens[:, 1:]))
+        kept = tokens[:, 1:] if self.token_slice == "channels" else tokens[:, :self.n_chans]
+        return self.projector(self.trunk(kept))

@@ -12,7 +12,8 @@ Deviations from the reference code:
 - The spatial kernel and the SA/GA sizes follow ``n_chans`` and ``n_times`` instead of hard-coded 63/64 and 250.
 - SA applies its attention weights and GA attends across channels for every sample (see ``spatial.py`` for
   the two reference bugs this avoids). ``sa_mode="reference"`` reproduces the released SA instead, whose
-  attention is the identity (1,807,154 parameters at the paper shape).
+  attention is the identity (1,807,154 parameters at the paper shape); ``ga_mode="reference"`` the released GA
+  wiring, the graph for the first sample of each training batch only (same parameters; self-loop map in eval mode).
 - NICE's init (``nice_init_``) covers the front-end too, as ``Enc_eeg.apply(weights_init_normal)`` does.
 """
 from __future__ import annotations
@@ -32,18 +33,18 @@ NICE_CITATION = "Song et al., Decoding Natural Images from EEG for Object Recogn
 
 
 @register_encoder("tsconv", description="NICE TSConv + residual projector (spatial_front_end: None, 'sa', 'ga'; "
-                                        "sa_mode: 'attention', 'reference')",
+                                        "sa_mode, ga_mode: 'attention', 'reference')",
                   citation=NICE_CITATION)
 class TSConvEncoder(EEGEncoderMixin, nn.Module):
     def __init__(self, n_chans: int | None, n_times: int, n_outputs: int, sfreq: float | None = None,
                  chs_info: Sequence[Any] | None = None, spatial_front_end: str | None = None,
                  front_end_dropout: float = 0.3, trunk_dropout: float = 0.5, proj_dropout: float = 0.5,
-                 sa_mode: str = "attention") -> None:
+                 sa_mode: str = "attention", ga_mode: str = "attention") -> None:
         super().__init__(n_chans=n_chans, n_times=n_times, n_outputs=n_outputs, sfreq=sfreq, chs_info=chs_info)
         self.spatial_front_end = spatial_front_end
         self.front_end = build_spatial_front_end(spatial_front_end, self.n_chans, n_times,
                                                  check_probability("front_end_dropout", front_end_dropout),
-                                                 sa_mode=sa_mode)
+                                                 sa_mode=sa_mode, ga_mode=ga_mode)
         self.trunk = TSConvTrunk(self.n_chans, n_times, dropout=check_probability("trunk_dropout", trunk_dropout))
         self.projector = ResidualProjector(self.trunk.out_features, n_outputs,
                                            dropout=check_probability("proj_dropout", proj_dropout))
@@ -64,11 +65,11 @@ class TSConvSAEncoder(TSConvEncoder):
                          proj_dropout, sa_mode=sa_mode)
 
 
-@register_encoder("tsconv-ga", description="NICE-GA: channel graph attention, then TSConv + projector",
-                  citation=NICE_CITATION)
+@register_encoder("tsconv-ga", description="NICE-GA: channel graph attention, then TSConv + projector "
+                                           "(ga_mode: 'attention', 'reference')", citation=NICE_CITATION)
 class TSConvGAEncoder(TSConvEncoder):
     def __init__(self, n_chans: int | None, n_times: int, n_outputs: int, sfreq: float | None = None,
                  chs_info: Sequence[Any] | None = None, front_end_dropout: float = 0.3, trunk_dropout: float = 0.5,
-                 proj_dropout: float = 0.5) -> None:
+                 proj_dropout: float = 0.5, ga_mode: str = "attention") -> None:
         super().__init__(n_chans, n_times, n_outputs, sfreq, chs_info, "ga", front_end_dropout, trunk_dropout,
-                         proj_dropout)
+                         proj_dropout, ga_mode=ga_mode)

@@ -22,6 +22,7 @@ from bench.extract.errors import FeatureExtractionError
 from bench.extract.metadata import describe, describe_difference, identity
 from bench.extract.models import Extractor, get_extractor
 from bench.extract.partial import PARTITIONS, Batch, PartialRun, load_shard, save_npy, shard_batches
+from bench.extract.transforms import TRANSFORMS, ImageTransform, image_transform
 from bench.extract.weights import Weights
 
 DEFAULT_TEMPLATE = "This picture is {concept}"  # ATM's prompt (reference §1.7), also the config default
@@ -51,6 +52,8 @@ class _Job:
     pool: str
     paths: dict[str, list[Path]]
     prompts: dict[str, list[str]] | None  # None: no text features
+    transform: str                        # "eval" or "train" (bench.extract.transforms)
+    seed: int | None                      # the training transform's seed; None with "eval"
 
 
 def extract_features(
@@ -67,6 +70,8 @@ def extract_features(
     prompt_template: str = DEFAULT_TEMPLATE,
     underscores_to_spaces: bool = False,
     dtype: str = "float32",
+    transform: str = "eval",
+    seed: int | None = None,
     batch_size: int = 64,
     workers: int = 4,
     device: str = "auto",
@@ -80,7 +85,9 @@ def extract_features(
     Returns at once with ``cache_hit=True`` when ``out`` already holds features with the same identity
     (:data:`~bench.extract.metadata.IDENTITY_KEYS`), unless ``force``. Resumes from ``out.partial/`` when a run with
     the same identity was interrupted. ``on_batch(n)`` is called after the n-th freshly computed image batch is on
-    disk (an observer: progress elsewhere, or a test that kills the process there). Raises
+    disk (an observer: progress elsewhere, or a test that kills the process there). ``transform="train"`` applies the
+    model's random training transform, seeded per image from ``seed`` (default 0; :mod:`bench.extract.transforms`);
+    ``seed`` is refused with the deterministic ``"eval"`` transform. Raises
     :class:`FeatureExtractionError` (or :class:`bench.data.concepts.ImageFolderError`) for anything the user can fix;
     ``out`` is then left untouched.
     """
@@ -89,9 +96,10 @@ def extract_features(
     messages: list[str] = []
     say = _reporter(messages, log)
     _check_options(out, dtype, batch_size, workers, layer, pool, prompt_template)
+    _check_transform(transform, seed)
     job, meta = _settle(images, model, weights=weights, pretrained=pretrained, random_init=random_init, layer=layer,
                         pool=pool, text=text, prompt_template=prompt_template,
-                        underscores_to_spaces=underscores_to_spaces, dtype=dtype)
+                        underscores_to_spaces=underscores_to_spaces, dtype=dtype, transform=transform, seed=seed)
     old = _existing_output(out, meta, force, say)
     if old is not None:
         return ExtractionResult(out, old, cache_hit=True, seconds=time.monotonic() - t0, messages=messages)
@@ -138,9 +146,19 @@ def _check_options(out: Path, dtype: str, batch_size: int, workers: int, layer: 
         raise FeatureExtractionError(str(exc)) from None
 
 
+def _check_transform(transform: str, seed: int | None) -> None:
+    if transform not in TRANSFORMS:
+        raise FeatureExtractionError(f"--transform must be one of {', '.join(TRANSFORMS)}, not {transform!r}")
+    if seed is not None and transform == "eval":  # a silently ignored seed would suggest the features depend on it
+        raise FeatureExtractionError("--seed applies to --transform train only; the evaluation transform has no "
+                                     "randomness")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise FeatureExtractionError(f"--seed must be a non-negative integer, not {seed!r}")
+
+
 def _settle(images: str | Path, model: str, *, weights: str | Path | None, pretrained: str | None,
             random_init: bool, layer: int | None, pool: str | None, text: bool, prompt_template: str,
-            underscores_to_spaces: bool, dtype: str) -> tuple[_Job, dict]:
+            underscores_to_spaces: bool, dtype: str, transform: str, seed: int | None) -> tuple[_Job, dict]:
     """The job and its metadata, from the images and a weightless model skeleton; fails before any real work."""
     things = scan_things_images(images)
     ex = get_extractor(model, pretrained=pretrained, weights=weights, random_init=random_init)
@@ -148,13 +166,15 @@ def _settle(images: str | Path, model: str, *, weights: str | Path | None, pretr
     ex.load("meta", None)  # the skeleton: transform, depth and width, in well under a second even for ViT-H-14
     layer, pool = _settle_layer(ex, layer, pool)
     with_text, text_note = _settle_text(ex, layer, text)
+    seed = None if transform == "eval" else (0 if seed is None else seed)
+    chosen, _ = image_transform(ex, transform, seed)  # refuses "train" where the family has no training transform
     meta = describe(ex, w, things, images, layer=layer, pool=pool, text=with_text, text_note=text_note,
                     prompt_template=prompt_template, underscores_to_spaces=underscores_to_spaces, dtype=dtype,
-                    dim=_meta_dim(ex, layer, pool))
+                    dim=_meta_dim(ex, layer, pool), transform=chosen, transform_mode=transform, transform_seed=seed)
     prompts = {"train": make_prompts(things.train_concepts, prompt_template, underscores_to_spaces),
                "test": make_prompts(things.test_concepts, prompt_template, underscores_to_spaces)}
     job = _Job(ex, w, layer, pool, {"train": things.train_images, "test": things.test_images},
-               prompts if with_text else None)
+               prompts if with_text else None, transform, seed)
     return job, meta
 
 
@@ -248,11 +268,12 @@ def _compute(job: _Job, work: PartialRun, todo: list[Batch], total: int, result:
     dev = _resolve_device(device)
     result.meta["device"] = dev
     job.ex.load(dev, job.weights)
+    _, per_image = image_transform(job.ex, job.transform, job.seed)  # the loaded model's own transform objects
     bar = tqdm(total=total, initial=result.reused_batches, desc=f"features {job.ex.model_id}", unit="batch",
                disable=not progress, file=sys.stderr, dynamic_ncols=True)
     try:
         with torch.inference_mode(), ThreadPoolExecutor(max(1, workers)) as pool_ex:
-            for (part, i, _, _), batch in _prefetched(todo, job.paths, job.ex.transform, pool_ex):
+            for (part, i, _, _), batch in _prefetched(todo, job.paths, per_image, pool_ex):
                 feats = _normalized(job.ex.encode_image(batch.to(dev), job.layer, job.pool))
                 save_npy(work.shard_path(part, i), feats.astype(np.float32))
                 result.computed_batches += 1
@@ -290,7 +311,7 @@ def _write_output(job: _Job, work: PartialRun, plan: list[Batch], result: Extrac
     return {part: parts[part].image.shape for part in PARTITIONS}
 
 
-def _load_image(path: Path, transform: Callable):
+def _load_image(path: Path, transform: ImageTransform, part: str, index: int):
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -298,7 +319,7 @@ def _load_image(path: Path, transform: Callable):
             img = img.convert("RGB")
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
         raise FeatureExtractionError(f"cannot read image {path}: {exc}") from exc
-    return transform(img)
+    return transform(img, part, index)  # the image's place, which seeds a training transform
 
 
 def _normalized(t) -> np.ndarray:
@@ -314,7 +335,7 @@ def _prefetched(todo: list[Batch], all_paths: dict, transform, executor) -> Iter
 
     def submit(item):
         part, _, s, e = item
-        return [executor.submit(_load_image, p, transform) for p in all_paths[part][s:e]]
+        return [executor.submit(_load_image, p, transform, part, s + k) for k, p in enumerate(all_paths[part][s:e])]
 
     queue: deque = deque()
     nxt = 0

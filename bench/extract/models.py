@@ -2,8 +2,9 @@
 
 Each family is a class following :class:`Extractor`, registered in the ``FEATURES`` registry; a plugin adds another
 with ``@register_feature_extractor("name", description=...)``. Images go through the model's **evaluation** transform
-(resize + centre crop), never the random-crop training one (ATM cached features made with ``preprocess_train``: one
-random crop per image, unreproducible).
+(resize + centre crop) by default. The random-crop training transform (``train_transform``) is there for
+``--transform train``, which reproduces ATM's cached features (made with open_clip's ``preprocess_train``: one
+random crop per image), seeded per image (:mod:`bench.extract.transforms`).
 
 ``layer=N`` takes block N's output through the libraries' own ``forward_intermediates`` and pools it: mean of the
 patch tokens (ViTs; class and register tokens excluded) or global average pooling (CNN stages), or the class token
@@ -27,13 +28,15 @@ from bench.registry import FEATURES, RegistryError, register_feature_extractor, 
 class Extractor:
     """A model family. Constructed cheaply from a name; :meth:`load` builds it (``device="meta"``: no memory).
 
-    After :meth:`load`: ``transform`` (PIL image → tensor, the evaluation transform), ``num_layers`` (how many
-    indices ``layer`` may take, or None), ``has_text``, ``has_cls_token``; :meth:`encode_image` and
-    :meth:`encode_text` return un-normalised float tensors.
+    After :meth:`load`: ``transform`` (PIL image → tensor, the evaluation transform), ``train_transform`` (the
+    family's random training transform, or None where it has none), ``num_layers`` (how many indices ``layer`` may
+    take, or None), ``has_text``, ``has_cls_token``; :meth:`encode_image` and :meth:`encode_text` return
+    un-normalised float tensors.
     """
 
     family = ""
     transform: Callable
+    train_transform: Callable | None = None
     input_size: tuple[int, int] = (224, 224)  # (height, width) after the transform
     num_layers: int | None = None
     has_text: bool = False
@@ -169,7 +172,7 @@ class OpenClipExtractor(Extractor):
                       image_resize_mode=cfg.get("resize_mode"))
         try:
             with _quiet_warnings(), _build_context(device, weights):
-                model, _, preprocess_eval = open_clip.create_model_and_transforms(
+                model, preprocess_train, preprocess_eval = open_clip.create_model_and_transforms(
                     self.name, pretrained=checkpoint, device="meta" if device == "meta" else "cpu", **kwargs)
         except Exception as exc:
             if checkpoint is None:
@@ -178,6 +181,7 @@ class OpenClipExtractor(Extractor):
                 f"cannot load weights {checkpoint} into open_clip:{self.name}: {str(exc).splitlines()[0][:400]}") from exc
         self.model = model.to(device).eval() if device != "meta" else model.eval()
         self.transform = preprocess_eval
+        self.train_transform = preprocess_train  # RandomResizedCrop, scale (0.9, 1): ATM's preprocess_train
         visual = model.visual
         size = getattr(visual, "image_size", 224)
         self.input_size = (size, size) if isinstance(size, int) else tuple(size)
@@ -286,6 +290,7 @@ class TimmExtractor(Extractor):
         self.model = model.to(device).eval() if device != "meta" else model.eval()
         data_cfg = timm.data.resolve_model_data_config(model)
         self.transform = timm.data.create_transform(**data_cfg, is_training=False)
+        self.train_transform = timm.data.create_transform(**data_cfg, is_training=True)
         self.input_size = tuple(data_cfg["input_size"][1:])
         self.num_layers = len(model.feature_info) if hasattr(model, "forward_intermediates") else None
         self.has_cls_token = getattr(model, "cls_token", None) is not None

@@ -26,6 +26,7 @@ TIMING_COLUMNS = ("load_s", "train_s", "eval_s", "samples_per_s", "epochs_run")
 #: Notes a row's flag carries besides its completeness, and what each means (the tables' footnotes say it).
 NOTE_TEST_WHITENED = f"MVNN {TEST_WHITENED}"
 NOTE_CODE_CHANGED = "code changed between runs"
+NOTE_SYNTHETIC = "synthetic data"
 #: Characters of the code fingerprint that label an entry whose runs span several code versions.
 CODE_LABEL_CHARS = 6
 
@@ -47,40 +48,58 @@ class Grid:
 
 def runs_frame(records: Iterable[RunRecord]) -> pd.DataFrame:
     """One row per run record; metrics of failed runs are dropped here so that nothing downstream can average them."""
-    rows = []
-    for rec in records:
-        s = rec.spec
-        completed = rec.status == COMPLETED
-        m = rec.metrics if completed else {}
-        if completed and not _is_number(m.get("top1")):
-            raise LeaderboardError(f"completed run {s.label} ({rec.spec_hash}.json) has no numeric metrics.top1")
-        row = {
-            "method": display_name(s.method, s.variant), "base": s.method, "variant": s.variant,
-            "protocol": s.protocol, "subject": int(s.subject), "seed": int(s.seed), "status": rec.status,
-            "spec_hash": rec.spec_hash, "config_hash": _short_hash(s.config),
-            "top1": _num(m.get("top1")), "top5": _num(m.get("top5")), "n_test": _num(m.get("n_test")),
-            "chance_top1": _num(m.get("chance_top1")), "chance_top5": _num(m.get("chance_top5")),
-            "error": (rec.error or {}).get("type") if rec.status == FAILED else None,
-            "device": rec.provenance.get("device") if completed else None, "name": display_name(s.method, s.variant),
-            "code": rec.code_fingerprint, "mvnn_covariance": _mvnn_covariance(rec.provenance),
-            "ablation": canonical_json(s.ablation) if s.ablation is not None else None,  # hashable, for value_counts
-        }
-        for k, scores in (m.get("kway") or {}).items():
-            if not str(k).isdigit():
-                continue  # k-way keys are gallery sizes; anything else is not a k-way score
-            for key in ("top1", "top5"):
-                if _is_number((scores or {}).get(key)):
-                    row[f"k{int(k)}_{key}"] = float(scores[key])
-        for key in TIMING_COLUMNS:
-            row[key] = _num(rec.timings.get(key)) if completed else math.nan
-        rows.append(row)
+    rows = [_run_row(rec) for rec in records]
     base_cols = ["method", "base", "variant", "protocol", "subject", "seed", "status", "spec_hash", "config_hash",
                  "top1", "top5", "n_test", "chance_top1", "chance_top5", "error", "device", "name", "code",
-                 "mvnn_covariance", "ablation", *TIMING_COLUMNS]
+                 "mvnn_covariance", "ablation", "data_fingerprint", "synthetic", "test_selected", "main_gallery",
+                 "similarity", *TIMING_COLUMNS]
     runs = pd.DataFrame(rows, columns=base_cols + sorted({c for r in rows for c in r} - set(base_cols), key=_kway_key))
+    runs = runs.astype({"synthetic": bool, "test_selected": bool})
     runs = _split_mixed_code(_split_mixed_configs(runs))
     _reject_duplicate_cells(runs)
     return runs.sort_values(["protocol", "method", "subject", "seed"], kind="stable").reset_index(drop=True)
+
+
+def _run_row(rec: RunRecord) -> dict:
+    s = rec.spec
+    completed = rec.status == COMPLETED
+    m = rec.metrics if completed else {}
+    if completed and not _is_number(m.get("top1")):
+        raise LeaderboardError(f"completed run {s.label} ({rec.spec_hash}.json) has no numeric metrics.top1")
+    row = {
+        "method": display_name(s.method, s.variant), "base": s.method, "variant": s.variant,
+        "protocol": s.protocol, "subject": int(s.subject), "seed": int(s.seed), "status": rec.status,
+        "spec_hash": rec.spec_hash, "config_hash": _short_hash(s.config),
+        "top1": _num(m.get("top1")), "top5": _num(m.get("top5")), "n_test": _num(m.get("n_test")),
+        "chance_top1": _num(m.get("chance_top1")), "chance_top5": _num(m.get("chance_top5")),
+        "error": (rec.error or {}).get("type") if rec.status == FAILED else None,
+        "device": rec.provenance.get("device") if completed else None, "name": display_name(s.method, s.variant),
+        "code": rec.code_fingerprint, "mvnn_covariance": _mvnn_covariance(rec.provenance),
+        "ablation": canonical_json(s.ablation) if s.ablation is not None else None,  # hashable, for value_counts
+        "data_fingerprint": s.data_fingerprint, "synthetic": is_synthetic(rec),
+        # published protocols only: whether the paper's epoch selection looked at test scores (absent: it did not)
+        "test_selected": m.get("test_selected") is True,
+        "main_gallery": _text(m.get("main_gallery")), "similarity": _text(m.get("similarity")),
+    }
+    for k, scores in (m.get("kway") or {}).items():
+        if not str(k).isdigit():
+            continue  # k-way keys are gallery sizes; anything else is not a k-way score
+        for key in ("top1", "top5"):
+            if _is_number((scores or {}).get(key)):
+                row[f"k{int(k)}_{key}"] = float(scores[key])
+    for key in TIMING_COLUMNS:
+        row[key] = _num(rec.timings.get(key)) if completed else math.nan
+    return row
+
+
+def is_synthetic(rec: RunRecord) -> bool:
+    """Whether a run used synthetic EEG: its provenance says so (``data.synthetic``); a record made before that block
+    existed counts as synthetic when its config names no data root (the built-in synthetic dataset), else as real."""
+    block = rec.provenance.get("data") if isinstance(rec.provenance, dict) else None
+    if isinstance(block, dict) and isinstance(block.get("synthetic"), bool):
+        return block["synthetic"]
+    data = rec.spec.config.get("data") if isinstance(rec.spec.config, dict) else None
+    return not isinstance(data, dict) or data.get("root") is None
 
 
 def kway_columns(runs: pd.DataFrame) -> list[str]:
@@ -203,9 +222,9 @@ def completeness(runs: pd.DataFrame, grids: dict[str, Grid]) -> pd.DataFrame:
         failed_extra = sorted(failed - set(expected))  # a failure outside the grid is still a failure to report
         parts = []
         if missing:
-            parts.append("missing: " + _describe_cells(missing, grid.seeds))
+            parts.append("missing: " + describe_cells(missing, grid.seeds))
         if failed_expected or failed_extra:
-            parts.append("failed: " + _describe_cells(failed_expected + failed_extra, grid.seeds))
+            parts.append("failed: " + describe_cells(failed_expected + failed_extra, grid.seeds))
         rows.append({"method": method, "protocol": protocol, "complete": not parts,
                      "flag": "; ".join(parts) if parts else "complete", "n_missing": len(missing),
                      "n_expected": len(expected)})
@@ -213,19 +232,20 @@ def completeness(runs: pd.DataFrame, grids: dict[str, Grid]) -> pd.DataFrame:
 
 
 def entry_notes(runs: pd.DataFrame) -> dict[tuple[str, str], list[str]]:
-    """Per (method, protocol), what a reader must know besides completeness: test-whitened data among its completed
-    runs, and code that changed between runs of its method (so it is one of several entries)."""
+    """Per (method, protocol), what a reader must know besides completeness: synthetic or test-whitened data among its
+    completed runs, and code that changed between runs of its method (so it is one of several entries)."""
     notes: dict[tuple[str, str], list[str]] = {}
     for key, part in runs.groupby(["method", "protocol"], sort=False):
         done = part[part.status == COMPLETED]
         found = [NOTE_TEST_WHITENED] if (done.mvnn_covariance == TEST_WHITENED).any() else []
         found += [NOTE_CODE_CHANGED] if part.code_changed.any() else []
+        found += [NOTE_SYNTHETIC] if done.synthetic.any() else []
         if found:
             notes[key] = found
     return notes
 
 
-def _describe_cells(cells: Sequence[tuple[int, int]], all_seeds: Sequence[int]) -> str:
+def describe_cells(cells: Sequence[tuple[int, int]], all_seeds: Sequence[int]) -> str:
     by_subject: dict[int, list[int]] = {}
     for subject, seed in cells:
         by_subject.setdefault(int(subject), []).append(int(seed))
@@ -251,6 +271,8 @@ def summary_table(runs: pd.DataFrame, grids: dict[str, Grid]) -> pd.DataFrame:
     notes = entry_notes(runs)
     summary["flag"] = ["; ".join([flag, *notes.get((m, p), [])])
                        for m, p, flag in zip(summary.method, summary.protocol, summary.flag)]
+    synthetic = set(zip(runs.method[runs.synthetic], runs.protocol[runs.synthetic]))
+    summary["synthetic"] = [(m, p) in synthetic for m, p in zip(summary.method, summary.protocol)]
     summary["_p"] = summary.protocol.map(protocol_rank)
     return summary.sort_values(["_p", "top1_mean", "method"], ascending=[True, False, True], na_position="last",
                                kind="stable").drop(columns="_p").reset_index(drop=True)
@@ -272,19 +294,35 @@ def long_table(runs: pd.DataFrame, grids: dict[str, Grid], reported: pd.DataFram
             rows.append({"method": s.method, "protocol": s.protocol, "subject": str(int(r.subject)),
                          "n_seeds": int(r.n_seeds), "n_subjects": 1, "n_failed": int(r.n_failed),
                          **{c: r[c] for c in ("top1_mean", "top1_std", "top5_mean", "top5_std")},
-                         "source": "reproduced", "complete": None, "flag": None, "reference": None, "caveat": None})
+                         "source": "reproduced", "complete": None, "flag": None, "reference": None, "caveat": None,
+                         "synthetic": bool(s.synthetic)})
         rows.append({"method": s.method, "protocol": s.protocol, "subject": "avg", "n_seeds": int(s.n_seeds),
                      "n_subjects": int(s.n_subjects), "n_failed": int(s.n_failed),
                      **{c: s[c] for c in ("top1_mean", "top1_std", "top5_mean", "top5_std")},
                      "source": "reproduced", "complete": bool(s.complete), "flag": s.flag, "reference": None,
-                     "caveat": None})
+                     "caveat": None, "synthetic": bool(s.synthetic)})
     if reported is not None:
         for _, r in reported_rows(reported).iterrows():
-            rows.append({**r.to_dict(), "n_seeds": None, "n_failed": None, "complete": None, "flag": None})
+            rows.append({**r.to_dict(), "n_seeds": None, "n_failed": None, "complete": None, "flag": None,
+                         "synthetic": False})
     cols = ["method", "protocol", "subject", "n_seeds", "top1_mean", "top1_std", "top5_mean", "top5_std", "source",
-            "n_subjects", "n_failed", "complete", "flag", "reference", "caveat"]
+            "n_subjects", "n_failed", "complete", "flag", "reference", "caveat", "synthetic"]
     out = pd.DataFrame(rows, columns=cols)
-    return out.astype({"n_seeds": "Int64", "n_subjects": "Int64", "n_failed": "Int64", "complete": "boolean"})
+    return out.astype({"n_seeds": "Int64", "n_subjects": "Int64", "n_failed": "Int64", "complete": "boolean",
+                       "synthetic": "boolean"})
+
+
+def comparable_reported(reported: pd.DataFrame | None, runs: pd.DataFrame) -> pd.DataFrame | None:
+    """The literature rows that may stand beside ``runs``: those of a protocol with a completed run on real
+    THINGS-EEG scored against as many test images as the paper (a synthetic run, or another gallery size, measures
+    something else, so a paper's number beside it would read as a comparison it is not). None when none may."""
+    if reported is None:
+        return None
+    done = runs[(runs.status == COMPLETED) & ~runs.synthetic & runs.n_test.notna()]
+    comparable = set(zip(done.protocol, done.n_test.astype(int)))
+    keep = [(p, int(n)) in comparable for p, n in zip(reported.protocol, reported.n_test)]
+    shown = reported[keep]
+    return shown if len(shown) else None
 
 
 def reported_rows(reported: pd.DataFrame) -> pd.DataFrame:
@@ -446,3 +484,7 @@ def _is_number(x) -> bool:
 
 def _num(x) -> float:
     return float(x) if _is_number(x) else math.nan
+
+
+def _text(x) -> str | None:
+    return x if isinstance(x, str) else None

@@ -13,6 +13,7 @@ import pandas as pd
 from bench.records import RunRecord
 
 from . import aggregate as agg
+from . import inflation as infl
 from . import stats
 from .errors import LeaderboardError
 
@@ -21,7 +22,11 @@ METRICS = ("top1", "top5")
 
 @dataclass
 class Leaderboard:
-    """Everything the renderers need, computed lazily from the (filtered) runs and reported rows."""
+    """Everything the renderers need, computed lazily from the (filtered) runs and reported rows.
+
+    ``runs`` are the honest protocols' runs only; published-protocol runs live in ``inflation`` alone. ``reported``
+    holds only the literature rows that may stand beside these runs (`aggregate.comparable_reported`).
+    """
 
     runs: pd.DataFrame
     curves: pd.DataFrame
@@ -31,6 +36,9 @@ class Leaderboard:
     alpha: float = 0.05
     reference: str | None = None
     shown_variants: frozenset = frozenset()
+    inflation: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=infl.COLUMNS))
+    n_published_runs: int = 0
+    n_reported_hidden: int = 0  # literature rows left out: no comparable run beside them
     _pairs: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -133,30 +141,45 @@ def build_leaderboard(records: Iterable[RunRecord], reported: pd.DataFrame | Non
     """Aggregate run records (and reported rows from `load_reported`) into a Leaderboard.
 
     The expected subjects × seeds of a protocol come from all of its runs, before ``methods`` narrows the view, so a
-    method missing a subject that others ran is flagged even when shown alone.
+    method missing a subject that others ran is flagged even when shown alone. Published-protocol runs go to the
+    inflation table only; ``protocol`` naming one of them shows that table alone.
     """
     if metric not in METRICS:
         raise LeaderboardError(f"metric {metric!r}, expected one of {', '.join(METRICS)}")
     records = list(records)
     runs = agg.runs_frame(records)
-    grids = agg.expected_grids(runs, expect_subjects, expect_seeds)
+    grids = agg.expected_grids(infl.split_published(runs)[0], expect_subjects, expect_seeds)
+    runs, reported, shown_variants = _narrow(runs, reported, protocol, methods)
+    runs, published = infl.split_published(runs)
+    inflation = infl.inflation_table(runs, published)
+    if protocol in infl.PUBLISHED:
+        runs = runs.iloc[0:0]  # its honest partners were needed for the pairs, not for a table of their own
+    shown = agg.comparable_reported(reported, runs)
+    hidden = (0 if reported is None else len(reported)) - (0 if shown is None else len(shown))
+    if runs.empty and published.empty:
+        where = f" for protocol {protocol!r}" if protocol else ""
+        why = " (literature rows are shown only beside runs on real THINGS-EEG)" if hidden else ""
+        raise LeaderboardError(f"nothing to show{where}: no run records match{why}")
+    if reference is not None and reference not in set(runs.method):
+        raise LeaderboardError(f"reference method {reference!r} has no runs; known: "
+                               f"{', '.join(sorted(set(runs.method))) or '(none)'}")
+    curves = agg.validation_curves(records, runs)
+    return Leaderboard(runs.reset_index(drop=True), curves, grids, shown, metric, alpha, reference, shown_variants,
+                       inflation, len(published), hidden)
+
+
+def _narrow(runs: pd.DataFrame, reported: pd.DataFrame | None, protocol: str | None,
+            methods: Sequence[str] | None) -> tuple[pd.DataFrame, pd.DataFrame | None, frozenset]:
+    """The runs and reported rows ``protocol`` and ``methods`` ask for, and the variants asked for by name."""
     if protocol is not None:
-        runs = runs[runs.protocol == protocol]
+        runs = runs[runs.protocol.isin(infl.protocol_family(protocol))]
         reported = None if reported is None else reported[reported.protocol == protocol]
     shown_variants: frozenset = frozenset()
     if methods:
         runs, reported = _select_methods(runs, reported, methods)
         wanted = {m.strip().lower() for m in methods}
         shown_variants = frozenset(runs.method[runs.variant.notna() & runs.name.str.lower().isin(wanted)])
-    if runs.empty and (reported is None or reported.empty):
-        where = f" for protocol {protocol!r}" if protocol else ""
-        raise LeaderboardError(f"nothing to show{where}: no run records and no reported rows match")
-    if reference is not None and reference not in set(runs.method):
-        raise LeaderboardError(f"reference method {reference!r} has no runs; known: "
-                               f"{', '.join(sorted(set(runs.method))) or '(none)'}")
-    curves = agg.validation_curves(records, runs)
-    return Leaderboard(runs.reset_index(drop=True), curves, grids, reported, metric, alpha, reference,
-                       shown_variants)
+    return runs, reported, shown_variants
 
 
 def _select_methods(runs: pd.DataFrame, reported: pd.DataFrame | None, methods: Sequence[str]):

@@ -15,11 +15,37 @@ from . import stats, tables
 from .board import Leaderboard
 from .errors import LeaderboardError
 
-TABLES = ("main", "subjects", "kway", "ablation", "timings", "stats")
+TABLES = ("main", "subjects", "kway", "ablation", "timings", "stats", "inflation")
 
 
 def display_tables(board: Leaderboard, protocol: str, which: Sequence[str] = TABLES) -> list[tables.Table]:
-    """The display tables of one protocol, in report order; empty ones (no ablation runs, …) are left out."""
+    """The display tables of one protocol, in report order; empty ones (no ablation runs, …) are left out. The first
+    carries the synthetic-data banner when any run of the protocol is on synthetic EEG, so every format and every
+    ``--table`` choice shows it."""
+    out = _protocol_tables(board, protocol, which)
+    if out:
+        out[0].banner = synthetic_banner(board.runs[board.runs.protocol == protocol])
+    return out
+
+
+def inflation_tables(board: Leaderboard, which: Sequence[str] = TABLES) -> list[tables.Table]:
+    """The protocol-inflation table, when asked for and some published-protocol run exists (else nothing)."""
+    if "inflation" not in which or not board.n_published_runs:
+        return []
+    table = tables.inflation_table(board.inflation)
+    synthetic = board.inflation[board.inflation.synthetic]
+    if len(synthetic):
+        table.banner = tables.SYNTHETIC_BANNER.format(entries=", ".join(dict.fromkeys(synthetic.method)))
+    return [table]
+
+
+def synthetic_banner(runs: pd.DataFrame) -> str | None:
+    """The banner for tables of ``runs`` when some ran on synthetic EEG (naming those entries), else None."""
+    names = list(dict.fromkeys(runs.method[runs.synthetic]))
+    return tables.SYNTHETIC_BANNER.format(entries=", ".join(names)) if names else None
+
+
+def _protocol_tables(board: Leaderboard, protocol: str, which: Sequence[str]) -> list[tables.Table]:
     summary = board.summary[board.summary.protocol == protocol]
     rep = board.reported_long
     rep = None if rep is None else rep[rep.protocol == protocol]
@@ -65,6 +91,8 @@ def csv_table(board: Leaderboard, which: str = "main") -> pd.DataFrame:
         return board.timings
     if which == "stats":
         return board.all_pairs()
+    if which == "inflation":
+        return board.inflation
     raise LeaderboardError(f"a CSV holds one table; choose --table from {', '.join(TABLES)}")
 
 
@@ -73,6 +101,11 @@ def overview(board: Leaderboard) -> str:
     n_done = int((runs.status == COMPLETED).sum())
     lines = [f"{len(runs)} runs ({n_done} completed, {len(runs) - n_done} failed) of "
              f"{runs.method.nunique()} methods."]
+    if board.n_published_runs:
+        lines.append(f"Published-protocol runs: {board.n_published_runs}, in the protocol inflation table only.")
+    if board.n_reported_hidden:
+        lines.append(f"Literature rows not shown: {board.n_reported_hidden} (no run on real THINGS-EEG with their "
+                     f"protocol and number of test images).")
     for protocol in board.protocols:
         grid = board.grids.get(protocol)
         if grid is not None:
@@ -103,11 +136,14 @@ def figures(board: Leaderboard):
         methods = board.methods(protocol)
         if not methods:
             continue
+        # a plot travels without the report's banner: its title says when synthetic data are in it
+        runs = board.runs[(board.runs.protocol == protocol) & board.runs.method.isin(methods)]
+        label = f"{protocol}, SYNTHETIC data" if runs.synthetic.any() else protocol
         ps = board.per_subject[board.per_subject.protocol == protocol]
-        yield protocol, "subjects", plots.subject_bars(ps, methods, protocol, board.metric)
+        yield protocol, "subjects", plots.subject_bars(ps, methods, label, board.metric)
         if len(methods) >= 2:
             ref = board.reference_for(protocol)
-            yield protocol, "paired", plots.paired_differences(ps, methods, ref, protocol, board.metric)
+            yield protocol, "paired", plots.paired_differences(ps, methods, ref, label, board.metric)
         curves = board.curves[(board.curves.protocol == protocol) & board.curves.method.isin(methods)]
         if len(curves):
-            yield protocol, "validation", plots.validation_curves(curves, methods, protocol, board.metric)
+            yield protocol, "validation", plots.validation_curves(curves, methods, label, board.metric)

@@ -16,8 +16,10 @@ from .tables import Cell, Table
 
 def to_markdown(table: Table, heading: str = "###") -> str:
     head = [md_escape(h) for h in table.headers]
-    lines = [f"{heading} {md_escape(table.title)}", "", "| " + " | ".join(head) + " |",
-             "|" + "|".join("---:" if a == "r" else ":---" for a in table.align) + "|"]
+    lines = [f"{heading} {md_escape(table.title)}", ""]
+    if table.banner:
+        lines += [f"> **Warning:** {md_escape(table.banner)}", ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---:" if a == "r" else ":---" for a in table.align) + "|"]
     for row in table.rows:
         lines.append("| " + " | ".join(_md_cell(c) for c in row) + " |")
     if table.notes:
@@ -73,12 +75,16 @@ def safe_url(url: object) -> str | None:
 
 _TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
                 "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "–": "--",
-                "—": "---", "−": "$-$", "Δ": r"$\Delta$", "†": r"$^\dagger$", "<": r"$<$", ">": r"$>$"}
+                "—": "---", "−": "$-$", "→": r"$\rightarrow$", "Δ": r"$\Delta$", "†": r"$^\dagger$",
+                "<": r"$<$", ">": r"$>$"}
 
 
 def to_latex(table: Table) -> str:
-    lines = [r"\begin{table}[ht]", r"\centering", rf"\caption{{{tex_escape(table.title)}}}",
-             r"\begin{tabular}{" + "".join(table.align) + "}", r"\toprule",
+    lines = [r"\begin{table}[ht]", r"\centering", rf"\caption{{{tex_escape(table.title)}}}"]
+    if table.banner:
+        lines.append(r"\fbox{\parbox{0.95\linewidth}{\textbf{Warning:} " + tex_escape(table.banner)
+                     + r"}}\par\smallskip")
+    lines += [r"\begin{tabular}{" + "".join(table.align) + "}", r"\toprule",
              " & ".join(tex_escape(h) for h in table.headers) + r" \\", r"\midrule"]
     previous = ""
     for row, kind in zip(table.rows, table.row_kinds or [""] * len(table.rows)):
@@ -109,8 +115,10 @@ def tex_escape(text: str) -> str:
 
 def to_html(table: Table) -> str:
     e = html.escape
-    out = [f'<section class="table" id="{e(table.key)}-{e(_slug(table.title))}">', f"<h3>{e(table.title)}</h3>",
-           f'<table class="{e(table.key)}">', "<thead><tr>"]
+    out = [f'<section class="table" id="{e(table.key)}-{e(_slug(table.title))}">', f"<h3>{e(table.title)}</h3>"]
+    if table.banner:
+        out.append(f'<p class="banner" role="alert"><strong>Warning:</strong> {e(table.banner)}</p>')
+    out += [f'<table class="{e(table.key)}">', "<thead><tr>"]
     out += [f'<th class="{_align(a)}">{e(h)}</th>' for h, a in zip(table.headers, table.align)]
     out.append("</tr></thead><tbody>")
     for row, kind in zip(table.rows, table.row_kinds or [""] * len(table.rows)):

@@ -14,7 +14,7 @@ from bench.records import RunRecord
 
 from . import markup
 from .board import Leaderboard, build_leaderboard
-from .contents import TABLES, csv_table, display_tables, figures, overview
+from .contents import TABLES, csv_table, display_tables, figures, inflation_tables, overview
 from .errors import LeaderboardError
 from .html_report import html_page
 
@@ -22,8 +22,13 @@ from .html_report import html_page
 def _markdown(board: Leaderboard, which: Sequence[str], title: str, plots: bool) -> str:
     parts = [f"# {markup.md_escape(title)}\n\n{markup.md_escape(overview(board))}\n"]
     for protocol in board.protocols:
-        parts.append(f"## Protocol: {markup.md_escape(protocol)}\n")
-        parts.extend(markup.to_markdown(t) for t in display_tables(board, protocol, which))
+        shown = display_tables(board, protocol, which)
+        if shown:  # a heading over nothing would be a section without runs
+            parts.append(f"## Protocol: {markup.md_escape(protocol)}\n")
+            parts.extend(markup.to_markdown(t) for t in shown)
+    for table in inflation_tables(board, which):
+        parts.append("## Protocol inflation\n")
+        parts.append(markup.to_markdown(table))
     return "\n".join(parts)
 
 
@@ -32,6 +37,7 @@ def _latex(board: Leaderboard, which: Sequence[str], title: str, plots: bool) ->
     parts = [f"% {markup.one_line(f'{title}: {overview(board)}')}\n% Needs \\usepackage{{booktabs}}.\n"]
     for protocol in board.protocols:
         parts.extend(markup.to_latex(t) for t in display_tables(board, protocol, which))
+    parts.extend(markup.to_latex(t) for t in inflation_tables(board, which))
     return "\n".join(parts)
 
 
@@ -64,16 +70,20 @@ def rich_tables(board: Leaderboard, table: str | None = None) -> list:
     from rich.table import Table as RichTable  # only terminals need rich
     from rich.text import Text
 
+    which = _which(table, "md")
+    shown = [t for protocol in board.protocols for t in display_tables(board, protocol, which)]
     out = []
-    for protocol in board.protocols:
-        for t in display_tables(board, protocol, _which(table, "md")):
-            rt = RichTable(title=t.title, caption=" ".join(t.notes) or None, caption_justify="left")
-            for h, a in zip(t.headers, t.align):
-                rt.add_column(h, justify="right" if a == "r" else "left", overflow="fold")
-            for row, kind in zip(t.rows, t.row_kinds):
-                rt.add_row(*(Text(c.text, style="bold" if c.bold else "") for c in row),
-                           style="dim" if kind == "reported" else None)
-            out.append(rt)
+    for t in shown + inflation_tables(board, which):
+        title = Text(t.title)
+        if t.banner:  # above the table, where it cannot be missed
+            title.append(f"\nWarning: {t.banner}", style="bold red")
+        rt = RichTable(title=title, caption=Text(" ".join(t.notes)) if t.notes else None, caption_justify="left")
+        for h, a in zip(t.headers, t.align):
+            rt.add_column(h, justify="right" if a == "r" else "left", overflow="fold")
+        for row, kind in zip(t.rows, t.row_kinds):
+            rt.add_row(*(Text(c.text, style="bold" if c.bold else "") for c in row),
+                       style="dim" if kind == "reported" else None)
+        out.append(rt)
     return out
 
 

@@ -65,6 +65,18 @@ def sign_flip_test(diff: Sequence[float], alternative: str = "two-sided", seed: 
     return SignFlipResult(float(observed), float(min(p, 1.0)), exact, int(m))
 
 
+def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """Student-t confidence interval of the mean: mean ± t(1 − (1 − level)/2, n − 1) · std(ddof=1) / √n.
+
+    (NaN, NaN) below two values, where no spread can be estimated.
+    """
+    v = np.asarray(values, dtype=float)
+    if v.size < 2:
+        return math.nan, math.nan
+    half = float(sps.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+    return float(v.mean()) - half, float(v.mean()) + half
+
+
 def wilcoxon_test(diff: Sequence[float], alternative: str = "two-sided") -> float:
     """scipy's Wilcoxon signed-rank p-value with the requested tail; NaN when it is undefined (n < 2, all zero)."""
     d = np.asarray(diff, dtype=float)

@@ -10,9 +10,14 @@ from typing import Sequence
 
 import pandas as pd
 
-from .aggregate import NOTE_CODE_CHANGED, NOTE_TEST_WHITENED, Grid
+from .aggregate import NOTE_CODE_CHANGED, NOTE_SYNTHETIC, NOTE_TEST_WHITENED, Grid
 
 DASH = "–"  # undefined (the std of one seed) or absent
+TEST_SELECTED = "test-selected"
+#: What a table of runs on synthetic EEG carries above it, in every format.
+SYNTHETIC_BANNER = ("Not comparable to published numbers: {entries} ran on synthetic EEG (bench synth), not on "
+                    "THINGS-EEG recordings. Literature rows stand only beside runs on real THINGS-EEG scored against "
+                    "as many test images as the paper.")
 #: Footnotes explaining a note that some row's Notes cell carries (shown only when one does).
 FLAG_FOOTNOTES = {
     NOTE_TEST_WHITENED: f"{NOTE_TEST_WHITENED}: some runs used EEG whitened with a noise covariance fitted on the "
@@ -20,6 +25,8 @@ FLAG_FOOTNOTES = {
                         f"shaped the inputs, so the score is not strictly held-out.",
     NOTE_CODE_CHANGED: f"{NOTE_CODE_CHANGED}: this method's runs come from different code versions (code "
                        f"fingerprint in the name); each version is its own row and is never averaged with another.",
+    NOTE_SYNTHETIC: f"{NOTE_SYNTHETIC}: runs on synthetic EEG (bench synth) test the harness, not a decoder of real "
+                    f"brain signals; their numbers are not comparable to published ones.",
 }
 
 
@@ -37,8 +44,10 @@ class Table:
     headers: list[str]
     rows: list[list[Cell]]
     align: list[str]  # "l" or "r" per column
-    row_kinds: list[str] = field(default_factory=list)  # "" | incomplete | reported | chance | avg, for styling
+    #: "" | incomplete | reported | chance | avg | unpaired | test-selected (space-separated), for styling
+    row_kinds: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    banner: str | None = None  # a warning every format shows above the table (e.g. synthetic data)
 
 
 # ----------------------------------------------------------------------------------------------------- numbers
@@ -235,6 +244,36 @@ def matrix_table(protocol: str, diff: pd.DataFrame, p: pd.DataFrame, metric: str
     return Table("matrix", f"{protocol}: significance matrix ({_metric_label(metric)})", ["row − column", *methods],
                  rows, ["l"] + ["r"] * len(methods), [""] * len(rows),
                  [f"Mean difference row − column in points, Holm-adjusted permutation p; bold: p < {alpha}."])
+
+
+def inflation_table(frame: pd.DataFrame) -> Table:
+    """Per method and protocol pair: honest vs as-published top-1 on paired runs, Δ with its 95 % CI; test-selected
+    rows marked, unpaired published runs listed in rows of their own."""
+    rows, kinds = [], []
+    for _, r in frame.iterrows():
+        name = r.method if not r.paired or r.honest_entry == r.method else f"{r.method} (vs {r.honest_entry})"
+        ci = DASH if _nan(r.ci_low) else f"[{signed(r.ci_low)}, {signed(r.ci_high)}]"
+        notes = [n for n in (r.flag, NOTE_SYNTHETIC if r.synthetic else "") if n]
+        rows.append([Cell(name), Cell(f"{r.protocol} → {r.published_protocol}"), Cell(str(r.n_pairs)),
+                     Cell(str(r.n_subjects)), Cell(num(r.honest_top1)), Cell(num(r.published_top1)),
+                     Cell(signed(r.delta_top1)), Cell(ci),
+                     Cell(TEST_SELECTED if r.test_selected else "not on test", bool(r.test_selected)),
+                     Cell(r.settings or DASH), Cell("; ".join(notes) or DASH)])
+        kinds.append(" ".join(k for k in ("" if r.paired else "unpaired", TEST_SELECTED if r.test_selected else "")
+                              if k))
+    notes = ["Honest: the intra/inter protocols of the leaderboard. Published: the protocol as the paper scored it "
+             "(its gallery and similarity, its epoch selection), never shown in the leaderboard's tables.",
+             "Pairs: an honest and a published run of the same method, subject, seed and data. Top-1 (%) and "
+             "Δ = published − honest: mean across subjects of each subject's mean over its paired seeds; 95 % CI: "
+             "Student t across subjects (– below two subjects).",
+             f"{TEST_SELECTED}: the paper chose its epoch by test accuracy (e.g. ATM's best test epoch), so its "
+             f"number is optimistic by construction.",
+             "Unpaired rows list published runs that no honest run matches; their published mean stands alone.",
+             *flag_footnotes([NOTE_SYNTHETIC] if frame.synthetic.any() else [])]
+    return Table("inflation", "Protocol inflation: as published vs honest (top-1)",
+                 ["Method", "Protocols", "Pairs", "Subjects", "Honest (%)", "Published (%)", "Δ (points)", "95 % CI",
+                  "Published selection", "Published scoring", "Notes"], rows,
+                 ["l", "l", "r", "r", "r", "r", "r", "r", "l", "l", "l"], kinds, notes)
 
 
 def flag_footnotes(flags) -> list[str]:

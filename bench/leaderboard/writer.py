@@ -19,6 +19,7 @@ class LeaderboardOutput:
     text: str
     out: Path | None = None  # where the text went; None: the caller prints it
     plots: list[Path] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # corrupt records left out (skip_corrupt), one line each
 
 
 def write_leaderboard(results_dir: str | Path, fmt: str = "md", out: str | Path | None = None, *,
@@ -26,14 +27,16 @@ def write_leaderboard(results_dir: str | Path, fmt: str = "md", out: str | Path 
                       protocol: str | None = None, methods: Sequence[str] | None = None,
                       expect_subjects: Sequence[int] | None = None, expect_seeds: Sequence[int] | None = None,
                       metric: str = "top1", reference: str | None = None,
-                      plots_dir: str | Path | None = None) -> LeaderboardOutput:
+                      plots_dir: str | Path | None = None, skip_corrupt: bool = False) -> LeaderboardOutput:
     """Build the leaderboard of ``results_dir``'s runs; write it to ``out`` (and plots to ``plots_dir``) if given.
 
     Reported numbers come from ``reported`` if given (it must exist), else from ``results_dir/reported.csv`` when
-    present; ``use_reported=False`` leaves them out.
+    present; ``use_reported=False`` leaves them out. Corrupt records (bench/record_check.py) refuse the board with
+    their list (CorruptRecordsError) unless ``skip_corrupt``, which leaves them out and lists them in ``skipped``.
     """
     results_dir = Path(results_dir)
-    records = RunStore(results_dir).records()
+    scan = RunStore(results_dir).scan(skip_corrupt)
+    records = scan.records
     rep = None
     if use_reported:
         path = Path(reported) if reported is not None else results_dir / "reported.csv"
@@ -41,11 +44,12 @@ def write_leaderboard(results_dir: str | Path, fmt: str = "md", out: str | Path 
             raise LeaderboardError(f"reported results file {path} does not exist")
         rep = load_reported(path) if path.is_file() else None
     if not records and rep is None:
-        raise LeaderboardError(f"no run records in {results_dir / 'runs'} and no reported.csv to show")
+        skipped = "".join(f"\n  skipped corrupt record: {line}" for line in scan.corrupt)
+        raise LeaderboardError(f"no run records in {results_dir / 'runs'} and no reported.csv to show{skipped}")
     board = build_leaderboard(records, rep, protocol=protocol, methods=methods, expect_subjects=expect_subjects,
                               expect_seeds=expect_seeds, metric=metric, reference=reference)
     text = render(board, fmt, table)
-    result = LeaderboardOutput(text)
+    result = LeaderboardOutput(text, skipped=scan.corrupt)
     if out is not None:
         result.out = Path(out)
         atomic_write_text(result.out, text)
