@@ -46,6 +46,18 @@ def mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {sd:.1f}"
 
 
+def welch_ci(ours: list[float], reference: list[float], level: float = 0.95) -> tuple[float, float]:
+    """Confidence interval of mean(ours) − mean(reference), Welch's t (the two sides draw independent seeds)."""
+    from scipy import stats
+
+    va, vb = statistics.variance(ours) / len(ours), statistics.variance(reference) / len(reference)
+    se = (va + vb) ** 0.5
+    dof = (va + vb) ** 2 / (va ** 2 / (len(ours) - 1) + vb ** 2 / (len(reference) - 1)) if se else 1.0
+    half = stats.t.ppf(0.5 + level / 2, dof) * se
+    diff = statistics.mean(ours) - statistics.mean(reference)
+    return diff - half, diff + half
+
+
 def table(reference: dict, ours: dict) -> tuple[list[str], float]:
     """Markdown rows and the difference of mean top-1 (ours − reference) over the paired runs."""
     keys = sorted(set(reference) & set(ours))
@@ -80,7 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     rows, diff = table(reference, ours)
     print("\n".join(rows))
     verdict = "within" if abs(diff) <= args.tolerance else "OUTSIDE"
-    print(f"\nmean top-1, ours − reference: {diff:+.1f} points ({verdict} ±{args.tolerance:g})")
+    keys = sorted(set(reference) & set(ours))
+    ci = ""
+    if len(keys) > 1:
+        low, high = welch_ci([ours[k]["metrics"]["top1"] for k in keys], [reference[k]["top1"] for k in keys])
+        ci = f"; 95 % CI [{low:+.1f}, {high:+.1f}] (Welch, runs as independent draws)"
+    print(f"\nmean top-1, ours − reference: {diff:+.1f} points ({verdict} ±{args.tolerance:g}){ci}")
     return 0 if abs(diff) <= args.tolerance else 1
 
 

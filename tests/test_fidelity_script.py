@@ -312,6 +312,6 @@ def test_fidelity_table_pairs_runs_and_judges_the_mean(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| 1 | 1 | 40.0 | 90.0 | 10 (5) | 44.0 | 80.0 | 4 |" in out
     assert "| mean ± sd | 2 runs | 45.0 ± 7.1 | 90.0 ± 0.0 | | 46.5 ± 3.5 |" in out
-    assert "+1.5 points (within ±2)" in out
+    assert "+1.5 points (within ±2); 95 % CI [" in out
     assert table.main(["--reference", str(ref_dir), "--ours", str(tmp_path / "ours"), "--tolerance", "1"]) == 1
     assert table.main(["--reference", str(ref_dir), "--ours", str(tmp_path / "ours"), "--protocol", "inter"]) == 2
