@@ -106,7 +106,8 @@ def reference_patches(plan: Plan) -> list[Patch]:
         Patch("740 validation images `[740:]`", r"\[740:\]", f"[{plan.n_val}:]", count=2),
         # the projectors default to CLIP ViT-L/14's 768 dimensions; a no-op at D = 768
         Patch("EEG projector `Proj_eeg()`", r"Proj_eeg\(\)", f"Proj_eeg(proj_dim={plan.dim})"),
-        Patch("image projector `Proj_img()`", r"Proj_img\(\)", f"Proj_img(embedding_dim={plan.dim}, proj_dim={plan.dim})"),
+        Patch("image projector `Proj_img()`", r"Proj_img\(\)",
+              f"Proj_img(embedding_dim={plan.dim}, proj_dim={plan.dim})"),
     ]
 
 
@@ -160,7 +161,7 @@ def nice_feature_files(folder: Path) -> list[Path]:
 
 
 def write_nice_features(features: Path, out_dir: Path) -> list[Path]:
-    """Our feature file (or any format bench reads) in NICE's layouts: (N, 1, D), (n_test, 1, D), centres (n_test, D)."""
+    """Our feature file (or any format bench reads) in NICE's layouts: (N, 1, D), (n_test, 1, D), centres (n, D)."""
     from bench.data.features import load_partition_any
 
     train, test = load_partition_any(features, "train"), load_partition_any(features, "test")
@@ -191,8 +192,12 @@ def feature_shapes(files: list[Path]) -> tuple[int, int, int]:
 
 def validation_images(n_train: int, requested: int | None) -> int:
     """NICE holds out 740 of 16,540 training images; on another size, the same fraction unless --val-images says."""
-    n_val = requested if requested is not None else (
-        PAPER_VAL_IMAGES if n_train == PAPER_TRAIN_IMAGES else max(1, round(n_train * PAPER_VAL_IMAGES / PAPER_TRAIN_IMAGES)))
+    if requested is not None:
+        n_val = requested
+    elif n_train == PAPER_TRAIN_IMAGES:
+        n_val = PAPER_VAL_IMAGES
+    else:
+        n_val = max(1, round(n_train * PAPER_VAL_IMAGES / PAPER_TRAIN_IMAGES))
     if not 1 <= n_val < n_train:
         raise RefusedRun(f"--val-images {n_val}: must be at least 1 and below the {n_train} training images")
     return n_val

@@ -151,7 +151,8 @@ def test_every_hard_coded_value_is_patched_in_memory(script, tmp_path):
     for gone in (".cuda()", "torch.cuda.FloatTensor", "torch.cuda.LongTensor", "np.random.randint(args.seed)",
                  "gpus = [6]", "/home/", "./dnn_feature/", "np.arange(200)", "[:740]", "[740:]", "range(num_sub)"):
         assert gone not in patched, gone
-    for present in ("gpus = []", "result_path = '/work/results/'", "self.eeg_data_path = '/data/Preprocessed_data_250Hz/'",
+    for present in ("gpus = []", "result_path = '/work/results/'",
+                    "self.eeg_data_path = '/data/Preprocessed_data_250Hz/'",
                     "self.img_data_path = '/work/dnn_feature/'", "self.test_center_path = '/work/dnn_feature/'",
                     "seed_n = args.seed", "for i in [1]:", "test_label = np.arange(40)", "train_eeg[:5]",
                     "train_img[5:]", "Proj_eeg(proj_dim=1024)", "Proj_img(embedding_dim=1024, proj_dim=1024)",
@@ -196,8 +197,9 @@ def test_feature_files_in_nice_layouts(script, tiny_root, tmp_path):
     from bench.data.features import load_partition
 
     files = script.write_nice_features(tiny_root / "features.npz", tmp_path / "dnn_feature")
-    assert [f.name for f in files] == ["clip_feature_maps_training.npy", "clip_feature_maps_test.npy", "center_clip.npy"]
-    train, test = load_partition(tiny_root / "features.npz", "train"), load_partition(tiny_root / "features.npz", "test")
+    assert [f.name for f in files] == ["clip_feature_maps_training.npy", "clip_feature_maps_test.npy",
+                                       "center_clip.npy"]
+    train, test = (load_partition(tiny_root / "features.npz", part) for part in ("train", "test"))
     arrays = [np.load(f) for f in files]
     assert arrays[0].shape == (len(train.image), 1, train.dim) and arrays[0].dtype == np.float32
     assert arrays[1].shape == (len(test.image), 1, test.dim) and arrays[2].shape == test.centroid.shape
