@@ -321,6 +321,111 @@ def leaderboard(
         err_console.print(f"wrote {path}", highlight=False)
 
 
+# --- a finished run's model, used again: embed and predict -------------------------------------------------------
+RUN_HELP = "A run: its record-hash prefix (>= 4 characters) or method/protocol/subject/seed, e.g. nice/intra/1/0."
+RESULTS_HELP = "Results directory holding runs/ (default: $BENCH_RESULTS_DIR or ./results)."
+EEG_HELP = "EEG file in any supported layout (NICE/ATM pickle, official .npy, UBP .pt), e.g. sub-01's test file."
+
+
+def _open_saved_run(results_dir: Optional[Path], run: str, device: str):
+    """The run's rebuilt method; a code-changed warning becomes one line on stderr."""
+    import warnings
+
+    from rich.markup import escape
+
+    from bench.paths import default_results_dir
+    from bench.saved_model import CodeChangedWarning, open_run
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        saved = open_run(results_dir or default_results_dir(), run, device)
+    for warning in caught:
+        if issubclass(warning.category, CodeChangedWarning):
+            err_console.print(f"[yellow]warning:[/yellow] {escape(str(warning.message))}", highlight=False)
+        else:  # not ours: shown as Python would have shown it
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return saved
+
+
+@app.command()
+def embed(
+    run: str = typer.Option(..., "--run", help=RUN_HELP),
+    eeg: Path = typer.Option(..., "--eeg", help=EEG_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the embeddings here as .npy (atomic)."),
+    results_dir: Optional[Path] = typer.Option(None, "--results", "--results-dir", help=RESULTS_HELP),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
+    batch_size: int = typer.Option(1024, "--batch-size", help="Rows per encode_eeg call (the evaluator's: 1024)."),
+) -> None:
+    """EEG embeddings of a file with a finished run's model: its channels, window and test-repetition averaging."""
+    import numpy as np
+
+    from bench.saved_model import embed_eeg, read_run_eeg, save_embeddings
+
+    saved = _open_saved_run(results_dir, run, device)
+    emb = embed_eeg(saved, read_run_eeg(saved, eeg), batch_size)
+    if out is not None:
+        save_embeddings(out, emb)
+        console.print(f"wrote {out} ({emb.shape[0]} × {emb.shape[1]} float32) with run {saved.label}",
+                      highlight=False)
+        return
+    norms = np.linalg.norm(emb, axis=1) if emb.size else np.zeros(0)
+    reps = saved.meta["selection"]["test_repetitions"]
+    console.print(f"run {saved.label}: {eeg}", highlight=False)
+    console.print(f"embeddings: {emb.shape[0]} × {emb.shape[1]} float32 ({'all' if reps is None else reps} "
+                  f"repetitions averaged); norm mean {norms.mean() if norms.size else 0:.4g}, "
+                  f"min {norms.min() if norms.size else 0:.4g}, max {norms.max() if norms.size else 0:.4g}; "
+                  f"finite: {'yes' if np.isfinite(emb).all() else 'NO'}", highlight=False)
+
+
+@app.command()
+def predict(
+    run: str = typer.Option(..., "--run", help=RUN_HELP),
+    eeg: Path = typer.Option(..., "--eeg", help=EEG_HELP),
+    gallery: Path = typer.Option(..., "--gallery", help="Feature file or folder (bench features .npz, ATM .pt, NICE .npy)."),
+    partition: str = typer.Option("test", "--partition", help="Which rows of the feature file: test | train."),
+    table: str = typer.Option("image", "--table", help="image (default) | centroid (NICE-style concept centres)."),
+    top: int = typer.Option(5, "--top", help="Gallery items listed per EEG row."),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", help="Write eeg_row,rank,gallery_row,item,score here."),
+    results_dir: Optional[Path] = typer.Option(None, "--results", "--results-dir", help=RESULTS_HELP),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
+    batch_size: int = typer.Option(1024, "--batch-size", help="Rows per encoder call (the evaluator's: 1024)."),
+) -> None:
+    """Rank gallery images for each row of an EEG file with a finished run's model (the evaluator's similarity)."""
+    from rich.markup import escape
+
+    from bench.saved_model import predict as run_predict
+
+    saved = _open_saved_run(results_dir, run, device)
+    pred = run_predict(saved, eeg, gallery, partition, top, batch_size, table)
+    if csv_path is not None:
+        _write_predictions_csv(csv_path, pred)
+        console.print(f"wrote {csv_path} ({pred.index.shape[0]} EEG rows × top {pred.index.shape[1]}) with run "
+                      f"{saved.label}", highlight=False)
+        return
+    out = Table(title=escape(f"run {saved.label}: {eeg.name} vs {gallery.name} ({partition} {table}, "
+                             f"{len(pred.names)} items)"))
+    out.add_column("EEG row", justify="right")
+    for r in range(pred.index.shape[1]):
+        out.add_column(f"#{r + 1}", overflow="fold")
+    for i, (rows, scores) in enumerate(zip(pred.index, pred.score)):
+        out.add_row(str(i), *(f"{escape(pred.names[j])} ({s:.3f})" for j, s in zip(rows, scores)))
+    console.print(out)
+
+
+def _write_predictions_csv(path: Path, pred) -> None:
+    import csv
+    import io
+
+    from bench.io import atomic_write_text
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["eeg_row", "rank", "gallery_row", "item", "score"])
+    for i, (rows, scores) in enumerate(zip(pred.index, pred.score)):
+        writer.writerows([i, r + 1, int(j), pred.names[j], f"{s:.6f}"] for r, (j, s) in enumerate(zip(rows, scores)))
+    atomic_write_text(path, buffer.getvalue())
+
+
 # --- data: synthetic datasets and data-root checks ---------------------------------------------------------------
 data_app = typer.Typer(help="Inspect THINGS-EEG data roots.", no_args_is_help=True)
 app.add_typer(data_app, name="data")

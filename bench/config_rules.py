@@ -248,6 +248,7 @@ RULES: tuple[Rule, ...] = (
     one_of("train.mixed_precision", ("auto", "no", "bf16", "fp16")),
     flag("train.compile"),
     integer("train.num_threads", 1, nullable=True),
+    flag("train.save_model"),
 
     Rule("eval.kway", "auto or a list of distinct integers >= 2", kway_ok),
     Rule("eval.galleries", "a list of distinct names among image, text, centroid that includes image",

@@ -24,6 +24,7 @@ from bench.preflight import check_spec
 from bench.protocols import EvalSet, Split
 from bench.records import COMPLETED, FAILED, RunRecord, RunSpec, RunStore
 from bench.registry import METHODS, PROTOCOLS
+from bench.saved_model import kept_with
 from bench.specs import data_info, flag_overrides, make_spec, open_dataset, recipe_record, resolve_config
 from bench.train import FitResult, Trainer, seed_everything
 
@@ -160,7 +161,8 @@ def execute_spec(spec: RunSpec, ds, store: RunStore, progress: bool = True, on_e
                          "recipe": recipe_record(spec.method, spec.config), "code": code.to_dict(),
                          "started_at": started, "finished_at": provenance.now()}
     if main:
-        store.publish(record, arrays)  # the record and its .npz appear together or not at all
+        with kept_with(store, record, run.method if run else None, ds):  # the model file before the record naming it
+            store.publish(record, arrays)  # the record and its .npz appear together or not at all
     return record
 
 

@@ -75,8 +75,17 @@ def stage(path: str | Path, write: Callable[[Path], None], suffix: str | None = 
     :class:`StorageError` naming ``path``."""
     path = Path(path)
     tmp = temp_beside(path, suffix if suffix is not None else path.suffix)
-    try:
+    with _discarded_on_error(tmp, path):
         write(tmp)
+    return tmp
+
+
+@contextlib.contextmanager
+def _discarded_on_error(tmp: Path, path: Path) -> Iterator[None]:
+    """On any error inside, remove ``tmp``; a refused write (disk full, read-only, permission) becomes a
+    :class:`StorageError` naming ``path``."""
+    try:
+        yield
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         if _refused_write(exc, (tmp, path)):
@@ -85,7 +94,6 @@ def stage(path: str | Path, write: Callable[[Path], None], suffix: str | None = 
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return tmp
 
 
 @contextlib.contextmanager
@@ -96,27 +104,21 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """
     path = Path(path)
     tmp_path = temp_beside(path, suffix if suffix is not None else path.suffix)
-    try:
+    with _discarded_on_error(tmp_path, path):
         yield tmp_path
         os.replace(tmp_path, path)
-    except OSError as exc:
-        tmp_path.unlink(missing_ok=True)
-        if _refused_write(exc, (tmp_path, path)):
-            raise storage_error(path, exc) from exc
-        raise
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
 
 
 def probe_writable(folder: str | Path, what: str = "folder") -> None:
-    """Create ``folder`` if needed, then create and remove a file in it: a folder that cannot take a file (read-only,
-    full quota, no permission) is a :class:`StorageError` now, before hours of work are spent on results that could
-    not be saved."""
-    folder = Path(folder)
+    """Create and remove a file in ``folder`` (or, while it does not exist yet, in its nearest existing ancestor, so a
+    refused command leaves no empty results folder behind): a folder that cannot take a file (read-only, full quota,
+    no permission) is a :class:`StorageError` now, before hours of work are spent on results that could not be saved."""
+    folder = Path(folder).absolute()
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), folder)
     try:
-        make_folder(folder)
-        fd, tmp = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+        fd, tmp = tempfile.mkstemp(prefix=".write-probe-", dir=existing)
         try:
             os.write(fd, b"ok\n")  # creating may succeed on a full disk where writing a byte does not
         finally:

@@ -130,17 +130,23 @@ class Split:
     info: dict = field(default_factory=dict)
 
 
+def _capped_count(unit: str, available: int, requested: int) -> tuple[int, dict]:
+    """How many training ``unit`` (concepts | images) to hold out: ``protocol.val_<unit>``, capped at 20 %, and the
+    record's note when the cap applied."""
+    if requested < 1:
+        raise ProtocolError(f"protocol.val_{unit} must be >= 1, got {requested}")
+    n_val = min(requested, max(1, math.floor(MAX_VAL_SHARE * available)))
+    if n_val == requested:
+        return n_val, {}
+    note = {f"val_{unit}_requested": requested,
+            f"val_{unit}_note": f"capped at {MAX_VAL_SHARE:.0%} of {available} training {unit}"}
+    log.warning("protocol.val_%s=%d capped to %d (%s)", unit, requested, n_val, note[f"val_{unit}_note"])
+    return n_val, note
+
+
 def choose_val_concepts(n_concepts: int, requested: int, seed: int) -> tuple[np.ndarray, dict]:
     """Held-out training concepts, the same for every run seed (so runs are comparable), capped at 20 %."""
-    if requested < 1:
-        raise ProtocolError(f"protocol.val_concepts must be >= 1, got {requested}")
-    cap = max(1, math.floor(MAX_VAL_SHARE * n_concepts))
-    n_val = min(requested, cap)
-    note = {}
-    if n_val < requested:
-        note = {"val_concepts_requested": requested,
-                "val_concepts_note": f"capped at {MAX_VAL_SHARE:.0%} of {n_concepts} training concepts"}
-        log.warning("protocol.val_concepts=%d capped to %d (%s)", requested, n_val, note["val_concepts_note"])
+    n_val, note = _capped_count("concepts", n_concepts, requested)
     if n_concepts - n_val < 2:
         raise ProtocolError(f"only {n_concepts} training concepts: too few to hold {n_val} out for validation")
     rng = np.random.default_rng(seed)
@@ -149,15 +155,7 @@ def choose_val_concepts(n_concepts: int, requested: int, seed: int) -> tuple[np.
 
 def choose_val_images(n_images: int, requested: int, seed: int) -> tuple[np.ndarray, dict]:
     """Held-out random training *images* (NICE: 740 of 16,540; their concepts stay in training), capped at 20 %."""
-    if requested < 1:
-        raise ProtocolError(f"protocol.val_images must be >= 1, got {requested}")
-    cap = max(1, math.floor(MAX_VAL_SHARE * n_images))
-    n_val = min(requested, cap)
-    note = {}
-    if n_val < requested:
-        note = {"val_images_requested": requested,
-                "val_images_note": f"capped at {MAX_VAL_SHARE:.0%} of {n_images} training images"}
-        log.warning("protocol.val_images=%d capped to %d (%s)", requested, n_val, note["val_images_note"])
+    n_val, note = _capped_count("images", n_images, requested)
     rng = np.random.default_rng(seed)
     return np.sort(rng.permutation(n_images)[:n_val]), note
 

@@ -64,6 +64,7 @@ BAD = [
     ("train.mixed_precision", "bf61", "one of auto, no, bf16, fp16; got 'bf61'. Did you mean bf16?"),
     ("train.compile", "3", "expects true/false"),
     ("train.num_threads", "0", "null or an integer >= 1; got 0"),
+    ("train.save_model", "3", "expects true/false"),
     ("eval.kway", "[1, 2]", "a list of distinct integers >= 2"),
     ("eval.kway", "[2, 2]", "a list of distinct integers >= 2"),
     ("eval.kway", "[2.5]", "a list of distinct integers >= 2"),

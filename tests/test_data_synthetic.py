@@ -11,7 +11,8 @@ from bench.cli import main
 from bench.data.channels import THINGS_63
 from bench.data.dataset import ThingsEEG
 from bench.data.features import read_meta
-from bench.data.synthetic import PRESETS, SubjectModel, _blocks, channel_directions, generate, synthetic_root
+from bench.data.synthetic import (GENERATOR_VERSION, PRESETS, SubjectModel, _blocks, channel_directions, generate,
+                                  synthetic_root)
 
 
 GENERATION_SECONDS = {}
@@ -107,11 +108,11 @@ def test_default_dataset_is_generated_once_into_the_cache(tmp_path, monkeypatch)
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
     ds = ThingsEEG.open(None, synthetic_preset="tiny")
     root = synthetic_root("tiny", 0)
-    assert ds.root == root == tmp_path / "cache" / "synthetic" / "tiny-seed0"
+    assert ds.root == root == tmp_path / "cache" / "synthetic" / f"tiny-seed0-v{GENERATOR_VERSION}"
     stamp = (root / "synthetic.json").stat().st_mtime_ns
     again = ThingsEEG.open(None, synthetic_preset="tiny", channels="occipital17")
     assert (root / "synthetic.json").stat().st_mtime_ns == stamp and again.n_chans == 17
-    assert [p.name for p in root.parent.iterdir()] == ["tiny-seed0"]  # no temporary folder left
+    assert [p.name for p in root.parent.iterdir()] == [root.name]  # no temporary folder left
 
 
 def test_full_preset_has_the_published_shapes_and_is_written_in_bounded_blocks():

@@ -565,7 +565,8 @@ def test_bench_train_cli_on_tiny_synthetic_data(tiny_root, tmp_path):
     assert rec["status"] == "completed", rec.get("error")
     m = rec["metrics"]
     # 40 test queries make top-1 a coin of a few hits; the mean rank and 2-way accuracy use every comparison
-    # seeds 0-3: mean rank 11.9-13.5 (chance 20.5), 2-way 68-72 %
+    # seeds 0-3: mean rank 13.0-14.2 (chance 20.5), 2-way 66-69 % (synthetic generator v2, CLIP-like targets;
+    # v1: 11.9-13.5, 68-72 %)
     assert m["mean_rank"] < 0.8 * (m["n_test"] + 1) / 2 and m["kway"]["2"]["top1"] > 60
     assert len(rec["extras"]["k_txt"]) == rec["timings"]["epochs_run"] == 10
     assert rec["extras"]["mcdb_active"] == [1.0] * 5 + [0.0] * 5

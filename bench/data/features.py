@@ -139,6 +139,58 @@ def load_feature_set(path: str | Path) -> FeatureSet:
     return FeatureSet(train=train, test=test, meta=train.meta)
 
 
+# --- geometry ---------------------------------------------------------------------------------------------------
+def _mean_pairwise_cosine(unit: np.ndarray) -> float:
+    # Σ_ij u_i·u_j = |Σ_i u_i|²: no n×n Gram matrix (16540² doubles for a full training partition)
+    n = len(unit)
+    return float((np.sum(unit.sum(0) ** 2) - n) / max(n * (n - 1), 1))
+
+
+def feature_geometry(features: PartitionFeatures, image_concept: np.ndarray | None = None,
+                     ks: tuple[int, ...] = (1, 5, 10, 20)) -> dict:
+    """Summary statistics of one partition's targets, to compare a feature set with real CLIP's.
+
+    Rows are L2-normalised first. ``image_concept`` maps image rows to text/centroid rows (default: row i is concept
+    i, as in a test partition). Keys: ``mean_pairwise_cosine`` and ``common_direction_norm`` (the norm of the mean
+    unit image vector, i.e. how much every image shares one direction) and ``common_direction_sd`` (spread of the
+    images' projections on that direction: what makes some gallery items close to *every* query); ``top_k_variance``
+    (share of the centred unit images' variance in the first k principal components) and ``participation_ratio``;
+    with centroids, their (unnormalised) norms and the cosines image–own centre (``matched``), image–other centres
+    (``unmatched``) and the image→centre top-1; with text, the same for image–text plus text–text mean cosine.
+    """
+    image = l2_normalize(features.image).astype(np.float64)
+    n = len(image)
+    concept = np.arange(n) if image_concept is None else np.asarray(image_concept)
+    mean = image.mean(0)
+    common = mean / max(np.linalg.norm(mean), 1e-12)
+    spectrum = np.linalg.svd(image - mean, compute_uv=False) ** 2
+    out = {"n_images": n, "dim": int(image.shape[1]),
+           "mean_pairwise_cosine": _mean_pairwise_cosine(image),
+           "common_direction_norm": float(np.linalg.norm(mean)),
+           "common_direction_sd": float(np.std(image @ common)),
+           "top_k_variance": {k: float(spectrum[:k].sum() / spectrum.sum()) for k in ks},
+           "participation_ratio": float(spectrum.sum() ** 2 / (spectrum ** 2).sum())}
+    if features.centroid is not None:
+        centroid = np.asarray(features.centroid, dtype=np.float64)
+        norms = np.linalg.norm(centroid, axis=1)
+        out.update(centre_norm_min=float(norms.min()), centre_norm_mean=float(norms.mean()),
+                   centre_norm_max=float(norms.max()))
+        out.update(_paired_cosines("image_centre", image, l2_normalize(centroid).astype(np.float64), concept))
+    if features.text is not None:
+        text = l2_normalize(features.text).astype(np.float64)
+        out.update(_paired_cosines("image_text", image, text, concept))
+        out["text_mean_pairwise_cosine"] = _mean_pairwise_cosine(text)
+    return out
+
+
+def _paired_cosines(name: str, image: np.ndarray, other: np.ndarray, concept: np.ndarray) -> dict:
+    cos = image @ other.T
+    own = np.zeros_like(cos, dtype=bool)
+    own[np.arange(len(image)), concept] = True
+    return {f"{name}_matched": float(cos[own].mean()), f"{name}_unmatched": float(cos[~own].mean()),
+            f"{name}_top1": float(np.mean(cos.argmax(1) == concept))}
+
+
 # --- the feature files users already have: ATM .pt and NICE .npy -------------------------------------------------
 #
 #   ATM   <model>_features_train.pt / _test.pt   torch.save'd dict: img_features (16540×1024 / 200×1024) and

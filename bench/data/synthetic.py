@@ -18,11 +18,24 @@ Concepts and images (shared by all subjects):
   has latent ``z = 0.6 c_k + 0.8 e``, ``e ~ N(0, I_d)``; test concepts are new concepts from the same categories, so
   decoding them is zero-shot but learnable.
 * each image of a concept has latent ``u = z + 0.5 v``, ``v ~ N(0, I_d)`` (within-concept variation).
-* image features = ``normalise(F(u))`` with ``F`` a fixed random two-layer GELU network (d → 512 → D, D = 1024 like
-  ViT-H-14); text features = ``normalise(0.6 normalise(F(z)) + 0.8 normalise(T(z)))`` with ``T`` a different random
-  tanh network of the concept latent alone: text lives near the image space (image–text cosine ≈ 0.5)
-  but carries only concept-level information. Test concept centres (NICE's gallery) average ``F`` over 12 further
-  images of the concept.
+* image features (D = 1024, like ViT-H-14) = ``normalise(a(u) g + √(1 − 0.73²) P⊥(rest))`` with ``g`` a fixed
+  unit *common direction*, ``a(u) = 0.73 (1 + 0.1 s(u))`` (``s`` a standardised random read-out of the hidden layer
+  below) and ``P⊥`` removing the components along ``g`` and the text direction ``t``. ``rest`` has three parts, in
+  shares of its mean square:
+
+  - 0.60 *structured*: ``W₂ (gelu(W₁ u + b₁) − mean)``, a fixed random two-layer network (d → 512 → D) of the
+    image latent; its spectrum decays like that of any smooth map of a 24-d latent with categories. This is the
+    part the EEG carries;
+  - 0.12 *concept-only*: a random vector per concept, shared by its images (what CLIP sees in a concept beyond the
+    latent);
+  - 0.28 *image-only*: a random vector per image, scaled per concept by ``exp(0.4 N(0, 1))`` (normalised to mean
+    square 1), so some concepts' images look alike and others vary; it is what no latent and no EEG carries.
+
+  Test concept centres (NICE's gallery) average the unit features of 12 further images of the concept.
+* text features = ``normalise(0.837 t + 0.547 q)``, one per concept, with ``t`` a unit *text direction* at cosine
+  0.245 to ``g`` and ``q = 0.55 n(P⊥(structured(z) + concept-only)) + 0.835 n(P⊥(T(z) − mean))`` (``n``:
+  normalise; ``T`` a random tanh network of the concept latent): text follows what a concept's images share, not
+  any one image, and sits in a cone of its own.
 
 EEG of subject s (63 channels at their positions in MNE's built-in ``easycap-M1`` montage, the EASYCAP system the
 data were recorded with; −0.2…1.0 s at 250 Hz, baseline-corrected, the 250 samples from 0 s kept):
@@ -42,6 +55,49 @@ data were recorded with; −0.2…1.0 s at 250 Hz, baseline-corrected, the 250 s
 
 The published files are float64; the synthetic ones are float32 (``tiny``, ``full``) or float16 (``default``, to keep
 it a few hundred MB). The loaders accept all three.
+
+Feature geometry
+----------------
+The weights above are calibrated so the features have the geometry of real CLIP (``CLIP_GEOMETRY`` below,
+:func:`bench.data.features.feature_geometry`): real CLIP ViT-L/14 image embeddings share a large common direction,
+which decides whether a regression that adds back the training mean can retrieve at all (issue 17: version 1 of this
+generator had mean pairwise cosine 0.25 and hid that). Image rows are the test images (one per test concept); the real
+figures are the 200 THINGS test images' unit ``image_embeds`` and NICE's ``center_clip.npy`` concept centres (norm of
+the mean of ≈ 12 unit image features). Principal-component shares depend on the number of images, so their real value
+is the mean over random subsets of the preset's size. Measured with seed 0 (``tests/test_synthetic_geometry.py``
+checks every preset within the stated tolerance):
+
+===================================  =======================  =========  =========  =========  ===========
+statistic                            real CLIP                tiny       default    full       tolerance
+===================================  =======================  =========  =========  =========  ===========
+image mean pairwise cosine           0.544                    0.522      0.554      0.536      ± 0.05
+common direction: |mean unit image|  0.739                    0.731      0.748      0.734      ± 0.05
+sd of the projections on it          0.062                    0.065      0.051      0.059      ± 0.02
+top-10 PC variance share             0.497 / 0.360 / 0.309 *  0.514      0.380      0.315      ± 0.08
+top-1 PC variance share              0.092 / 0.075 / 0.069 *  0.089      0.061      0.049
+participation ratio                  26.3 / 44.7 / 58.8 *     25.5       45.2       63.3
+concept-centre norm, mean            0.905                    0.898      0.915      0.907      ± 0.03
+concept-centre norm, min–max         0.74–0.98                0.71–0.96  0.81–0.96  0.74–0.97  in 0.6–0.99
+image–own centre cosine              0.890                    0.877      0.898      0.889      ± 0.03
+image–other centres cosine           0.597                    0.584      0.608      0.593      ± 0.05
+image → centre top-1                 0.98                     1.00       1.00       1.00       ≥ 0.9
+image–text cosine, matching          ≈ 0.30 †                 0.299      0.310      0.304      ± 0.05
+image–text cosine, not matching      ≈ 0.15 †                 0.156      0.154      0.151      ± 0.05
+text–text mean pairwise cosine       ≈ 0.70 †                 0.728      0.703      0.704      ± 0.08
+===================================  =======================  =========  =========  =========  ===========
+
+* at 40 / 100 / 200 images (tiny / default / full test sets); † assumed, see below.
+
+The text figures are not measured here (the real text features were not at hand). They follow CLIP's *modality gap*
+(Liang et al., "Mind the Gap", NeurIPS 2022: image and text embeddings occupy two separate narrow cones): a matching
+image–text pair has cosine ≈ 0.2–0.35 in CLIP ViT-L/14 and ViT-H-14 (logit ≈ 100 × cosine ≈ 30), far below two
+unrelated images (≈ 0.54), and prompts built from one template have mean pairwise cosine ≈ 0.6–0.8. The tests ask for
+a matching pair below the image–image mean by at least 0.15 and above the non-matching ones by at least 0.08.
+
+Version 2 kept every random draw of version 1 in order (the feature geometry draws from streams of its own), so the
+latents, names and EEG of a seed are byte-identical to version 1's; only ``features.npz`` differs. A ridge read-out
+that adds the training-feature mean back to its predictions scores near chance on these features (it did not on
+version 1's); see ``baselines/ridge.py``.
 """
 from __future__ import annotations
 
@@ -62,7 +118,7 @@ from bench.data.writer import write_nice_pickle
 from bench.io import atomic_path, atomic_write_text
 from bench.paths import cache_dir
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SFREQ = 250.0
 EPOCH_TIMES = np.arange(-50, 250) / SFREQ  # −0.2 … 0.996 s: the 300 `times` of the published 250 Hz files
 KEEP_FROM = 50  # the data keep the 250 samples from 0 s on
@@ -105,6 +161,35 @@ def get_preset(name: str) -> Preset:
 
 
 # --- concepts, images and features ----------------------------------------------------------------------------------
+#: What the feature geometry is calibrated to: :func:`bench.data.features.feature_geometry` of real CLIP ViT-L/14
+#: ``image_embeds`` of the 200 THINGS test images and NICE's concept centres (NICE-EEG's ``clip_feature_maps_test.npy``
+#: and ``center_clip.npy``; summary statistics only). Principal-component shares depend on how many images there are:
+#: ``top_k_variance`` maps a gallery size to the mean share over random subsets of that size of the 200. The text
+#: figures are assumptions about CLIP's modality gap (module docstring), not measurements.
+CLIP_GEOMETRY = {
+    "mean_pairwise_cosine": 0.544, "common_direction_norm": 0.739, "common_direction_sd": 0.062,
+    "top_k_variance": {40: {1: 0.092, 5: 0.314, 10: 0.497, 20: 0.746}, 100: {1: 0.075, 5: 0.237, 10: 0.360, 20: 0.529},
+                       200: {1: 0.069, 5: 0.208, 10: 0.309, 20: 0.445}},
+    "participation_ratio": {40: 26.3, 100: 44.7, 200: 58.8},
+    "centre_norm_min": 0.738, "centre_norm_mean": 0.905, "centre_norm_max": 0.978,
+    "image_centre_matched": 0.890, "image_centre_unmatched": 0.597, "image_centre_top1": 0.98,
+    "image_text_matched": 0.30, "image_text_unmatched": 0.15, "text_mean_pairwise_cosine": 0.70,
+}
+
+# The feature geometry (module docstring, "Feature geometry"): weights and shares of the parts of a unit image feature.
+COMMON_WEIGHT = 0.73        # the shared image direction: |mean unit image| ≈ 0.74, mean pairwise cosine ≈ 0.54
+COMMON_SPREAD = 0.10        # relative spread of that weight across images (real: projections 0.74 ± 0.06)
+STRUCTURED_SHARE = 0.60     # of the rest: a function of the image latent u (what the EEG carries)
+CONCEPT_ONLY_SHARE = 0.12   #   a random vector per concept (what its images share beyond the latent)
+IMAGE_ONLY_SHARE = 0.28     #   a random vector per image, scaled per concept (what no latent carries)
+IMAGE_ONLY_SPREAD = 0.4     # log-sd of that per-concept scale: some concepts look alike, others vary (centre norms)
+TEXT_COMMON_WEIGHT = 0.837  # the shared text direction: text–text mean cosine ≈ 0.70
+TEXT_IMAGE_COMMON = 0.245   # cosine of the text and image directions (modality gap: unmatched image–text ≈ 0.15)
+TEXT_FOLLOWS_IMAGE = 0.55   # share (as a correlation) of a text's concept part that is its images' concept part
+CENTROID_IMAGES = 12        # images averaged into a NICE-style test concept centre
+FEATURE_BLOCK = 2048        # image rows per random stream: results do not depend on memory
+
+
 class World:
     """Everything shared by the subjects: concepts, image latents, feature maps."""
 
@@ -119,29 +204,42 @@ class World:
         ipc = preset.images_per_train_concept
         self.train_u = np.repeat(self.train_z, ipc, axis=0) + 0.5 * rng.standard_normal((len(self.train_z) * ipc, d))
         self.test_u = self.test_z + 0.5 * rng.standard_normal(self.test_z.shape)
-        self.image_map = _RandomNet(rng, d, 512, preset.feature_dim, _gelu)
-        self.text_map = _RandomNet(rng, d, 512, preset.feature_dim, np.tanh)
-        centroid_u = self.test_z[:, None] + 0.5 * rng.standard_normal((len(self.test_z), 12, d))
-        self.test_centroid = self.image_features(centroid_u.reshape(-1, d)).reshape(len(self.test_z), 12, -1).mean(1)
+        image_map = _RandomNet(rng, d, 512, preset.feature_dim, _gelu)
+        text_map = _RandomNet(rng, d, 512, preset.feature_dim, np.tanh)
+        centroid_u = self.test_z[:, None] + 0.5 * rng.standard_normal((len(self.test_z), CENTROID_IMAGES, d))
         names = _concept_names(rng, n_concepts)
         self.train_names, self.test_names = names[: preset.n_train_concepts], names[preset.n_train_concepts:]
-        self.preset = preset
+        self.preset, self.seed = preset, seed
+        # Version 1's draws above are kept in order, so latents, names and EEG are those of version 1; everything the
+        # feature geometry adds comes from streams of its own.
+        self.maps = _FeatureMaps(np.random.default_rng([seed, 5]), preset, image_map, text_map, n_concepts)
+        self.train_concept = np.repeat(np.arange(preset.n_train_concepts), ipc)
+        self.test_concept = preset.n_train_concepts + np.arange(preset.n_test_concepts)
+        centroid_images = self.image_features(centroid_u.reshape(-1, d),
+                                              np.repeat(self.test_concept, CENTROID_IMAGES), stream=2)
+        self.test_centroid = centroid_images.reshape(len(self.test_z), CENTROID_IMAGES, -1).mean(1)
 
-    def image_features(self, u: np.ndarray) -> np.ndarray:
-        return l2_normalize(self.image_map(u))
+    def image_features(self, u: np.ndarray, concept: np.ndarray, stream: int) -> np.ndarray:
+        """Unit features of images with latents ``u`` of concepts ``concept``; ``stream`` names their random stream."""
+        blocks = [self.maps.image(u[i:i + FEATURE_BLOCK], concept[i:i + FEATURE_BLOCK],
+                                  np.random.default_rng([self.seed, 6, stream, i // FEATURE_BLOCK]))
+                  for i in range(0, len(u), FEATURE_BLOCK)]
+        return np.concatenate(blocks) if blocks else np.zeros((0, self.preset.feature_dim), np.float32)
 
-    def text_features(self, z: np.ndarray) -> np.ndarray:
-        return l2_normalize(0.6 * self.image_features(z) + 0.8 * l2_normalize(self.text_map(z)))
+    def partition_features(self, partition: str) -> PartitionFeatures:
+        """One partition's image and text features (and, for the test partition, the concept centres)."""
+        if partition == "train":
+            return PartitionFeatures(image=self.image_features(self.train_u, self.train_concept, stream=0),
+                                     text=self.maps.text(self.train_z, np.arange(self.preset.n_train_concepts)))
+        return PartitionFeatures(image=self.image_features(self.test_u, self.test_concept, stream=1),
+                                 text=self.maps.text(self.test_z, self.test_concept),
+                                 centroid=self.test_centroid.astype(np.float32))
 
     def feature_set(self, seed: int) -> FeatureSet:
         meta = {"model": "synthetic", "weights": f"synthetic-seed{seed}", "layer": "output",
                 "transform": "none", "prompt_template": "synthetic text map of the concept latent",
-                "preset": self.preset.name, "seed": seed}
-        return FeatureSet(
-            train=PartitionFeatures(image=self.image_features(self.train_u), text=self.text_features(self.train_z)),
-            test=PartitionFeatures(image=self.image_features(self.test_u), text=self.text_features(self.test_z),
-                                   centroid=self.test_centroid.astype(np.float32)),
-            meta=meta)
+                "preset": self.preset.name, "seed": seed, "generator_version": GENERATOR_VERSION}
+        return FeatureSet(train=self.partition_features("train"), test=self.partition_features("test"), meta=meta)
 
     def image_metadata(self) -> dict:
         ipc = self.preset.images_per_train_concept
@@ -156,6 +254,52 @@ class World:
             "test_img_concepts_THINGS": [f"{n_train + i + 1:05d}_{n}" for i, n in enumerate(self.test_names)],
             "test_img_files": [f"{n}_01s.jpg" for n in self.test_names],
         }
+
+
+class _FeatureMaps:
+    """Latents → unit image and text features with CLIP's geometry (module docstring, "Feature geometry")."""
+
+    def __init__(self, rng: np.random.Generator, preset: Preset, image_map: _RandomNet, text_map: _RandomNet,
+                 n_concepts: int):
+        dim = preset.feature_dim
+        self.image_map, self.text_map = image_map, text_map
+        self.axes = np.linalg.qr(rng.standard_normal((dim, 2)))[0].T  # the image and (with it) the text direction
+        self.common = self.axes[0]
+        self.text_common = TEXT_IMAGE_COMMON * self.axes[0] + np.sqrt(1 - TEXT_IMAGE_COMMON ** 2) * self.axes[1]
+        probe = rng.standard_normal((1024, preset.latent_dim))  # distributed as concept latents z; u = z + 0.5 v
+        hidden = self._hidden(np.sqrt(1.25) * probe)
+        self.hidden_mean = hidden.mean(0)
+        hidden -= self.hidden_mean
+        self.readout = image_map.w2 / np.sqrt(np.mean(np.sum((hidden @ image_map.w2) ** 2, axis=1)))  # unit mean square
+        common_readout = rng.standard_normal(len(self.hidden_mean))
+        self.common_readout = common_readout / np.std(hidden @ common_readout)
+        self.text_mean = text_map.act(probe @ text_map.w1 + text_map.b1).mean(0) @ text_map.w2
+        self.concept_only = self._off_axes(rng.standard_normal((n_concepts, dim)) / np.sqrt(dim))
+        spread = np.exp(IMAGE_ONLY_SPREAD * rng.standard_normal(n_concepts))
+        self.image_only_scale = spread / np.sqrt(np.mean(spread ** 2))
+
+    def _hidden(self, latent: np.ndarray) -> np.ndarray:
+        return self.image_map.act(latent @ self.image_map.w1 + self.image_map.b1)
+
+    def _off_axes(self, x: np.ndarray) -> np.ndarray:
+        return x - (x @ self.axes.T) @ self.axes
+
+    def image(self, u: np.ndarray, concept: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        hidden = self._hidden(u) - self.hidden_mean
+        image_only = rng.standard_normal((len(u), self.common.size)) / np.sqrt(self.common.size)
+        rest = (np.sqrt(STRUCTURED_SHARE) * hidden @ self.readout
+                + np.sqrt(CONCEPT_ONLY_SHARE) * self.concept_only[concept]
+                + np.sqrt(IMAGE_ONLY_SHARE) * self.image_only_scale[concept, None] * image_only)
+        weight = COMMON_WEIGHT * (1 + COMMON_SPREAD * (hidden @ self.common_readout))
+        return l2_normalize(weight[:, None] * self.common + np.sqrt(1 - COMMON_WEIGHT ** 2) * self._off_axes(rest))
+
+    def text(self, z: np.ndarray, concept: np.ndarray) -> np.ndarray:
+        shared = (np.sqrt(STRUCTURED_SHARE) * (self._hidden(z) - self.hidden_mean) @ self.readout
+                  + np.sqrt(CONCEPT_ONLY_SHARE) * self.concept_only[concept])  # what the concept's images share
+        own = self.text_map(z) - self.text_mean
+        part = (TEXT_FOLLOWS_IMAGE * l2_normalize(self._off_axes(shared))
+                + np.sqrt(1 - TEXT_FOLLOWS_IMAGE ** 2) * l2_normalize(self._off_axes(own)))
+        return l2_normalize(TEXT_COMMON_WEIGHT * self.text_common + np.sqrt(1 - TEXT_COMMON_WEIGHT ** 2) * part)
 
 
 def _gelu(x: np.ndarray) -> np.ndarray:
@@ -371,7 +515,8 @@ def generate(out: str | Path, preset: str = "default", seed: int = 0, n_subjects
 
 
 def synthetic_root(preset: str, seed: int = 0) -> Path:
-    return cache_dir() / "synthetic" / f"{preset}-seed{seed}"
+    """The cache folder of a preset/seed; it names the generator version, so no older dataset is ever reused."""
+    return cache_dir() / "synthetic" / f"{preset}-seed{seed}-v{GENERATOR_VERSION}"
 
 
 def ensure_synthetic(preset: str = "default", seed: int = 0) -> Path:
@@ -380,7 +525,7 @@ def ensure_synthetic(preset: str = "default", seed: int = 0) -> Path:
     root = synthetic_root(preset, seed)
     if (root / "synthetic.json").is_file():
         return root
-    with file_lock(cache_dir() / "locks" / f"synthetic-{preset}-seed{seed}.lock"):
+    with file_lock(cache_dir() / "locks" / f"synthetic-{root.name}.lock"):
         if not (root / "synthetic.json").is_file():
             if root.exists():
                 shutil.rmtree(root)  # not a finished dataset (no synthetic.json); this cache folder is ours
