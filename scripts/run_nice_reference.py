@@ -1,0 +1,421 @@
+"""Run a user's clone of the NICE reference code on any THINGS-EEG 250 Hz data root, and record what it scores.
+
+NICE's only training script, ``nice_stand.py`` (github.com/eeyhsong/NICE-EEG), hard-codes its machine: GPU 6, the
+authors' home-directory paths, CUDA tensors, an unseeded seed, 200 test concepts, 740 validation images and 768-d
+CLIP ViT-L/14 features. This script runs that file *as it is* (its model, loss, per-sample DataLoader, validation
+and test) after patching exactly those values in memory: the clone is never edited and no modified copy is written.
+Each patch is a regular expression on the source text that must match the number of times it does in the
+reference (commit a7709d8); if the clone's code no longer has that shape the run is refused, naming the pattern.
+
+    python scripts/run_nice_reference.py --clone ~/NICE-EEG --data-root /work/data --subject 1 --epochs 40 \\
+        --seed 0 --out results/fidelity [--batch-size 64] [--val-images N] [--threads 1]
+    # a real data root: point at NICE's own feature folder (clip_feature_maps_*.npy, center_clip.npy)
+    python scripts/run_nice_reference.py --clone ~/NICE-EEG --data-root /data/things-eeg \\
+        --features-dir ~/NICE-EEG/dnn_feature --subject 1 --epochs 200 --seed 0 --out results/fidelity
+
+Without ``--features-dir`` the data root's feature file (our ``features.npz``, as ``bench synth`` writes; or
+``--features FILE`` in any format ``bench`` reads) is written into a work folder in NICE's layouts: training
+(N, 1, D), test (n_test, 1, D) and concept centres (n_test, D), which NICE scores with ``100·ê·c`` (unnormalised
+centres). The reference then runs in a child process on the CPU (``CUDA_VISIBLE_DEVICES=""``), in the work folder,
+so its relative ``./model/`` checkpoints and its open log file stay there. Its test line in
+``log_subject<N>.txt`` is parsed into ``<out>/nice-reference_sub-XX_seed-S_epochs-E.json``
+(top-1/3/5 in %, wall time, reference commit, data fingerprint); the log is copied beside it.
+
+The reference needs what it imports (``einops`` and ``pandas`` besides torch and numpy); a missing one is named
+before anything runs.
+See docs/fidelity.md for the measured comparison with ``bench run --method nice``.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import gc
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+REFERENCE_FILE = "nice_stand.py"
+TESTED_COMMIT = "a7709d8"  # eeyhsong/NICE-EEG commit whose code shapes the patches below were written against
+DNN = "clip"  # nice_stand.py --dnn default: file names clip_feature_maps_{training,test}.npy and center_clip.npy
+PAPER_TRAIN_IMAGES, PAPER_VAL_IMAGES = 16540, 740
+RESULT_LINE = re.compile(r"The test Top1-([0-9.]+), Top3-([0-9.]+), Top5-([0-9.]+)")
+CUDA_SEEDING = re.compile(r"torch\.cuda\.manual_seed(_all)?\(")  # harmless without a GPU: left as they are
+BEST_EPOCH_LINE = re.compile(r"The best epoch is: (\d+)")
+FULL_HASH_LIMIT = 512 * 2**20  # files above this are fingerprinted by size and their first and last MiB
+
+
+class RefusedRun(RuntimeError):
+    """A refused run: the clone, the data root or the reference's output is not what this script expects."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The values the patched reference runs with (paths end with '/' because nice_stand.py concatenates)."""
+
+    subject: int
+    eeg_dir: str
+    feature_dir: str
+    result_dir: str
+    n_test: int
+    n_val: int
+    dim: int
+
+
+@dataclass(frozen=True)
+class Patch:
+    name: str
+    pattern: str  # a regular expression on the source text (re.MULTILINE); its match is replaced whole
+    replacement: str  # literal text, one line at most: line numbers in tracebacks stay the clone's
+    count: int | None = 1  # matches expected in the reference; None = at least one
+
+
+def reference_patches(plan: Plan) -> list[Patch]:
+    """What nice_stand.py hard-codes for the authors' machine, and what it becomes for this run."""
+    return [
+        # CUDA_VISIBLE_DEVICES is set from this list at import, and DataParallel gets one device per entry
+        Patch("GPU list `gpus = [...]`", r"^gpus = \[[^\]\n]*\]", "gpus = []"),
+        Patch("result path `result_path = ...`", r"^result_path = .*$", f"result_path = {plan.result_dir!r}"),
+        Patch("EEG path `self.eeg_data_path = ...`", r"self\.eeg_data_path = .*$",
+              f"self.eeg_data_path = {plan.eeg_dir!r}"),
+        Patch("feature path `self.img_data_path = ...`", r"self\.img_data_path = .*$",
+              f"self.img_data_path = {plan.feature_dir!r}"),
+        Patch("centre path `self.test_center_path = ...`", r"self\.test_center_path = .*$",
+              f"self.test_center_path = {plan.feature_dir!r}"),
+        Patch("CUDA float type `torch.cuda.FloatTensor`", r"torch\.cuda\.FloatTensor", "torch.FloatTensor"),
+        Patch("CUDA long type `torch.cuda.LongTensor`", r"torch\.cuda\.LongTensor", "torch.LongTensor"),
+        Patch("`.cuda()` calls", r"\.cuda\(\)", "", count=None),
+        # NICE draws its seed from the unseeded global RNG; the given --seed is used as the seed itself
+        Patch("unseeded seed `np.random.randint(args.seed)`", r"np\.random\.randint\(args\.seed\)", "args.seed"),
+        Patch("subject loop `for i in range(num_sub):`", r"for i in range\(num_sub\):",
+              f"for i in [{plan.subject - 1}]:"),
+        Patch("200 test labels `np.arange(200)`", r"test_label = np\.arange\(200\)",
+              f"test_label = np.arange({plan.n_test})"),
+        Patch("740 validation images `[:740]`", r"\[:740\]", f"[:{plan.n_val}]", count=2),
+        Patch("740 validation images `[740:]`", r"\[740:\]", f"[{plan.n_val}:]", count=2),
+        # the projectors default to CLIP ViT-L/14's 768 dimensions; a no-op at D = 768
+        Patch("EEG projector `Proj_eeg()`", r"Proj_eeg\(\)", f"Proj_eeg(proj_dim={plan.dim})"),
+        Patch("image projector `Proj_img()`", r"Proj_img\(\)",
+              f"Proj_img(embedding_dim={plan.dim}, proj_dim={plan.dim})"),
+    ]
+
+
+def apply_patches(source: str, patches: list[Patch], filename: str) -> str:
+    """``source`` with every patch applied; refuses if a pattern matches another number of times than expected."""
+    for patch in patches:
+        source, n = re.subn(patch.pattern, lambda _m, text=patch.replacement: text, source, flags=re.MULTILINE)
+        if (patch.count is None and n == 0) or (patch.count is not None and n != patch.count):
+            expected = "at least once" if patch.count is None else f"{patch.count} time(s)"
+            raise RefusedRun(
+                f"{filename}: the {patch.name} pattern {patch.pattern!r} matched {n} time(s), expected {expected}; "
+                f"this clone's code no longer has the shape this script patches (written against NICE-EEG "
+                f"{TESTED_COMMIT}), so it is not run")
+    return source
+
+
+def patched_reference(clone: Path, plan: Plan) -> tuple[Path, str]:
+    """(path of nice_stand.py, its patched source); the file itself is only read."""
+    path = clone / REFERENCE_FILE
+    if not path.is_file():
+        raise RefusedRun(f"{clone}: no {REFERENCE_FILE}; --clone must be a clone of github.com/eeyhsong/NICE-EEG")
+    source = path.read_text()
+    patched = apply_patches(source, reference_patches(plan), str(path))
+    if patched.count("\n") != source.count("\n"):  # a replacement spanning lines would shift every traceback
+        raise RefusedRun(f"{path}: patching changed the number of lines; refusing to run a misaligned copy")
+    leftover = [f"line {i}: {line.strip()}" for i, line in enumerate(patched.splitlines(), 1)
+                if "cuda" in CUDA_SEEDING.sub("", line.split("#")[0])]
+    if leftover:  # a device use the patches do not know (e.g. .to('cuda')) would fail or leave the CPU
+        raise RefusedRun(f"{path}: CUDA use left after patching, which this script does not know how to move to the "
+                         f"CPU: {'; '.join(leftover)}")
+    return path, patched
+
+
+# --- the data root and the feature files the reference reads ---------------------------------------------------------
+def subject_eeg_files(data_root: Path, subject: int) -> tuple[Path, list[Path]]:
+    """(the folder nice_stand.py reads as eeg_data_path, the subject's two files), checked to exist."""
+    eeg_dir = data_root / "Preprocessed_data_250Hz"
+    folder = eeg_dir / f"sub-{subject:02d}"
+    files = [folder / "preprocessed_eeg_training.npy", folder / "preprocessed_eeg_test.npy"]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise RefusedRun(f"{data_root}: not a THINGS-EEG 250 Hz data root for subject {subject}; missing "
+                         f"{', '.join(missing)} (layout: Preprocessed_data_250Hz/sub-XX/preprocessed_eeg_"
+                         f"{{training,test}}.npy)")
+    return eeg_dir, files
+
+
+def nice_feature_files(folder: Path) -> list[Path]:
+    return [folder / f"{DNN}_feature_maps_training.npy", folder / f"{DNN}_feature_maps_test.npy",
+            folder / f"center_{DNN}.npy"]
+
+
+def write_nice_features(features: Path, out_dir: Path) -> list[Path]:
+    """Our feature file (or any format bench reads) in NICE's layouts: (N, 1, D), (n_test, 1, D), centres (n, D)."""
+    from bench.data.features import load_partition_any
+
+    train, test = load_partition_any(features, "train"), load_partition_any(features, "test")
+    if test.centroid is None:
+        raise RefusedRun(f"{features}: no test concept centres (test_centroid); NICE scores against concept centres, "
+                         f"so it cannot be run on this feature file")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = nice_feature_files(out_dir)
+    for path, array in zip(files, (train.image[:, None, :], test.image[:, None, :], test.centroid)):
+        np.save(path, np.ascontiguousarray(array, dtype=np.float32))
+    return files
+
+
+def feature_shapes(files: list[Path]) -> tuple[int, int, int]:
+    """(training rows, test rows, dim) of NICE's three files, from their headers; refuses inconsistent files."""
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise RefusedRun(f"NICE feature files missing: {', '.join(missing)}")
+    train, test, centre = (np.load(f, mmap_mode="r").shape for f in files)
+    if len(train) != 3 or len(test) != 3 or train[1] != 1 or test[1] != 1 or len(centre) != 2:
+        raise RefusedRun(f"{files[0].parent}: expected training (N, 1, D), test (n, 1, D) and centres (n, D); found "
+                         f"{train}, {test} and {centre}")
+    if not train[2] == test[2] == centre[1] or test[0] != centre[0]:
+        raise RefusedRun(f"{files[0].parent}: training {train}, test {test} and centres {centre} disagree in "
+                         f"dimension or test concepts")
+    return train[0], test[0], train[2]
+
+
+def validation_images(n_train: int, requested: int | None) -> int:
+    """NICE holds out 740 of 16,540 training images; on another size, the same fraction unless --val-images says."""
+    if requested is not None:
+        n_val = requested
+    elif n_train == PAPER_TRAIN_IMAGES:
+        n_val = PAPER_VAL_IMAGES
+    else:
+        n_val = max(1, round(n_train * PAPER_VAL_IMAGES / PAPER_TRAIN_IMAGES))
+    if not 1 <= n_val < n_train:
+        raise RefusedRun(f"--val-images {n_val}: must be at least 1 and below the {n_train} training images")
+    return n_val
+
+
+def fingerprint(files: list[Path]) -> dict[str, str]:
+    """sha256 per file: whole below 512 MiB, else of its size and first and last MiB (marked 'sampled:')."""
+    out = {}
+    for path in files:
+        digest, size = hashlib.sha256(), path.stat().st_size
+        with open(path, "rb") as fh:
+            if size <= FULL_HASH_LIMIT:
+                for block in iter(lambda: fh.read(2**22), b""):
+                    digest.update(block)
+                out[f"{path.parent.name}/{path.name}"] = digest.hexdigest()
+            else:
+                digest.update(str(size).encode())
+                digest.update(fh.read(2**20))
+                fh.seek(size - 2**20)
+                digest.update(fh.read(2**20))
+                out[f"{path.parent.name}/{path.name}"] = "sampled:" + digest.hexdigest()
+    return out
+
+
+# --- the run: a child process executes the patched source, the parent reads the reference's log -------------------
+def load_reference_module(clone: Path, plan: Plan) -> types.ModuleType:
+    """The patched nice_stand.py executed as module ``nice_stand`` (its module level sets CUDA_VISIBLE_DEVICES)."""
+    path, source = patched_reference(clone, plan)
+    sys.path.insert(0, str(path.parent))  # as `python nice_stand.py` in the clone would see it
+    module = types.ModuleType("nice_stand")  # not "__main__": its own `if __name__` block stays idle
+    module.__file__ = str(path)
+    sys.modules["nice_stand"] = module
+    exec(compile(source, str(path), "exec"), module.__dict__)  # tracebacks show the clone's file and lines
+    return module
+
+
+def run_child(spec_file: str) -> int:
+    """Child side: compile the patched nice_stand.py in memory, run its main() and time it (cwd = the work folder)."""
+    spec = json.loads(Path(spec_file).read_text())
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    module = load_reference_module(Path(spec["clone"]), Plan(**spec["plan"]))
+    sys.argv = [module.__file__, *spec["argv"]]
+    start, cpu = time.perf_counter(), time.process_time()
+    module.main()
+    gc.collect()  # IE never closes its log file; collecting the instance flushes it before the parent reads it
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu  # CPU time: comparable on a loaded machine
+    Path(spec["child_result"]).write_text(json.dumps({"wall_s": wall, "cpu_s": cpu, "torch": torch.__version__,
+                                                      "threads": torch.get_num_threads()}))
+    return 0
+
+
+def check_requirements(clone: Path, source: str) -> None:
+    """Every module the reference imports (read from its import statements) is importable here, or refuse."""
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    local = {n for n in names if (clone / f"{n}.py").is_file() or (clone / n).is_dir()}  # the clone's own modules
+    missing = sorted(n for n in names - local
+                     if n not in sys.stdlib_module_names and importlib.util.find_spec(n) is None)
+    if missing:
+        raise RefusedRun(f"{clone / REFERENCE_FILE} imports {', '.join(missing)}, not installed for {sys.executable} "
+                         f"(pip install {' '.join(missing)}; NICE's code needs nothing else)")
+
+
+def launch(spec: dict, work: Path, threads: int, quiet: bool) -> dict:
+    """Run the child in ``work`` on the CPU; its stdout goes to work/stdout.txt (and here unless quiet)."""
+    spec_file = work / "spec.json"
+    spec_file.write_text(json.dumps(spec, indent=1))
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    start = time.perf_counter()
+    with open(work / "stdout.txt", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-u", str(Path(__file__).resolve()), "--child", str(spec_file)],
+                                cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            log.write(line)
+            if not quiet:
+                print(line, end="", flush=True)
+        code = proc.wait()
+    if code != 0:
+        tail = (work / "stdout.txt").read_text().splitlines()[-15:]
+        raise RefusedRun(f"the reference exited with status {code}; its last lines:\n" + "\n".join(tail))
+    child = json.loads(Path(spec["child_result"]).read_text())
+    return {**child, "process_wall_s": time.perf_counter() - start}
+
+
+def read_reference_log(log: Path) -> dict:
+    """NICE's final 'The test Top1-…, Top3-…, Top5-…' line (fractions) as percentages, and its best-val epoch."""
+    if not log.is_file():
+        raise RefusedRun(f"the reference wrote no {log}")
+    text = log.read_text()
+    hits, best = RESULT_LINE.findall(text), BEST_EPOCH_LINE.findall(text)
+    if not hits:
+        raise RefusedRun(f"{log}: no 'The test Top1-…, Top3-…, Top5-…' line; the run did not finish its test")
+    top1, top3, top5 = (round(100 * float(v), 4) for v in hits[-1])
+    return {"top1": top1, "top3": top3, "top5": top5, "best_val_epoch": int(best[-1]) if best else None,
+            "epochs_logged": len(re.findall(r"^Epoch \d+:", text, flags=re.MULTILINE))}
+
+
+def git_commit(clone: Path) -> tuple[str | None, bool | None]:
+    """(HEAD commit, whether nice_stand.py differs from it) of the clone; (None, None) if it is not a git checkout."""
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(clone), *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")  # a plain folder inside another repository is not a clone
+    commit = git("rev-parse", "HEAD") if top and Path(top).resolve() == clone.resolve() else None
+    status = git("status", "--porcelain", "--", REFERENCE_FILE) if commit else None
+    return commit, (bool(status) if status is not None else None)
+
+
+def prepare(args: argparse.Namespace, work: Path) -> tuple[Plan, list[Path], list[Path]]:
+    """The plan (paths, sizes) for this run, the subject's EEG files and the NICE feature files it will read."""
+    data_root = Path(args.data_root).expanduser().resolve()
+    eeg_dir, eeg_files = subject_eeg_files(data_root, args.subject)
+    if args.features_dir:
+        feature_dir = Path(args.features_dir).expanduser().resolve()
+        files = nice_feature_files(feature_dir)
+    else:
+        from bench.data.features import find_feature_file
+
+        source = Path(args.features).expanduser() if args.features else find_feature_file([data_root])
+        if source is None:
+            raise RefusedRun(f"{data_root}: no feature file found; pass --features FILE or --features-dir DIR")
+        feature_dir = work / "dnn_feature"
+        files = write_nice_features(source, feature_dir)
+    n_train, n_test, dim = feature_shapes(files)
+    plan = Plan(subject=args.subject, eeg_dir=f"{eeg_dir}/", feature_dir=f"{feature_dir}/",
+                result_dir=f"{work / 'results'}/", n_test=n_test, n_val=validation_images(n_train, args.val_images),
+                dim=dim)
+    return plan, eeg_files, files
+
+
+def run_reference(args: argparse.Namespace, work: Path) -> dict:
+    """Prepare, patch (refusing before any training if a pattern is gone), run, and collect one result record."""
+    clone = Path(args.clone).expanduser().resolve()
+    plan, eeg_files, feature_files = prepare(args, work)
+    check_requirements(clone, patched_reference(clone, plan)[1])  # fail here, not in the child
+    for sub in ("model", "results"):  # nice_stand.py saves to ./model/ and opens its log in result_path
+        (work / sub).mkdir(exist_ok=True)
+    argv = ["--epoch", str(args.epochs), "--batch-size", str(args.batch_size), "--seed", str(args.seed)]
+    spec = {"clone": str(clone), "plan": asdict(plan), "argv": argv, "threads": args.threads,
+            "child_result": str(work / "child.json")}
+    load_before = os.getloadavg()
+    timing = launch(spec, work, args.threads, args.quiet)
+    scores = read_reference_log(work / "results" / f"log_subject{args.subject}.txt")
+    commit, dirty = git_commit(clone)
+    return {
+        "reference": "eeyhsong/NICE-EEG nice_stand.py", "reference_commit": commit, "reference_dirty": dirty,
+        "reference_sha256": hashlib.sha256((clone / REFERENCE_FILE).read_bytes()).hexdigest(),
+        "subject": args.subject, "epochs": args.epochs, "seed": args.seed, "batch_size": args.batch_size,
+        **scores, "units": "percent", "wall_s": round(timing["wall_s"], 2), "cpu_s": round(timing["cpu_s"], 2),
+        "process_wall_s": round(timing["process_wall_s"], 2), "threads": timing["threads"], "device": "cpu",
+        "torch": timing["torch"], "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "data_root": str(Path(args.data_root).expanduser().resolve()),
+        "features": str(Path(args.features_dir or args.features or plan.feature_dir)),
+        "n_train_images": feature_shapes(feature_files)[0], "val_images": plan.n_val, "n_test": plan.n_test,
+        "feature_dim": plan.dim, "data_fingerprint": fingerprint(eeg_files + feature_files),
+        "patches": [p.name for p in reference_patches(plan)], "command": sys.argv,
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--clone", required=True, help="a clone of github.com/eeyhsong/NICE-EEG (only read)")
+    p.add_argument("--data-root", required=True, help="THINGS-EEG 250 Hz data root (Preprocessed_data_250Hz/...)")
+    p.add_argument("--subject", type=int, required=True)
+    p.add_argument("--epochs", type=int, default=200, help="nice_stand.py --epoch (its default: 200)")
+    p.add_argument("--seed", type=int, default=0, help="the seed itself (NICE draws one from an unseeded RNG)")
+    p.add_argument("--out", required=True, help="folder for the JSON result and the reference's log")
+    p.add_argument("--batch-size", type=int, default=1000, help="nice_stand.py --batch-size (its default: 1000)")
+    features = p.add_mutually_exclusive_group()
+    features.add_argument("--features", help="feature file to convert (default: the data root's features.npz)")
+    features.add_argument("--features-dir", help="a folder that already holds NICE's clip_feature_maps_training.npy, "
+                                                 "clip_feature_maps_test.npy and center_clip.npy (used as they are)")
+    p.add_argument("--val-images", type=int, help="validation images held out (NICE: 740 of 16,540; default: 740 "
+                                                  "on that size, else the same fraction of the training images)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads in the reference run (default 1)")
+    p.add_argument("--work-dir", help="keep the work folder here (default: a temporary folder, removed on success)")
+    p.add_argument("--quiet", action="store_true", help="do not echo the reference's output")
+    args = p.parse_args(argv)
+    if args.subject < 1 or args.epochs < 1 or args.batch_size < 1 or args.threads < 1:
+        p.error("--subject, --epochs, --batch-size and --threads must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        return run_child(argv[1])
+    args = parse_args(argv)
+    work = Path(args.work_dir).resolve() if args.work_dir else Path(tempfile.mkdtemp(prefix="nice-reference-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        record = run_reference(args, work)
+    except RefusedRun as exc:
+        print(f"error: {exc}\n(work folder kept: {work})", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"nice-reference_sub-{args.subject:02d}_seed-{args.seed}_epochs-{args.epochs}"
+    shutil.copyfile(work / "results" / f"log_subject{args.subject}.txt", out / f"{stem}.log")
+    (out / f"{stem}.json").write_text(json.dumps(record, indent=1) + "\n")
+    print(f"reference top-1 {record['top1']:.2f} %, top-5 {record['top5']:.2f} %, {record['wall_s']:.1f} s -> "
+          f"{out / (stem + '.json')}")
+    if not args.work_dir:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
