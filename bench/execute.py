@@ -140,10 +140,9 @@ def resumable(spec: RunSpec, store: RunStore, code: CodeFingerprint) -> bool:
     """Whether the run may resume from its checkpoint: unless a completed record of this code exists (``--force``
     then recomputes from scratch; a checkpoint kept by ``train.keep_checkpoint`` is no shortcut)."""
     try:
-        done = store.read(spec.spec_hash)
+        return not store.is_current(spec, code.digest)
     except UserError:  # an unreadable record is recomputed; it says nothing about the checkpoint
         return True
-    return done is None or done.status != COMPLETED or done.code_fingerprint != code.digest or bool(done.corrupt)
 
 
 def execute_spec(spec: RunSpec, ds, store: RunStore, progress: bool = True, on_epoch=None) -> RunRecord:

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.records import COMPLETED, RunRecord, RunSpec, RunStore
+from bench.records import RunRecord, RunSpec, RunStore
 
 DONE, REUSED, FAILED, BUSY = "done", "reused", "failed", "busy"
 LOG_TAIL_LINES = 20
@@ -189,8 +189,7 @@ def settle_lost_trial(spec: RunSpec, store: RunStore, death: Death, code_digest:
             if not holder.ours():  # another `bench run` took the spec after our trial died: it is computing it
                 return Outcome(BUSY, str(holder))
             # else a leftover child of our own dead trial keeps the lock open: the spec is still ours to record
-        done = store.read(spec.spec_hash)
-        if done is not None and done.status == COMPLETED and not done.corrupt and done.code_fingerprint == code_digest:
+        if code_digest is not None and store.is_current(spec, code_digest):
             return Outcome(DONE)  # the record was written before the process died
         store.write(death_record(spec, death, code_digest))
         return Outcome(FAILED, death.message)
