@@ -47,7 +47,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from baselines.contrastive import ContrastiveBaseline
+from bench.baselines.contrastive import ContrastiveBaseline
 from bench.losses import LOG_INV_007
 from bench.losses import clip_loss
 from bench.method import Batch, DataInfo, LossOutput, TrainState

@@ -23,7 +23,7 @@ Deviations from the reference code:
 """
 from __future__ import annotations
 
-from baselines.contrastive import ContrastiveBaseline
+from bench.baselines.contrastive import ContrastiveBaseline
 from bench.losses import LOG_INV_007
 from bench.registry import register_method
 

@@ -37,7 +37,7 @@ Deviations from the reference code:
 """
 from __future__ import annotations
 
-from baselines.contrastive import ContrastiveBaseline
+from bench.baselines.contrastive import ContrastiveBaseline
 from bench.losses import LOG_INV_007
 from bench.encoders.tsconv import NICE_CITATION
 from bench.registry import register_method

@@ -1,5 +1,48 @@
-"""ThingsBench: a benchmark harness for zero-shot EEG-to-image decoding on THINGS-EEG."""
-__version__ = "0.1.0"
+"""ThingsBench: a benchmark harness for zero-shot EEG-to-image decoding on THINGS-EEG.
+
+Everything installs under this one import name: the repository's top-level ``baselines/``, ``methods/`` and
+``configs/`` folders are ``bench.baselines``, ``bench.methods`` and ``bench/configs`` in the wheel (see
+``[tool.setuptools]`` in pyproject.toml), so nothing generic like ``methods`` lands in site-packages. In a source
+checkout those folders stay beside ``bench/``; :class:`_CheckoutFinder` gives them the same import names.
+"""
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import sys
+from pathlib import Path
+
+__version__ = "0.2.0"
+
+_HERE = Path(__file__).resolve().parent
+#: the source checkout this package runs from, or None when it is installed (from a wheel)
+CHECKOUT: Path | None = _HERE.parent if (_HERE.parent / "baselines" / "__init__.py").is_file() \
+    and not (_HERE / "baselines").is_dir() else None
+#: import names of the repository's top-level packages
+MAPPED_PACKAGES = {"bench.baselines": "baselines", "bench.methods": "methods"}
+
+
+def resource_dir(name: str) -> Path:
+    """A data folder that ships with the package (``configs``): ``bench/<name>`` installed, ``<checkout>/<name>``
+    in a source checkout."""
+    return (CHECKOUT / name) if CHECKOUT is not None else _HERE / name
+
+
+class _CheckoutFinder(importlib.abc.MetaPathFinder):
+    """Finds ``bench.baselines`` and ``bench.methods`` at the top of a source checkout (their sub-modules then
+    resolve through the package's ``__path__`` as usual)."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        folder = MAPPED_PACKAGES.get(fullname)
+        if folder is None or CHECKOUT is None:
+            return None
+        init = CHECKOUT / folder / "__init__.py"
+        return importlib.util.spec_from_file_location(fullname, init,
+                                                      submodule_search_locations=[str(init.parent)])
+
+
+if CHECKOUT is not None and not any(isinstance(f, _CheckoutFinder) for f in sys.meta_path):
+    sys.meta_path.insert(0, _CheckoutFinder())
 
 
 def __getattr__(name: str):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 #: modules whose source belongs to a method (besides plugin files)
-METHOD_PACKAGES = ("baselines", "methods", "bench.encoders", "bench.losses")
+METHOD_PACKAGES = ("bench.baselines", "bench.methods", "bench.encoders", "bench.losses")
 PLUGIN_PREFIX = "bench_plugin_"
 
 

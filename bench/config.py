@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
+from bench import resource_dir
 from bench.config_rules import check
 from bench.errors import ConfigError, UserError
 
@@ -48,8 +49,9 @@ MULTI_TYPE_KEYS = frozenset({"data.channels", "eval.kway"})
 
 
 def config_dir() -> Path:
-    """Where ``defaults.yaml`` lives (``BENCH_CONFIG_DIR`` overrides the repository's ``configs``)."""
-    return Path(os.environ.get("BENCH_CONFIG_DIR") or Path(__file__).resolve().parent.parent / "configs")
+    """Where ``defaults.yaml`` lives: ``BENCH_CONFIG_DIR``, else the ``configs`` shipped with the package (the
+    repository's ``configs/`` in a checkout)."""
+    return Path(os.environ["BENCH_CONFIG_DIR"]) if os.environ.get("BENCH_CONFIG_DIR") else resource_dir("configs")
 
 
 def load_yaml(path: str | Path) -> dict:

@@ -14,13 +14,17 @@ from typing import Iterator
 
 import torch
 
+from bench import CHECKOUT, __version__
 from bench.doctor import package_versions
 
 
 @functools.lru_cache(maxsize=1)
 def git_state() -> dict:
-    """Commit and dirty flag of the checkout this code runs from (None outside a git checkout)."""
-    repo = Path(__file__).resolve().parent.parent
+    """Commit and dirty flag of the checkout this code runs from (None when installed from a wheel, even inside
+    someone else's git repository, or outside a git checkout)."""
+    if CHECKOUT is None:
+        return {"git_commit": None, "git_dirty": None}
+    repo = CHECKOUT
 
     def git(*args: str) -> str | None:
         try:
@@ -70,7 +74,7 @@ def collect(device: str, data_fingerprint: str, num_processes: int = 1, mixed_pr
     """``command``: what the user ran (default: the driver's command when inside a trial, else this process's);
     ``preprocessing``: the data root's preprocessing sidecar (``ThingsEEG.preprocessing``), None when it has none;
     ``dataset``: the opened dataset, for the ``data`` block (None when none was opened)."""
-    return {**git_state(), "packages": package_versions(), "device": device_description(device),
+    return {"bench_version": __version__, **git_state(), "packages": package_versions(), "device": device_description(device),
             "num_processes": num_processes, "mixed_precision": mixed_precision, "data_fingerprint": data_fingerprint,
             "python": platform.python_version(), "host": socket.gethostname(),
             "command": command or _driver_command or command_line(),

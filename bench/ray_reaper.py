@@ -28,6 +28,7 @@ from pathlib import Path
 POLL_S = 1.0        # how often the parent is checked when the pipe is quiet
 QUIET_SCANS = 3     # consecutive scans that find nothing before the reaper stops
 GIVE_UP_S = 30.0    # a process that survives SIGKILL this long is not ours to wait for
+DRIVER_EXIT_S = 10.0  # how long a driver that closed the pipe may take to exit before the reaper goes on
 
 
 def session_started_after(session: Path, since: float) -> bool:
@@ -68,12 +69,13 @@ def in_group(pid: str, pgid: int | None) -> bool:
         return False
 
 
-def reap(sessions: list[Path], pgid: int | None = None) -> int:
-    """SIGKILL every process of these sessions (see the module's docstring) until a few scans find none."""
+def reap(sessions: list[Path], pgid: int | None = None, spare: int | None = None) -> int:
+    """SIGKILL every process of these sessions (see the module's docstring) until a few scans find none; never
+    ``spare`` (the driver: still finishing its exit, it has the session's files open and is in its own group)."""
     logs, folders = [f"{s}/logs/" for s in sessions], [f"{s}/" for s in sessions]
-    killed, quiet, deadline, me = 0, 0, time.time() + GIVE_UP_S, str(os.getpid())
+    killed, quiet, deadline, exempt = 0, 0, time.time() + GIVE_UP_S, {str(os.getpid()), str(spare)}
     while logs and quiet < QUIET_SCANS and time.time() < deadline:
-        victims = [p for p in os.listdir("/proc") if p.isdigit() and p != me and (
+        victims = [p for p in os.listdir("/proc") if p.isdigit() and p not in exempt and (
             opens_under(p, logs, fds=(1, 2)) or (in_group(p, pgid) and opens_under(p, folders)))]
         for pid in victims:
             try:
@@ -103,6 +105,20 @@ def wait_for_driver(driver: int) -> set[str]:
         told |= {line[8:].decode() for line in lines if line.startswith(b"session ")}
 
 
+def wait_until_gone(pid: int, timeout_s: float = DRIVER_EXIT_S) -> None:
+    """The pipe closes while the driver's interpreter is still shutting down (the end of `bench run`): let it end,
+    so that Ray's own shutdown runs first and the reaper only collects what is left."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] == "Z":  # exited, not yet collected by its parent
+                    return
+        except OSError:
+            return
+        time.sleep(0.05)
+
+
 def main(argv: list[str]) -> int:
     driver, temp_root, since = int(argv[1]), argv[2], time.time()
     try:
@@ -112,7 +128,8 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the user's Ctrl-C is for the driver, which shuts Ray down itself
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     told = wait_for_driver(driver)
-    reap(owned_sessions(told, temp_root, driver, since), pgid)
+    wait_until_gone(driver)
+    reap(owned_sessions(told, temp_root, driver, since), pgid, spare=driver)
     return 0
 
 

@@ -211,7 +211,7 @@ def loaded_plugins() -> list[str]:
 
 # --- the five registries and their timm-style functions -----------------------------------------------------------
 # built-in methods come from the package folders, third-party ones from the entry-point group
-METHODS = Registry("method", group="bench.methods", builtin_packages=("baselines", "methods"))
+METHODS = Registry("method", group="bench.methods", builtin_packages=("bench.baselines", "bench.methods"))
 ENCODERS = Registry("encoder", group="bench.encoders", builtin_modules=("bench.encoders",))
 FEATURES = Registry("feature extractor", group="bench.features", builtin_modules=("bench.extract",))
 DATASETS = Registry("dataset", group="bench.datasets", builtin_modules=("bench.data.dataset",))

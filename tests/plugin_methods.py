@@ -5,7 +5,7 @@ import time
 import torch
 from torch import nn
 
-from baselines.ridge import Ridge
+from bench.baselines.ridge import Ridge
 from bench.losses import clip_loss
 from bench.method import LossOutput, Method
 from bench.registry import register_method

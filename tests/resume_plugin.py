@@ -11,7 +11,7 @@ import os
 import signal
 from pathlib import Path
 
-from baselines.nice import NICE
+from bench.baselines.nice import NICE
 from bench.registry import register_method
 
 

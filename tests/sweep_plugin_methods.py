@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from baselines.ridge import Ridge
+from bench.baselines.ridge import Ridge
 from bench.registry import register_method
 
 

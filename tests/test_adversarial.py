@@ -67,7 +67,7 @@ def test_adversaries_through_bench_run_on_ray(ray_session, tiny_root, tmp_path):
 
 
 PLUGIN_SOURCE = '''
-from baselines.ridge import Ridge
+from bench.baselines.ridge import Ridge
 from bench.registry import register_method
 
 

@@ -65,7 +65,7 @@ def one_thread():
 
 def methods_under_test():
     return sorted(n for n in METHODS.names()
-                  if METHODS.get(n).obj.__module__.startswith(("baselines.", "methods."))
+                  if METHODS.get(n).obj.__module__.startswith(("bench.baselines.", "bench.methods."))
                   and not METHODS.get(n).obj.closed_form)
 
 

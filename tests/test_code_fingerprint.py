@@ -16,11 +16,11 @@ def modules_of(method: str) -> set[str]:
 
 def test_covers_the_method_its_bases_losses_and_the_encoders_its_config_names():
     nice = modules_of("nice")
-    assert {"baselines.nice", "baselines.contrastive", "bench.losses", "bench.encoders.tsconv"} <= nice
+    assert {"bench.baselines.nice", "bench.baselines.contrastive", "bench.losses", "bench.encoders.tsconv"} <= nice
     assert "bench.encoders.atms" not in nice and "bench.train" not in nice  # harness code: by scoring version
-    assert {"baselines.atm", "bench.encoders.atms"} <= modules_of("atm")
+    assert {"bench.baselines.atm", "bench.encoders.atms"} <= modules_of("atm")
     mcdb = modules_of("mcdb")
-    assert {"methods.mcdb.model", "methods.mcdb.balance", "methods.mcdb.adapters", "bench.encoders.tsconv"} <= mcdb
+    assert {"bench.methods.mcdb.model", "bench.methods.mcdb.balance", "bench.methods.mcdb.adapters", "bench.encoders.tsconv"} <= mcdb
     mcdb_atm = fingerprint_method("mcdb", {**resolve_config("mcdb")["method"], "encoder": "atms"}, "intra").modules
     assert "bench.encoders.atms" in mcdb_atm  # the encoder the config selects is part of the code
 
@@ -34,7 +34,7 @@ def test_digest_follows_scoring_and_protocol_versions(monkeypatch):
     bumped = fingerprint_method("ridge", cfg, "intra")
     assert bumped.digest != base.digest
     assert bumped.changes_from(base.to_dict()) == f"scoring protocol v{base.scoring_version} -> v{bumped.scoring_version}"
-    edited = {**base.to_dict(), "modules": {**base.modules, "baselines.ridge": "0" * 12}}
+    edited = {**base.to_dict(), "modules": {**base.modules, "bench.baselines.ridge": "0" * 12}}
     assert base.changes_from(edited) == "code of baselines.ridge"
     assert base.changes_from(None) == "record made before code fingerprints"
 
@@ -48,7 +48,7 @@ def test_a_record_of_other_code_is_recomputed_not_reused(tiny_root, tmp_path):
     path = RunStore(tmp_path).record_path(first.record.spec_hash)
     doc = json.loads(path.read_text())
     doc["code_fingerprint"] = "an-older-version"
-    doc["provenance"]["code"]["modules"]["baselines.ridge"] = "0" * 12
+    doc["provenance"]["code"]["modules"]["bench.baselines.ridge"] = "0" * 12
     path.write_text(json.dumps(doc))
     again = train_one(**args)
     assert not again.skipped and again.stale == "code of baselines.ridge"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from bench.leaderboard import build_leaderboard, render
 from leaderboard_data import MCDB_ABLATION, fixed_records
-from methods.mcdb.model import MCDB
+from bench.methods.mcdb.model import MCDB
 
 GOLDEN = Path(__file__).parent / "golden"
 FULL_ROW = ["base", "+text", "+adapter", "+mcdb", "+spr (full)"]

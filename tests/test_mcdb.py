@@ -25,11 +25,11 @@ from bench.grid import SweepError, SweepRequest, expand_specs
 from bench.train import EpochTotals, GradientFit, Trainer, build_optimizer, build_schedule, make_accelerator
 from conftest import BENCH
 from fakes import InMemoryThingsEEG
-from methods.mcdb import DEFAULTS, MCDB, model as mcdb_model
-from methods.mcdb.adapters import BottleneckAdapter
-from methods.mcdb.balance import in_window, ogm_coefficients
-from methods.mcdb.perturbation import feature_sigma, gradient_noise, noise_generator, perturb_features
-from methods.mcdb.text import text_alignment
+from bench.methods.mcdb import DEFAULTS, MCDB, model as mcdb_model
+from bench.methods.mcdb.adapters import BottleneckAdapter
+from bench.methods.mcdb.balance import in_window, ogm_coefficients
+from bench.methods.mcdb.perturbation import feature_sigma, gradient_noise, noise_generator, perturb_features
+from bench.methods.mcdb.text import text_alignment
 
 INFO = DataInfo(n_chans=4, n_times=80, sfreq=100.0, ch_names=tuple(f"E{i}" for i in range(4)), feature_dim=16,
                 n_subjects=2, n_train_concepts=10, has_text=True)

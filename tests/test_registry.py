@@ -208,7 +208,7 @@ def test_recipe_is_the_yaml_beside_the_method_module(tmp_path):
 
 
 TOY_METHOD = '''
-from baselines.ridge import Ridge
+from bench.baselines.ridge import Ridge
 from bench.registry import register_method
 
 

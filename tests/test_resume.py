@@ -170,7 +170,7 @@ def test_a_run_interrupted_twice_and_during_evaluation_still_ends_identical(tmp_
 
 
 def test_mcdb_resumes_bit_for_bit_with_dropout_spr_noise_and_balance(tmp_path, monkeypatch):
-    from methods.mcdb.model import MCDB
+    from bench.methods.mcdb.model import MCDB
 
     ds = InMemoryThingsEEG(n_times=80, dim=16, n_concepts=24, per_concept=3, n_test=12, n_subjects=1)
     spec = spec_of(ds, "mcdb", "train.epochs=4", "train.lr=1e-3", "method.mcdb=grad", "eval.kway=[2]")
@@ -191,7 +191,7 @@ def test_mcdb_resumes_bit_for_bit_with_dropout_spr_noise_and_balance(tmp_path, m
 
 def test_mcdb_checkpoint_state_carries_the_noise_seed_and_the_balance_sums():
     from bench.method import DataInfo
-    from methods.mcdb.model import MCDB
+    from bench.methods.mcdb.model import MCDB
 
     info = DataInfo(n_chans=4, n_times=80, sfreq=100.0, ch_names=tuple("abcd"), feature_dim=16, n_subjects=1,
                     n_train_concepts=4, has_text=True)

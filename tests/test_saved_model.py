@@ -254,14 +254,14 @@ def test_changed_code_warns_in_one_line_but_loads(runs, tiny_root, tmp_path, cap
     copy = copy_results(results, tmp_path, h)
     data = record_of(copy, h)
     data["code_fingerprint"] = "0" * 16
-    data["provenance"]["code"]["modules"]["baselines.ridge"] = "0" * 12
+    data["provenance"]["code"]["modules"]["bench.baselines.ridge"] = "0" * 12
     (copy / "runs" / f"{h}.json").write_text(json.dumps(data))
     with pytest.warns(CodeChangedWarning, match=r"code changed since the run \(code of baselines.ridge\)"):
         method = load_run(copy, h[:4])
     assert type(method).__name__ == "Ridge"
     code, out, err = run_cli(capsys, "embed", "--run", h[:4], "--eeg", tiny_root / TEST_FILE, "--results", copy)
     assert code == 0 and "40 × 1024" in out
-    assert err.count("warning:") == 1 and len(err.strip().splitlines()) == 1 and "baselines.ridge" in err, err
+    assert err.count("warning:") == 1 and len(err.strip().splitlines()) == 1 and "bench.baselines.ridge" in err, err
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_run(results, h[:4])  # the current code: no warning

@@ -275,12 +275,13 @@ def test_the_reaper_touches_only_its_drivers_sessions(tmp_path):
     agent = sleeper(ours, "3>")                               # a log open, in the driver's group: Ray's agents
     reader = sleeper(ours, "3<", start_new_session=True)    # a log open elsewhere: e.g. someone's `tail -f`
     stranger = sleeper(other, ">", start_new_session=True)  # another driver's worker
+    driver = sleeper(ours, "3>")  # the driver itself, still exiting: in its group with a session file open
     time.sleep(0.5)  # let bash open the files and exec
     try:
-        assert reap([ours], os.getpgid(0)) == 2
+        assert reap([ours], os.getpgid(0), spare=driver.pid) == 2
         assert worker.wait(timeout=5) == -signal.SIGKILL and agent.wait(timeout=5) == -signal.SIGKILL
-        assert reader.poll() is None and stranger.poll() is None
+        assert reader.poll() is None and stranger.poll() is None and driver.poll() is None
     finally:
-        for proc in (worker, agent, reader, stranger):
+        for proc in (worker, agent, reader, stranger, driver):
             proc.kill()
             proc.wait()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from baselines.ridge import Ridge
+from bench.baselines.ridge import Ridge
 from bench.data.dataset import ThingsEEG
 from bench.data.features import PartitionFeatures, feature_geometry
 from bench.data.synthetic import CLIP_GEOMETRY, PRESETS, World

@@ -31,10 +31,10 @@ from bench.encoders import build_encoder, nice_init_
 from bench.losses import LogitScale, directional_clip_losses, multi_positive_losses
 from bench.method import Batch, DataInfo, LossOutput, Method, TrainState
 from bench.registry import register_method
-from methods.mcdb.adapters import ADAPTERS, build_adapter
-from methods.mcdb.balance import BalanceTracker, in_window, ogm_coefficients, positive_mass
-from methods.mcdb.perturbation import SCHEDULES, feature_sigma, gradient_noise, noise_generator, perturb_features
-from methods.mcdb.text import TEXT_LOSSES, TEXT_POSITIVES, all_concepts_alignment, text_alignment
+from bench.methods.mcdb.adapters import ADAPTERS, build_adapter
+from bench.methods.mcdb.balance import BalanceTracker, in_window, ogm_coefficients, positive_mass
+from bench.methods.mcdb.perturbation import SCHEDULES, feature_sigma, gradient_noise, noise_generator, perturb_features
+from bench.methods.mcdb.text import TEXT_LOSSES, TEXT_POSITIVES, all_concepts_alignment, text_alignment
 
 MCDB_MODES = ("loss", "grad", "none")
 SPR_MODES = ("grad", "feature", "none")

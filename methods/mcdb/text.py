@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.losses import directional_clip_losses, multi_positive_losses
-from methods.mcdb.balance import positive_mass
+from bench.methods.mcdb.balance import positive_mass
 
 TEXT_LOSSES = ("multi_positive", "label_targets", "clip")
 TEXT_POSITIVES = ("batch", "all_concepts")
