@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
-from bench import resource_dir
+from bench.package import resource_dir
 from bench.config_rules import check
 from bench.errors import ConfigError, UserError
 

@@ -14,7 +14,7 @@ from typing import Iterator
 
 import torch
 
-from bench import CHECKOUT, __version__
+from bench.package import CHECKOUT, __version__
 from bench.doctor import package_versions
 
 

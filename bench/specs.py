@@ -9,12 +9,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import bench
 from bench.config import applied_recipes, load_yaml, resolve
 from bench.errors import ConfigError
 from bench.method import DataInfo
 from bench.protocols import TrainSet
 from bench.records import RunSpec
+from bench.package import CHECKOUT
 from bench.registry import DATASETS, METHODS, PROTOCOLS, method_recipe
 
 
@@ -68,7 +68,7 @@ def recipe_record(method: str, cfg: dict) -> list[str]:
     """The recipe files layered into ``cfg`` (the run record's ``provenance.recipe``: the recipe and its ``extends``
     parents, the protocol layer, the synthetic recipe), relative to the repository (or the installed ``bench``
     package: ``baselines/nice.yaml`` either way), since records move between machines; a plugin's stay absolute."""
-    repo = bench.CHECKOUT or Path(bench.__file__).resolve().parent
+    repo = CHECKOUT or Path(__file__).resolve().parent  # installed: relative to the bench package
     paths = [Path(source).resolve() for source in applied_recipes(method, cfg, method_recipe, protocol_recipe)]
     return [str(p.relative_to(repo)) if p.is_relative_to(repo) else str(p) for p in paths]
 

@@ -21,13 +21,13 @@ from bench.specs import protocol_recipe
 NAMED_RECIPES = {"mcdb": ["configs/recipes/mcdb-nice-paper.yaml"]}
 #: a real data root (never opened here): a method's recipe may differ on it from the synthetic dataset's (issue 16)
 REAL_ROOT = 'data.root="/data/things-eeg"'
-BUILTIN_PACKAGES = ("baselines", "methods")
 #: protocols that replay published procedures: a method is resolved under each one it declares a layer for
 PUBLISHED = ("published", "published-inter")
 
 
 def builtin_methods() -> list[str]:
-    return [n for n in METHODS.names() if METHODS.get(n).obj.__module__.split(".")[0] in BUILTIN_PACKAGES]
+    prefixes = tuple(f"{package}." for package in METHODS.builtin_packages)
+    return [n for n in METHODS.names() if METHODS.get(n).obj.__module__.startswith(prefixes)]
 
 
 def cases(methods: list[str], root: Path = Path(".")) -> Iterator[tuple[str, tuple, tuple]]:

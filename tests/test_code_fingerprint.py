@@ -35,7 +35,7 @@ def test_digest_follows_scoring_and_protocol_versions(monkeypatch):
     assert bumped.digest != base.digest
     assert bumped.changes_from(base.to_dict()) == f"scoring protocol v{base.scoring_version} -> v{bumped.scoring_version}"
     edited = {**base.to_dict(), "modules": {**base.modules, "bench.baselines.ridge": "0" * 12}}
-    assert base.changes_from(edited) == "code of baselines.ridge"
+    assert base.changes_from(edited) == "code of bench.baselines.ridge"
     assert base.changes_from(None) == "record made before code fingerprints"
 
 
@@ -51,6 +51,6 @@ def test_a_record_of_other_code_is_recomputed_not_reused(tiny_root, tmp_path):
     doc["provenance"]["code"]["modules"]["bench.baselines.ridge"] = "0" * 12
     path.write_text(json.dumps(doc))
     again = train_one(**args)
-    assert not again.skipped and again.stale == "code of baselines.ridge"
+    assert not again.skipped and again.stale == "code of bench.baselines.ridge"
     assert again.record.code_fingerprint == first.record.code_fingerprint
     assert json.loads(path.read_text())["code_fingerprint"] == first.record.code_fingerprint

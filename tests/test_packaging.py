@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import bench
+import bench.package
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -44,7 +46,7 @@ def test_checkout_gives_baselines_and_methods_their_installed_names():
 
     assert Path(bench.baselines.nice.__file__) == ROOT / "baselines" / "nice.py"
     assert Path(bench.methods.mcdb.__file__) == ROOT / "methods" / "mcdb" / "__init__.py"
-    assert bench.CHECKOUT == ROOT and bench.resource_dir("configs") == ROOT / "configs"
+    assert bench.CHECKOUT == ROOT and bench.package.resource_dir("configs") == ROOT / "configs"
     assert "baselines" not in sys.modules and "methods" not in sys.modules  # nothing imports the bare names
 
 
@@ -64,7 +66,11 @@ def wheel_env(tmp_path_factory) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "BENCH_CONFIG_DIR", "BENCH_DATA_ROOT",
                                                            "BENCH_RESULTS_DIR", "VIRTUAL_ENV")}
     env.update(BENCH_CACHE_DIR=str(tmp / "cache"), HF_HUB_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0")
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
+    # from a copy: setuptools leaves build/ and *.egg-info in the source tree, and a stale build/lib would ship
+    source = tmp / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "results", "build", "dist", "*.egg-info",
+                                                                 "__pycache__", "tests"))
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
                             "-w", str(tmp / "dist"), "-q"], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr
     wheel = next((tmp / "dist").glob("thingsbench-*.whl"))

@@ -220,15 +220,15 @@ TOY_RECIPE = "data:\n  channels: occipital17\nmethod:\n  alpha: 3.0\n"
 
 
 def test_a_new_builtin_takes_one_method_file_and_one_recipe_beside_it(tiny_root, tmp_path):
-    """baselines/toy.py + baselines/toy.yaml in a copy of the package: listed and trained, no reinstall."""
+    """baselines/toy.py + baselines/toy.yaml in a copy of the checkout: listed and trained, no reinstall."""
     import shutil
 
     repo = Path(__file__).parents[1]
-    shutil.copytree(repo / "baselines", tmp_path / "src" / "baselines",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("bench", "baselines", "methods", "configs"):
+        shutil.copytree(repo / folder, tmp_path / "src" / folder, ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "src" / "baselines" / "toy.py").write_text(TOY_METHOD)
     (tmp_path / "src" / "baselines" / "toy.yaml").write_text(TOY_RECIPE)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "src"), str(repo)])}
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "src")}
     bench = str(Path(sys.executable).with_name("bench"))
     listed = subprocess.run([bench, "list", "methods"], capture_output=True, text=True, timeout=300, env=env)
     assert listed.returncode == 0, listed.stderr

@@ -256,7 +256,7 @@ def test_changed_code_warns_in_one_line_but_loads(runs, tiny_root, tmp_path, cap
     data["code_fingerprint"] = "0" * 16
     data["provenance"]["code"]["modules"]["bench.baselines.ridge"] = "0" * 12
     (copy / "runs" / f"{h}.json").write_text(json.dumps(data))
-    with pytest.warns(CodeChangedWarning, match=r"code changed since the run \(code of baselines.ridge\)"):
+    with pytest.warns(CodeChangedWarning, match=r"code changed since the run \(code of bench.baselines.ridge\)"):
         method = load_run(copy, h[:4])
     assert type(method).__name__ == "Ridge"
     code, out, err = run_cli(capsys, "embed", "--run", h[:4], "--eeg", tiny_root / TEST_FILE, "--results", copy)

@@ -2,8 +2,8 @@
 
 Sun, Miao, Zhai, Duan, Long, "Decoding Visual Neural Representations by Multimodal with Dynamic Balancing",
 arXiv 2509.03433 (Expert Systems with Applications). Only the abstract and a partial third-party review could be
-read; ../shared/reference/mcdb-method.md tags every choice [paper], [review] or [assumed], and each [assumed]
-choice is a key of :attr:`MCDB.defaults` (docs/mcdb.md, the method card).
+read; methods/mcdb/SPEC.md tags every choice [paper], [review] or [assumed], and each [assumed]
+choice is a key of :attr:`MCDB.defaults` (methods/mcdb/README.md, the method card).
 
 Loss [review]: ``L = w·(k_img·(L_e→i + L_i→e) + k_txt·(L_e→t + L_t→e)) + λ_cos·L_cos`` on L2-normalised embeddings
 in a shared space of the feature dimension, with one learnable logit scale.
