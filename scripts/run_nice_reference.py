@@ -234,6 +234,49 @@ def load_reference_module(clone: Path, plan: Plan) -> types.ModuleType:
     return module
 
 
+def add_image_test(module: types.ModuleType, sink: dict) -> None:
+    """Wrap ``IE.train`` so that, after NICE's own training and test have run unchanged, the same final model (its
+    modules as ``train()`` leaves them: the last epoch, since the reload loads nothing) is scored a second time in
+    memory: by cosine against the test *images* (the honest number) and by NICE's dot against the centres (which must
+    reproduce NICE's own test, or the parent refuses the run). Nothing NICE computes is changed or reordered."""
+    trainer = getattr(module, "IE", None)
+    if trainer is None or not callable(getattr(trainer, "train", None)):
+        raise RefusedRun(f"{getattr(module, '__file__', module.__name__)}: no class IE with a train() method; the "
+                         f"image test cannot be added")
+    original = trainer.train
+
+    def train(self):
+        result = original(self)
+        sink.update(image_test(self))
+        return result
+
+    trainer.train = train
+
+
+def image_test(ie) -> dict:
+    """Top-1/5 of NICE's final model against the test images (cosine) and the centres (``ê·c``), with NICE's own
+    loaders (``get_eeg_data``, ``get_image_data``) and centre file; the EEG embeddings for geometry checks."""
+    import torch
+
+    from bench.evaluate import cosine_similarity, dot_similarity, rank_counts
+
+    _, _, test_eeg, _ = ie.get_eeg_data()
+    _, test_image = ie.get_image_data()
+    centre = np.load(ie.test_center_path + "center_" + ie.args.dnn + ".npy", allow_pickle=True)
+    ie.Enc_eeg.eval()
+    ie.Proj_eeg.eval()
+    with torch.no_grad():  # eval mode: no dropout draw, so nothing of NICE's random streams is used
+        emb = ie.Proj_eeg(ie.Enc_eeg(torch.from_numpy(np.asarray(test_eeg)).float())).double().numpy()
+    fold = np.zeros(len(emb), dtype=np.int64)
+    image = rank_counts(cosine_similarity(emb, np.asarray(test_image, dtype=np.float64)), fold)
+    centres = rank_counts(dot_similarity(emb, np.asarray(centre, dtype=np.float64)), fold)
+    common = centre.mean(0) / np.linalg.norm(centre.mean(0))  # the centres' shared direction
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    np.save("test_embedding.npy", emb.astype(np.float32))  # cwd = the work folder
+    return {"top1_image": image.topk(1), "top5_image": image.topk(5), "top1_centre_check": centres.topk(1),
+            "top5_centre_check": centres.topk(5), "embedding_common_cos": float((unit @ common).mean())}
+
+
 def run_child(spec_file: str) -> int:
     """Child side: compile the patched nice_stand.py in memory, run its main() and time it (cwd = the work folder)."""
     spec = json.loads(Path(spec_file).read_text())
@@ -241,13 +284,16 @@ def run_child(spec_file: str) -> int:
 
     torch.set_num_threads(spec["threads"])
     module = load_reference_module(Path(spec["clone"]), Plan(**spec["plan"]))
+    second_pass: dict = {}
+    if spec["image_test"]:
+        add_image_test(module, second_pass)
     sys.argv = [module.__file__, *spec["argv"]]
     start, cpu = time.perf_counter(), time.process_time()
     module.main()
     gc.collect()  # IE never closes its log file; collecting the instance flushes it before the parent reads it
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu  # CPU time: comparable on a loaded machine
     Path(spec["child_result"]).write_text(json.dumps({"wall_s": wall, "cpu_s": cpu, "torch": torch.__version__,
-                                                      "threads": torch.get_num_threads()}))
+                                                      "threads": torch.get_num_threads(), **second_pass}))
     return 0
 
 
@@ -301,6 +347,21 @@ def read_reference_log(log: Path) -> dict:
             "epochs_logged": len(re.findall(r"^Epoch \d+:", text, flags=re.MULTILINE))}
 
 
+SECOND_PASS_KEYS = ("top1_image", "top5_image", "embedding_common_cos")
+
+
+def second_pass_scores(child: dict, scores: dict) -> dict:
+    """The image test's numbers, once its centre scores are checked to be NICE's own (the same model was scored)."""
+    missing = [k for k in ("top1_centre_check", "top5_centre_check", *SECOND_PASS_KEYS) if k not in child]
+    if missing:
+        raise RefusedRun(f"the image test reported no {', '.join(missing)}: IE.train() did not return to it")
+    for k in (1, 5):
+        if abs(child[f"top{k}_centre_check"] - scores[f"top{k}"]) > 1e-3:  # the log keeps 6 decimals
+            raise RefusedRun(f"the image test's top-{k} on the centres ({child[f'top{k}_centre_check']:.2f} %) is not "
+                             f"NICE's own ({scores[f'top{k}']:.2f} %): it did not score the model NICE tested")
+    return {k: round(child[k], 4) for k in SECOND_PASS_KEYS}
+
+
 def git_commit(clone: Path) -> tuple[str | None, bool | None]:
     """(HEAD commit, whether nice_stand.py differs from it) of the clone; (None, None) if it is not a git checkout."""
     def git(*args: str) -> str | None:
@@ -347,16 +408,17 @@ def run_reference(args: argparse.Namespace, work: Path) -> dict:
         (work / sub).mkdir(exist_ok=True)
     argv = ["--epoch", str(args.epochs), "--batch-size", str(args.batch_size), "--seed", str(args.seed)]
     spec = {"clone": str(clone), "plan": asdict(plan), "argv": argv, "threads": args.threads,
-            "child_result": str(work / "child.json")}
+            "child_result": str(work / "child.json"), "image_test": not args.no_image_test}
     load_before = os.getloadavg()
     timing = launch(spec, work, args.threads, args.quiet)
     scores = read_reference_log(work / "results" / f"log_subject{args.subject}.txt")
+    second = second_pass_scores(timing, scores) if spec["image_test"] else {}
     commit, dirty = git_commit(clone)
     return {
         "reference": "eeyhsong/NICE-EEG nice_stand.py", "reference_commit": commit, "reference_dirty": dirty,
         "reference_sha256": hashlib.sha256((clone / REFERENCE_FILE).read_bytes()).hexdigest(),
         "subject": args.subject, "epochs": args.epochs, "seed": args.seed, "batch_size": args.batch_size,
-        **scores, "units": "percent", "wall_s": round(timing["wall_s"], 2), "cpu_s": round(timing["cpu_s"], 2),
+        **scores, **second, "units": "percent", "wall_s": round(timing["wall_s"], 2), "cpu_s": round(timing["cpu_s"], 2),
         "process_wall_s": round(timing["process_wall_s"], 2), "threads": timing["threads"], "device": "cpu",
         "torch": timing["torch"], "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
@@ -387,6 +449,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads in the reference run (default 1)")
     p.add_argument("--work-dir", help="keep the work folder here (default: a temporary folder, removed on success)")
     p.add_argument("--quiet", action="store_true", help="do not echo the reference's output")
+    p.add_argument("--no-image-test", action="store_true",
+                   help="skip the second, in-memory test of NICE's final model against the test images (top1_image)")
     args = p.parse_args(argv)
     if args.subject < 1 or args.epochs < 1 or args.batch_size < 1 or args.threads < 1:
         p.error("--subject, --epochs, --batch-size and --threads must be at least 1")
@@ -409,8 +473,11 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     stem = f"nice-reference_sub-{args.subject:02d}_seed-{args.seed}_epochs-{args.epochs}"
     shutil.copyfile(work / "results" / f"log_subject{args.subject}.txt", out / f"{stem}.log")
+    if (work / "test_embedding.npy").is_file():  # the final model's test EEG embeddings, for geometry checks
+        shutil.copyfile(work / "test_embedding.npy", out / f"{stem}.test-embedding.npy")
     (out / f"{stem}.json").write_text(json.dumps(record, indent=1) + "\n")
-    print(f"reference top-1 {record['top1']:.2f} %, top-5 {record['top5']:.2f} %, {record['wall_s']:.1f} s -> "
+    image = f" (test images by cosine: {record['top1_image']:.2f} %)" if "top1_image" in record else ""
+    print(f"reference top-1 {record['top1']:.2f} %{image}, top-5 {record['top5']:.2f} %, {record['wall_s']:.1f} s -> "
           f"{out / (stem + '.json')}")
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
