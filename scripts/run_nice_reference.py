@@ -28,36 +28,30 @@ See docs/fidelity.md for the measured comparison with ``bench run --method nice`
 from __future__ import annotations
 
 import argparse
-import ast
 import gc
-import hashlib
-import importlib.util
 import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 import types
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reference_runner import (  # noqa: E402  (the runners' shared part, beside this file)
+    Patch, RefusedRun, check_requirements, exec_patched, fingerprint, launch, patch_file, provenance,
+    subject_eeg_files, timed)
+
 REFERENCE_FILE = "nice_stand.py"
 TESTED_COMMIT = "a7709d8"  # eeyhsong/NICE-EEG commit whose code shapes the patches below were written against
 DNN = "clip"  # nice_stand.py --dnn default: file names clip_feature_maps_{training,test}.npy and center_clip.npy
 PAPER_TRAIN_IMAGES, PAPER_VAL_IMAGES = 16540, 740
 RESULT_LINE = re.compile(r"The test Top1-([0-9.]+), Top3-([0-9.]+), Top5-([0-9.]+)")
-CUDA_SEEDING = re.compile(r"torch\.cuda\.manual_seed(_all)?\(")  # harmless without a GPU: left as they are
 BEST_EPOCH_LINE = re.compile(r"The best epoch is: (\d+)")
-FULL_HASH_LIMIT = 512 * 2**20  # files above this are fingerprinted by size and their first and last MiB
-
-
-class RefusedRun(RuntimeError):
-    """A refused run: the clone, the data root or the reference's output is not what this script expects."""
 
 
 @dataclass(frozen=True)
@@ -71,14 +65,6 @@ class Plan:
     n_test: int
     n_val: int
     dim: int
-
-
-@dataclass(frozen=True)
-class Patch:
-    name: str
-    pattern: str  # a regular expression on the source text (re.MULTILINE); its match is replaced whole
-    replacement: str  # literal text, one line at most: line numbers in tracebacks stay the clone's
-    count: int | None = 1  # matches expected in the reference; None = at least one
 
 
 def reference_patches(plan: Plan) -> list[Patch]:
@@ -111,50 +97,14 @@ def reference_patches(plan: Plan) -> list[Patch]:
     ]
 
 
-def apply_patches(source: str, patches: list[Patch], filename: str) -> str:
-    """``source`` with every patch applied; refuses if a pattern matches another number of times than expected."""
-    for patch in patches:
-        source, n = re.subn(patch.pattern, lambda _m, text=patch.replacement: text, source, flags=re.MULTILINE)
-        if (patch.count is None and n == 0) or (patch.count is not None and n != patch.count):
-            expected = "at least once" if patch.count is None else f"{patch.count} time(s)"
-            raise RefusedRun(
-                f"{filename}: the {patch.name} pattern {patch.pattern!r} matched {n} time(s), expected {expected}; "
-                f"this clone's code no longer has the shape this script patches (written against NICE-EEG "
-                f"{TESTED_COMMIT}), so it is not run")
-    return source
-
-
 def patched_reference(clone: Path, plan: Plan) -> tuple[Path, str]:
     """(path of nice_stand.py, its patched source); the file itself is only read."""
     path = clone / REFERENCE_FILE
-    if not path.is_file():
-        raise RefusedRun(f"{clone}: no {REFERENCE_FILE}; --clone must be a clone of github.com/eeyhsong/NICE-EEG")
-    source = path.read_text()
-    patched = apply_patches(source, reference_patches(plan), str(path))
-    if patched.count("\n") != source.count("\n"):  # a replacement spanning lines would shift every traceback
-        raise RefusedRun(f"{path}: patching changed the number of lines; refusing to run a misaligned copy")
-    leftover = [f"line {i}: {line.strip()}" for i, line in enumerate(patched.splitlines(), 1)
-                if "cuda" in CUDA_SEEDING.sub("", line.split("#")[0])]
-    if leftover:  # a device use the patches do not know (e.g. .to('cuda')) would fail or leave the CPU
-        raise RefusedRun(f"{path}: CUDA use left after patching, which this script does not know how to move to the "
-                         f"CPU: {'; '.join(leftover)}")
-    return path, patched
+    return path, patch_file(path, reference_patches(plan), f"NICE-EEG {TESTED_COMMIT}",
+                            "github.com/eeyhsong/NICE-EEG")
 
 
 # --- the data root and the feature files the reference reads ---------------------------------------------------------
-def subject_eeg_files(data_root: Path, subject: int) -> tuple[Path, list[Path]]:
-    """(the folder nice_stand.py reads as eeg_data_path, the subject's two files), checked to exist."""
-    eeg_dir = data_root / "Preprocessed_data_250Hz"
-    folder = eeg_dir / f"sub-{subject:02d}"
-    files = [folder / "preprocessed_eeg_training.npy", folder / "preprocessed_eeg_test.npy"]
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise RefusedRun(f"{data_root}: not a THINGS-EEG 250 Hz data root for subject {subject}; missing "
-                         f"{', '.join(missing)} (layout: Preprocessed_data_250Hz/sub-XX/preprocessed_eeg_"
-                         f"{{training,test}}.npy)")
-    return eeg_dir, files
-
-
 def nice_feature_files(folder: Path) -> list[Path]:
     return [folder / f"{DNN}_feature_maps_training.npy", folder / f"{DNN}_feature_maps_test.npy",
             folder / f"center_{DNN}.npy"]
@@ -203,35 +153,10 @@ def validation_images(n_train: int, requested: int | None) -> int:
     return n_val
 
 
-def fingerprint(files: list[Path]) -> dict[str, str]:
-    """sha256 per file: whole below 512 MiB, else of its size and first and last MiB (marked 'sampled:')."""
-    out = {}
-    for path in files:
-        digest, size = hashlib.sha256(), path.stat().st_size
-        with open(path, "rb") as fh:
-            if size <= FULL_HASH_LIMIT:
-                for block in iter(lambda: fh.read(2**22), b""):
-                    digest.update(block)
-                out[f"{path.parent.name}/{path.name}"] = digest.hexdigest()
-            else:
-                digest.update(str(size).encode())
-                digest.update(fh.read(2**20))
-                fh.seek(size - 2**20)
-                digest.update(fh.read(2**20))
-                out[f"{path.parent.name}/{path.name}"] = "sampled:" + digest.hexdigest()
-    return out
-
-
 # --- the run: a child process executes the patched source, the parent reads the reference's log -------------------
 def load_reference_module(clone: Path, plan: Plan) -> types.ModuleType:
     """The patched nice_stand.py executed as module ``nice_stand`` (its module level sets CUDA_VISIBLE_DEVICES)."""
-    path, source = patched_reference(clone, plan)
-    sys.path.insert(0, str(path.parent))  # as `python nice_stand.py` in the clone would see it
-    module = types.ModuleType("nice_stand")  # not "__main__": its own `if __name__` block stays idle
-    module.__file__ = str(path)
-    sys.modules["nice_stand"] = module
-    exec(compile(source, str(path), "exec"), module.__dict__)  # tracebacks show the clone's file and lines
-    return module
+    return exec_patched(*patched_reference(clone, plan), "nice_stand")
 
 
 def add_image_test(module: types.ModuleType, sink: dict) -> None:
@@ -288,50 +213,10 @@ def run_child(spec_file: str) -> int:
     if spec["image_test"]:
         add_image_test(module, second_pass)
     sys.argv = [module.__file__, *spec["argv"]]
-    start, cpu = time.perf_counter(), time.process_time()
-    module.main()
+    timing = timed(module.main)
     gc.collect()  # IE never closes its log file; collecting the instance flushes it before the parent reads it
-    wall, cpu = time.perf_counter() - start, time.process_time() - cpu  # CPU time: comparable on a loaded machine
-    Path(spec["child_result"]).write_text(json.dumps({"wall_s": wall, "cpu_s": cpu, "torch": torch.__version__,
-                                                      "threads": torch.get_num_threads(), **second_pass}))
+    Path(spec["child_result"]).write_text(json.dumps({**timing, **second_pass}))
     return 0
-
-
-def check_requirements(clone: Path, source: str) -> None:
-    """Every module the reference imports (read from its import statements) is importable here, or refuse."""
-    names = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
-    local = {n for n in names if (clone / f"{n}.py").is_file() or (clone / n).is_dir()}  # the clone's own modules
-    missing = sorted(n for n in names - local
-                     if n not in sys.stdlib_module_names and importlib.util.find_spec(n) is None)
-    if missing:
-        raise RefusedRun(f"{clone / REFERENCE_FILE} imports {', '.join(missing)}, not installed for {sys.executable} "
-                         f"(pip install {' '.join(missing)}; NICE's code needs nothing else)")
-
-
-def launch(spec: dict, work: Path, threads: int, quiet: bool) -> dict:
-    """Run the child in ``work`` on the CPU; its stdout goes to work/stdout.txt (and here unless quiet)."""
-    spec_file = work / "spec.json"
-    spec_file.write_text(json.dumps(spec, indent=1))
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    start = time.perf_counter()
-    with open(work / "stdout.txt", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-u", str(Path(__file__).resolve()), "--child", str(spec_file)],
-                                cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for line in proc.stdout:
-            log.write(line)
-            if not quiet:
-                print(line, end="", flush=True)
-        code = proc.wait()
-    if code != 0:
-        tail = (work / "stdout.txt").read_text().splitlines()[-15:]
-        raise RefusedRun(f"the reference exited with status {code}; its last lines:\n" + "\n".join(tail))
-    child = json.loads(Path(spec["child_result"]).read_text())
-    return {**child, "process_wall_s": time.perf_counter() - start}
 
 
 def read_reference_log(log: Path) -> dict:
@@ -362,21 +247,6 @@ def second_pass_scores(child: dict, scores: dict) -> dict:
     return {k: round(child[k], 4) for k in SECOND_PASS_KEYS}
 
 
-def git_commit(clone: Path) -> tuple[str | None, bool | None]:
-    """(HEAD commit, whether nice_stand.py differs from it) of the clone; (None, None) if it is not a git checkout."""
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", "-C", str(clone), *args], capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    top = git("rev-parse", "--show-toplevel")  # a plain folder inside another repository is not a clone
-    commit = git("rev-parse", "HEAD") if top and Path(top).resolve() == clone.resolve() else None
-    status = git("status", "--porcelain", "--", REFERENCE_FILE) if commit else None
-    return commit, (bool(status) if status is not None else None)
-
-
 def prepare(args: argparse.Namespace, work: Path) -> tuple[Plan, list[Path], list[Path]]:
     """The plan (paths, sizes) for this run, the subject's EEG files and the NICE feature files it will read."""
     data_root = Path(args.data_root).expanduser().resolve()
@@ -403,30 +273,25 @@ def run_reference(args: argparse.Namespace, work: Path) -> dict:
     """Prepare, patch (refusing before any training if a pattern is gone), run, and collect one result record."""
     clone = Path(args.clone).expanduser().resolve()
     plan, eeg_files, feature_files = prepare(args, work)
-    check_requirements(clone, patched_reference(clone, plan)[1])  # fail here, not in the child
+    check_requirements(clone, patched_reference(clone, plan)[1], REFERENCE_FILE)  # fail here, not in the child
     for sub in ("model", "results"):  # nice_stand.py saves to ./model/ and opens its log in result_path
         (work / sub).mkdir(exist_ok=True)
     argv = ["--epoch", str(args.epochs), "--batch-size", str(args.batch_size), "--seed", str(args.seed)]
     spec = {"clone": str(clone), "plan": asdict(plan), "argv": argv, "threads": args.threads,
             "child_result": str(work / "child.json"), "image_test": not args.no_image_test}
     load_before = os.getloadavg()
-    timing = launch(spec, work, args.threads, args.quiet)
+    timing = launch(__file__, spec, work, args.threads, args.quiet)
     scores = read_reference_log(work / "results" / f"log_subject{args.subject}.txt")
     second = second_pass_scores(timing, scores) if spec["image_test"] else {}
-    commit, dirty = git_commit(clone)
     return {
-        "reference": "eeyhsong/NICE-EEG nice_stand.py", "reference_commit": commit, "reference_dirty": dirty,
-        "reference_sha256": hashlib.sha256((clone / REFERENCE_FILE).read_bytes()).hexdigest(),
+        "reference": "eeyhsong/NICE-EEG nice_stand.py", **provenance(clone, [REFERENCE_FILE], load_before, timing),
         "subject": args.subject, "epochs": args.epochs, "seed": args.seed, "batch_size": args.batch_size,
-        **scores, **second, "units": "percent", "wall_s": round(timing["wall_s"], 2), "cpu_s": round(timing["cpu_s"], 2),
-        "process_wall_s": round(timing["process_wall_s"], 2), "threads": timing["threads"], "device": "cpu",
-        "torch": timing["torch"], "loadavg_before": [round(x, 2) for x in load_before],
-        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        **scores, **second, "units": "percent",
         "data_root": str(Path(args.data_root).expanduser().resolve()),
         "features": str(Path(args.features_dir or args.features or plan.feature_dir)),
         "n_train_images": feature_shapes(feature_files)[0], "val_images": plan.n_val, "n_test": plan.n_test,
         "feature_dim": plan.dim, "data_fingerprint": fingerprint(eeg_files + feature_files),
-        "patches": [p.name for p in reference_patches(plan)], "command": sys.argv,
+        "patches": [p.name for p in reference_patches(plan)],
     }
 
 

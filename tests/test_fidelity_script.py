@@ -285,7 +285,7 @@ def test_a_missing_import_is_named(script, tmp_path):
     clone = make_clone(tmp_path / "clone", "import os\nimport surely_not_installed_pkg\nfrom local_mod import x\n")
     (clone / "local_mod.py").write_text("x = 1\n")
     with pytest.raises(script.RefusedRun, match="imports surely_not_installed_pkg, not installed"):
-        script.check_requirements(clone, (clone / "nice_stand.py").read_text())
+        script.check_requirements(clone, (clone / "nice_stand.py").read_text(), "nice_stand.py")
 
 
 @pytest.mark.skipif(not os.environ.get("NICE_CLONE"), reason="set NICE_CLONE to a clone of eeyhsong/NICE-EEG")
