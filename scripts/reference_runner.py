@@ -46,8 +46,9 @@ def apply_patches(source: str, patches: list[Patch], filename: str, written_agai
     return source
 
 
-def patch_file(path: Path, patches: list[Patch], written_against: str, what: str) -> str:
-    """The patched source of ``path`` (only read), checked to keep its line numbers and to use no CUDA any more."""
+def patch_file(path: Path, patches: list[Patch], written_against: str, what: str, check_cuda: bool = True) -> str:
+    """The patched source of ``path`` (only read), checked to keep its line numbers and (unless the caller knows
+    its CUDA lines are never reached) to use no CUDA any more."""
     if not path.is_file():
         raise RefusedRun(f"{path.parent}: no {path.name}; --clone must be a clone of {what}")
     source = path.read_text()
@@ -55,16 +56,17 @@ def patch_file(path: Path, patches: list[Patch], written_against: str, what: str
     if patched.count("\n") != source.count("\n"):  # a replacement spanning lines would shift every traceback
         raise RefusedRun(f"{path}: patching changed the number of lines; refusing to run a misaligned copy")
     leftover = [f"line {i}: {line.strip()}" for i, line in enumerate(patched.splitlines(), 1)
-                if "cuda" in CUDA_SEEDING.sub("", line.split("#")[0])]
+                if check_cuda and "cuda" in CUDA_SEEDING.sub("", line.split("#")[0])]
     if leftover:  # a device use the patches do not know (e.g. .to('cuda')) would fail or leave the CPU
         raise RefusedRun(f"{path}: CUDA use left after patching, which this script does not know how to move to the "
                          f"CPU: {'; '.join(leftover)}")
     return patched
 
 
-def exec_patched(path: Path, source: str, name: str) -> types.ModuleType:
-    """``source`` executed as module ``name``, compiled under the clone's file name so tracebacks point into it."""
-    sys.path.insert(0, str(path.parent))  # as `python <file>` in the clone would see it
+def exec_patched(path: Path, source: str, name: str, search_path: Path | None = None) -> types.ModuleType:
+    """``source`` executed as module ``name``, compiled under the clone's file name so tracebacks point into it;
+    ``search_path`` (default: the file's folder, as `python <file>` sees it) goes first on sys.path."""
+    sys.path.insert(0, str(search_path or path.parent))
     module = types.ModuleType(name)  # not "__main__": the file's own `if __name__` block stays idle
     module.__file__ = str(path)
     sys.modules[name] = module
