@@ -147,7 +147,6 @@ def write_inputs(data_root: Path, subject: int, features: Path, channels: list[s
 def write_config(clone: Path, work: Path, batch_size: int) -> tuple[Path, str]:
     """(the clone's baseline.yaml with data.data_dir -> work/eeg and its training batch size, the run's name)."""
     import yaml
-    from omegaconf import OmegaConf
 
     cfg = yaml.safe_load((clone / CONFIG).read_text())
     try:
@@ -160,7 +159,9 @@ def write_config(clone: Path, work: Path, batch_size: int) -> tuple[Path, str]:
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     # main.py: update_config copies the command line into the config; its name interpolates these keys
     keys = {"dataset": "eeg", "exp_setting": "intra-subject", "brain_backbone": BRAIN, "vision_backbone": VISION}
-    name = OmegaConf.create({**cfg, **keys}).name
+    name = re.sub(r"\$\{(\w+)\}", lambda m: str(keys.get(m.group(1), m.group(0))), str(cfg.get("name", "")))
+    if "$" in name or not name:
+        raise RefusedRun(f"{clone / CONFIG}: name {cfg.get('name')!r} uses keys other than {', '.join(keys)}")
     return path, name
 
 
