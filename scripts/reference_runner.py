@@ -10,8 +10,10 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import types
 from dataclasses import dataclass
@@ -178,3 +180,34 @@ def timed(run) -> dict:
     run()
     return {"wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu, "torch": torch.__version__,
             "threads": torch.get_num_threads()}
+
+
+def cli(argv: list[str] | None, name: str, run_child, parse_args, run_reference, keep=lambda args: {}) -> int:
+    """A runner's command line: ``--child SPEC`` is the child side; otherwise ``run_reference(args, work)`` in a work
+    folder (temporary unless --work-dir, kept on refusal), its record written to
+    ``<out>/<name>_sub-XX_seed-S_epochs-E.json`` and the work files ``keep(args)`` ({relative path: suffix}) copied
+    beside it."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        return run_child(argv[1])
+    args = parse_args(argv)
+    work = Path(args.work_dir).resolve() if args.work_dir else Path(tempfile.mkdtemp(prefix=f"{name}-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        record = run_reference(args, work)
+    except RefusedRun as exc:
+        print(f"error: {exc}\n(work folder kept: {work})", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{name}_sub-{args.subject:02d}_seed-{args.seed}_epochs-{args.epochs}"
+    for rel, suffix in keep(args).items():
+        if (work / rel).is_file():
+            shutil.copyfile(work / rel, out / f"{stem}{suffix}")
+    (out / f"{stem}.json").write_text(json.dumps(record, indent=1) + "\n")
+    image = f" (test images by cosine: {record['top1_image']:.2f} %)" if "top1_image" in record else ""
+    print(f"{name} top-1 {record['top1']:.2f} %{image}, top-5 {record['top5']:.2f} %, {record['wall_s']:.1f} s -> "
+          f"{out / (stem + '.json')}")
+    if not args.work_dir:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0

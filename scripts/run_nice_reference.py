@@ -32,9 +32,7 @@ import gc
 import json
 import os
 import re
-import shutil
 import sys
-import tempfile
 import types
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,7 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_runner import (  # noqa: E402  (the runners' shared part, beside this file)
-    Patch, RefusedRun, check_requirements, exec_patched, fingerprint, launch, patch_file, provenance,
+    Patch, RefusedRun, check_requirements, cli, exec_patched, fingerprint, launch, patch_file, provenance,
     subject_eeg_files, timed)
 
 REFERENCE_FILE = "nice_stand.py"
@@ -323,30 +321,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--child"]:
-        return run_child(argv[1])
-    args = parse_args(argv)
-    work = Path(args.work_dir).resolve() if args.work_dir else Path(tempfile.mkdtemp(prefix="nice-reference-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        record = run_reference(args, work)
-    except RefusedRun as exc:
-        print(f"error: {exc}\n(work folder kept: {work})", file=sys.stderr)
-        return 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"nice-reference_sub-{args.subject:02d}_seed-{args.seed}_epochs-{args.epochs}"
-    shutil.copyfile(work / "results" / f"log_subject{args.subject}.txt", out / f"{stem}.log")
-    if (work / "test_embedding.npy").is_file():  # the final model's test EEG embeddings, for geometry checks
-        shutil.copyfile(work / "test_embedding.npy", out / f"{stem}.test-embedding.npy")
-    (out / f"{stem}.json").write_text(json.dumps(record, indent=1) + "\n")
-    image = f" (test images by cosine: {record['top1_image']:.2f} %)" if "top1_image" in record else ""
-    print(f"reference top-1 {record['top1']:.2f} %{image}, top-5 {record['top5']:.2f} %, {record['wall_s']:.1f} s -> "
-          f"{out / (stem + '.json')}")
-    if not args.work_dir:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
+    def keep(args: argparse.Namespace) -> dict[str, str]:  # NICE's log; the test EEG embeddings for geometry checks
+        return {f"results/log_subject{args.subject}.txt": ".log", "test_embedding.npy": ".test-embedding.npy"}
+
+    return cli(argv, "nice-reference", run_child, parse_args, run_reference, keep=keep)
 
 
 if __name__ == "__main__":

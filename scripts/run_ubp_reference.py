@@ -22,14 +22,12 @@ See docs/fidelity.md.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import math
 import os
-import ast
 import re
-import shutil
 import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_runner import (  # noqa: E402  (the runners' shared part, beside this file)
-    Patch, RefusedRun, check_requirements, exec_patched, fingerprint, launch, patch_file, provenance,
+    Patch, RefusedRun, check_requirements, cli, exec_patched, fingerprint, launch, patch_file, provenance,
     subject_eeg_files, timed)
 
 TESTED_COMMIT = "89d8b83"  # HaitaoWuTJU/Uncertainty-aware-Blur-Prior commit the patches were written against
@@ -253,26 +251,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--child"]:
-        return run_child(argv[1])
-    args = parse_args(argv)
-    work = Path(args.work_dir).resolve() if args.work_dir else Path(tempfile.mkdtemp(prefix="ubp-reference-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        record = run_reference(args, work)
-    except RefusedRun as exc:
-        print(f"error: {exc}\n(work folder kept: {work})", file=sys.stderr)
-        return 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"ubp-reference_sub-{args.subject:02d}_seed-{args.seed}_epochs-{args.epochs}"
-    (out / f"{stem}.json").write_text(json.dumps(record, indent=1) + "\n")
-    print(f"reference top-1 {record['top1']:.2f} %, top-5 {record['top5']:.2f} %, {record['epochs_trained']:g} "
-          f"epochs, {record['wall_s']:.1f} s -> {out / (stem + '.json')}")
-    if not args.work_dir:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return cli(argv, "ubp-reference", run_child, parse_args, run_reference)
 
 
 if __name__ == "__main__":
