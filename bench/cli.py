@@ -255,7 +255,10 @@ def features(
     images: Path = typer.Option(..., "--images", help="Image root in the THINGS layout (training_images/, test_images/)."),
     model: str = typer.Option(..., "--model", help="FAMILY:NAME, e.g. open_clip:ViT-H-14 or timm:resnet50.a1_in1k."),
     out: Path = typer.Option(..., "--out", help="Output .npz feature file (atomic; reused when its metadata matches)."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Local checkpoint file. Default: the local cache only."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Local checkpoint file. Default: the library's cache, "
+                                           "downloaded into it when online."),
+    offline: bool = typer.Option(False, "--offline", help="Never download weights (also when HF_HUB_OFFLINE=1): "
+                                 "--weights or the local cache only."),
     pretrained: Optional[str] = typer.Option(None, "--pretrained", help="open_clip tag (default: the model's first, "
                                              "ViT-H-14 → laion2b_s32b_b79k); timm puts the tag in the name."),
     random_init: bool = typer.Option(False, "--random-init", help="Seeded random weights, for tests and smoke runs."),
@@ -278,7 +281,8 @@ def features(
     """Extract L2-normalised image (and text) features of a THINGS image folder with an open_clip or timm model."""
     from bench.extract import extract_features
 
-    extract_features(images, model, out, weights=weights, pretrained=pretrained, random_init=random_init, layer=layer,
+    extract_features(images, model, out, weights=weights, pretrained=pretrained, random_init=random_init,
+                     offline=offline, layer=layer,
                      pool=pool, text=text, prompt_template=prompt_template, underscores_to_spaces=underscores_to_spaces,
                      dtype=dtype, transform=transform, seed=seed, batch_size=batch_size, workers=workers, device=device,
                      force=force, progress=progress,

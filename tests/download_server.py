@@ -34,6 +34,7 @@ class FakeStore:
         self.corrupt: dict[str, int] = defaultdict(int)
         self.served: dict[str, int] = defaultdict(int)
         self.ranges: list[tuple[str, str | None]] = []  # (path, Range header) of every body request
+        self.requests: list[str] = []  # "METHOD path" of every request
         self.lfs_threshold = 1000  # files above this size are "LFS" files (sha256 listed), others git blobs
 
 
@@ -53,6 +54,7 @@ class Handler(BaseHTTPRequestHandler):
         self._route(head=False)
 
     def _route(self, head: bool) -> None:
+        self.store.requests.append(f"{'HEAD' if head else 'GET'} {self.path}")
         url = urllib.parse.urlsplit(self.path)
         parts = [urllib.parse.unquote(p) for p in url.path.strip("/").split("/")]
         query = urllib.parse.parse_qs(url.query)
