@@ -255,7 +255,10 @@ def features(
     images: Path = typer.Option(..., "--images", help="Image root in the THINGS layout (training_images/, test_images/)."),
     model: str = typer.Option(..., "--model", help="FAMILY:NAME, e.g. open_clip:ViT-H-14 or timm:resnet50.a1_in1k."),
     out: Path = typer.Option(..., "--out", help="Output .npz feature file (atomic; reused when its metadata matches)."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Local checkpoint file. Default: the local cache only."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Local checkpoint file. Default: the library's cache, "
+                                           "downloaded into it when online."),
+    offline: bool = typer.Option(False, "--offline", help="Never download weights (also when HF_HUB_OFFLINE=1): "
+                                 "--weights or the local cache only."),
     pretrained: Optional[str] = typer.Option(None, "--pretrained", help="open_clip tag (default: the model's first, "
                                              "ViT-H-14 → laion2b_s32b_b79k); timm puts the tag in the name."),
     random_init: bool = typer.Option(False, "--random-init", help="Seeded random weights, for tests and smoke runs."),
@@ -278,7 +281,8 @@ def features(
     """Extract L2-normalised image (and text) features of a THINGS image folder with an open_clip or timm model."""
     from bench.extract import extract_features
 
-    extract_features(images, model, out, weights=weights, pretrained=pretrained, random_init=random_init, layer=layer,
+    extract_features(images, model, out, weights=weights, pretrained=pretrained, random_init=random_init,
+                     offline=offline, layer=layer,
                      pool=pool, text=text, prompt_template=prompt_template, underscores_to_spaces=underscores_to_spaces,
                      dtype=dtype, transform=transform, seed=seed, batch_size=batch_size, workers=workers, device=device,
                      force=force, progress=progress,
@@ -430,7 +434,7 @@ def _write_predictions_csv(path: Path, pred) -> None:
 
 
 # --- data: synthetic datasets and data-root checks ---------------------------------------------------------------
-data_app = typer.Typer(help="Inspect THINGS-EEG data roots.", no_args_is_help=True)
+data_app = typer.Typer(help="Download and inspect THINGS-EEG data roots.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 
@@ -470,6 +474,16 @@ def data_check(
     from bench.data.check import check_data_root
 
     report = check_data_root(data_root, features)
+    _print_check(report)
+    problems = report.all_problems()
+    if problems:
+        for problem in problems:
+            err_console.print(f"[red]problem:[/red] {problem}", highlight=False)
+        raise typer.Exit(1)
+    console.print(f"[green]ok[/green]: {len(report.subjects)} subject(s) readable and consistent")
+
+
+def _print_check(report) -> None:
     table = Table(title=f"bench data check: {report.eeg_dir}")
     for col in ("subject", "format", "train", "test", "channels", "sfreq", "time span", "NaN/Inf", "status"):
         table.add_column(col, overflow="fold")
@@ -483,12 +497,99 @@ def data_check(
     console.print(f"concepts: {report.n_train_concepts} train × {report.images_per_train_concept} images, "
                   f"{report.n_test_concepts} test (from {report.concept_source})")
     console.print(f"features: {report.features}; " + "; ".join(f"{k}: {v}" for k, v in report.feature_rows.items()))
-    problems = report.all_problems()
+
+
+@data_app.command("list-sources")
+def data_list_sources() -> None:
+    """What `bench data download` can fetch: each source's provider, contents, size, license and citation."""
+    from bench.data.sources import load_sources
+
+    table = Table(title="bench data download sources (bench/data/sources.yaml)", show_lines=True)
+    table.add_column("source", no_wrap=True)
+    for col in ("what", "layout under --to", "size", "license", "citation"):
+        table.add_column(col, overflow="fold")
+    for name, src in load_sources().items():
+        where = f"osf.io/{src.node}" if src.provider == "osf" else f"hf:{src.repo}"
+        table.add_row(f"{name}\n{where}", src.text["title"], src.text["layout"], src.text["size"],
+                      src.text["license"], src.text["citation"])
+    console.print(table)
+
+
+@data_app.command("download")
+def data_download(
+    source: str = typer.Argument(..., help="A source name (bench data list-sources)."),
+    to: Path = typer.Option(..., "--to", help="Folder to lay the files out in (usable as --data-root afterwards)."),
+    subjects: Optional[str] = typer.Option(None, "--subjects", help="e.g. 1-10 or 1,3 (default: all listed)."),
+    partitions: str = typer.Option("train,test", "--partitions", help="train, test or train,test."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (files, sizes, free disk) and stop."),
+) -> None:
+    """Fetch a THINGS-EEG source (OSF or Hugging Face), verify every file's hash, lay it out as bench reads it, check it."""
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+
+    from bench.data.download import check_space, gb, make_plan, run_download
+    from bench.ids import parse_optional_ids
+
+    plan = make_plan(source, to, parse_optional_ids(subjects, "subjects"),
+                     [p.strip() for p in partitions.split(",") if p.strip()])
+    _print_plan(plan)
+    if dry_run:
+        return
+    check_space(plan)
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        installed = run_download(plan, progress)
+    for target in installed:
+        console.print(f"installed {target}", highlight=False)
+    console.print(f"{plan.source.name}: {len(plan.wanted)} file(s), {gb(plan.bytes_total)}, in {plan.to}")
+    _check_download(plan.to)
+
+
+def _print_plan(plan) -> None:
+    from bench.data.download import gb
+
+    table = Table(title=f"plan: {plan.source.name} → {plan.to}")
+    for col in ("file", "size", "hash", "goes to", "state"):
+        table.add_column(col, overflow="fold")
+    installed = {id(w) for w in plan.installed}
+    for w in plan.wanted:
+        kind = (w.remote.best_hash() or ("none",))[0]
+        state = ("installed" if id(w) in installed else
+                 f"resume at {gb(plan.partial[w.remote.path])}" if w.remote.path in plan.partial else "fetch")
+        table.add_row(w.remote.path, gb(w.remote.size), kind, w.target + ("/ (unzipped)" if w.is_archive else ""),
+                      state)
+    console.print(table)
+    console.print(f"{len(plan.pending)} of {len(plan.wanted)} file(s) to fetch: {gb(plan.bytes_to_fetch)} "
+                  f"(of {gb(plan.bytes_total)}); disk needed ≈ {gb(plan.bytes_needed)}, free {gb(plan.free)}",
+                  highlight=False)
+
+
+def _check_download(to: Path) -> None:
+    """`bench data check` on the download folder; absent inputs (features, images) are next steps, not failures."""
+    from bench.data.check import check_data_root
+    from bench.data.errors import DataRootError
+
+    try:
+        report = check_data_root(to)
+    except DataRootError:
+        console.print(f"no EEG subject folders in {to} yet, so bench data check was not run; download an EEG source "
+                      f"into the same --to", highlight=False)
+        return
+    _print_check(report)
+    for note in report.missing:
+        console.print(f"next step: {note}", highlight=False)
+    problems = [p for p in report.all_problems() if p not in report.missing]
+    for problem in problems:
+        err_console.print(f"[red]problem:[/red] {problem}", highlight=False)
     if problems:
-        for problem in problems:
-            err_console.print(f"[red]problem:[/red] {problem}", highlight=False)
         raise typer.Exit(1)
-    console.print(f"[green]ok[/green]: {len(report.subjects)} subject(s) readable and consistent")
+    if report.missing:
+        console.print(f"{len(report.subjects)} subject(s) readable and consistent; complete the data root with the "
+                      f"next step(s) above", highlight=False)
+        return
+    console.print(f"[green]ok[/green]: {len(report.subjects)} subject(s) readable and consistent; use --data-root {to}",
+                  highlight=False)
 
 
 @app.command()

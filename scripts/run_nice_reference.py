@@ -28,36 +28,28 @@ See docs/fidelity.md for the measured comparison with ``bench run --method nice`
 from __future__ import annotations
 
 import argparse
-import ast
 import gc
-import hashlib
-import importlib.util
 import json
 import os
 import re
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
 import types
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reference_runner import (  # noqa: E402  (the runners' shared part, beside this file)
+    Patch, RefusedRun, check_requirements, cli, exec_patched, fingerprint, launch, patch_file, provenance,
+    subject_eeg_files, timed)
+
 REFERENCE_FILE = "nice_stand.py"
 TESTED_COMMIT = "a7709d8"  # eeyhsong/NICE-EEG commit whose code shapes the patches below were written against
 DNN = "clip"  # nice_stand.py --dnn default: file names clip_feature_maps_{training,test}.npy and center_clip.npy
 PAPER_TRAIN_IMAGES, PAPER_VAL_IMAGES = 16540, 740
 RESULT_LINE = re.compile(r"The test Top1-([0-9.]+), Top3-([0-9.]+), Top5-([0-9.]+)")
-CUDA_SEEDING = re.compile(r"torch\.cuda\.manual_seed(_all)?\(")  # harmless without a GPU: left as they are
 BEST_EPOCH_LINE = re.compile(r"The best epoch is: (\d+)")
-FULL_HASH_LIMIT = 512 * 2**20  # files above this are fingerprinted by size and their first and last MiB
-
-
-class RefusedRun(RuntimeError):
-    """A refused run: the clone, the data root or the reference's output is not what this script expects."""
 
 
 @dataclass(frozen=True)
@@ -71,14 +63,6 @@ class Plan:
     n_test: int
     n_val: int
     dim: int
-
-
-@dataclass(frozen=True)
-class Patch:
-    name: str
-    pattern: str  # a regular expression on the source text (re.MULTILINE); its match is replaced whole
-    replacement: str  # literal text, one line at most: line numbers in tracebacks stay the clone's
-    count: int | None = 1  # matches expected in the reference; None = at least one
 
 
 def reference_patches(plan: Plan) -> list[Patch]:
@@ -111,50 +95,14 @@ def reference_patches(plan: Plan) -> list[Patch]:
     ]
 
 
-def apply_patches(source: str, patches: list[Patch], filename: str) -> str:
-    """``source`` with every patch applied; refuses if a pattern matches another number of times than expected."""
-    for patch in patches:
-        source, n = re.subn(patch.pattern, lambda _m, text=patch.replacement: text, source, flags=re.MULTILINE)
-        if (patch.count is None and n == 0) or (patch.count is not None and n != patch.count):
-            expected = "at least once" if patch.count is None else f"{patch.count} time(s)"
-            raise RefusedRun(
-                f"{filename}: the {patch.name} pattern {patch.pattern!r} matched {n} time(s), expected {expected}; "
-                f"this clone's code no longer has the shape this script patches (written against NICE-EEG "
-                f"{TESTED_COMMIT}), so it is not run")
-    return source
-
-
 def patched_reference(clone: Path, plan: Plan) -> tuple[Path, str]:
     """(path of nice_stand.py, its patched source); the file itself is only read."""
     path = clone / REFERENCE_FILE
-    if not path.is_file():
-        raise RefusedRun(f"{clone}: no {REFERENCE_FILE}; --clone must be a clone of github.com/eeyhsong/NICE-EEG")
-    source = path.read_text()
-    patched = apply_patches(source, reference_patches(plan), str(path))
-    if patched.count("\n") != source.count("\n"):  # a replacement spanning lines would shift every traceback
-        raise RefusedRun(f"{path}: patching changed the number of lines; refusing to run a misaligned copy")
-    leftover = [f"line {i}: {line.strip()}" for i, line in enumerate(patched.splitlines(), 1)
-                if "cuda" in CUDA_SEEDING.sub("", line.split("#")[0])]
-    if leftover:  # a device use the patches do not know (e.g. .to('cuda')) would fail or leave the CPU
-        raise RefusedRun(f"{path}: CUDA use left after patching, which this script does not know how to move to the "
-                         f"CPU: {'; '.join(leftover)}")
-    return path, patched
+    return path, patch_file(path, reference_patches(plan), f"NICE-EEG {TESTED_COMMIT}",
+                            "github.com/eeyhsong/NICE-EEG")
 
 
 # --- the data root and the feature files the reference reads ---------------------------------------------------------
-def subject_eeg_files(data_root: Path, subject: int) -> tuple[Path, list[Path]]:
-    """(the folder nice_stand.py reads as eeg_data_path, the subject's two files), checked to exist."""
-    eeg_dir = data_root / "Preprocessed_data_250Hz"
-    folder = eeg_dir / f"sub-{subject:02d}"
-    files = [folder / "preprocessed_eeg_training.npy", folder / "preprocessed_eeg_test.npy"]
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise RefusedRun(f"{data_root}: not a THINGS-EEG 250 Hz data root for subject {subject}; missing "
-                         f"{', '.join(missing)} (layout: Preprocessed_data_250Hz/sub-XX/preprocessed_eeg_"
-                         f"{{training,test}}.npy)")
-    return eeg_dir, files
-
-
 def nice_feature_files(folder: Path) -> list[Path]:
     return [folder / f"{DNN}_feature_maps_training.npy", folder / f"{DNN}_feature_maps_test.npy",
             folder / f"center_{DNN}.npy"]
@@ -203,35 +151,53 @@ def validation_images(n_train: int, requested: int | None) -> int:
     return n_val
 
 
-def fingerprint(files: list[Path]) -> dict[str, str]:
-    """sha256 per file: whole below 512 MiB, else of its size and first and last MiB (marked 'sampled:')."""
-    out = {}
-    for path in files:
-        digest, size = hashlib.sha256(), path.stat().st_size
-        with open(path, "rb") as fh:
-            if size <= FULL_HASH_LIMIT:
-                for block in iter(lambda: fh.read(2**22), b""):
-                    digest.update(block)
-                out[f"{path.parent.name}/{path.name}"] = digest.hexdigest()
-            else:
-                digest.update(str(size).encode())
-                digest.update(fh.read(2**20))
-                fh.seek(size - 2**20)
-                digest.update(fh.read(2**20))
-                out[f"{path.parent.name}/{path.name}"] = "sampled:" + digest.hexdigest()
-    return out
-
-
 # --- the run: a child process executes the patched source, the parent reads the reference's log -------------------
 def load_reference_module(clone: Path, plan: Plan) -> types.ModuleType:
     """The patched nice_stand.py executed as module ``nice_stand`` (its module level sets CUDA_VISIBLE_DEVICES)."""
-    path, source = patched_reference(clone, plan)
-    sys.path.insert(0, str(path.parent))  # as `python nice_stand.py` in the clone would see it
-    module = types.ModuleType("nice_stand")  # not "__main__": its own `if __name__` block stays idle
-    module.__file__ = str(path)
-    sys.modules["nice_stand"] = module
-    exec(compile(source, str(path), "exec"), module.__dict__)  # tracebacks show the clone's file and lines
-    return module
+    return exec_patched(*patched_reference(clone, plan), "nice_stand")
+
+
+def add_image_test(module: types.ModuleType, sink: dict) -> None:
+    """Wrap ``IE.train`` so that, after NICE's own training and test have run unchanged, the same final model (its
+    modules as ``train()`` leaves them: the last epoch, since the reload loads nothing) is scored a second time in
+    memory: by cosine against the test *images* (the honest number) and by NICE's dot against the centres (which must
+    reproduce NICE's own test, or the parent refuses the run). Nothing NICE computes is changed or reordered."""
+    trainer = getattr(module, "IE", None)
+    if trainer is None or not callable(getattr(trainer, "train", None)):
+        raise RefusedRun(f"{getattr(module, '__file__', module.__name__)}: no class IE with a train() method; the "
+                         f"image test cannot be added")
+    original = trainer.train
+
+    def train(self):
+        result = original(self)
+        sink.update(image_test(self))
+        return result
+
+    trainer.train = train
+
+
+def image_test(ie) -> dict:
+    """Top-1/5 of NICE's final model against the test images (cosine) and the centres (``ê·c``), with NICE's own
+    loaders (``get_eeg_data``, ``get_image_data``) and centre file; the EEG embeddings for geometry checks."""
+    import torch
+
+    from bench.evaluate import cosine_similarity, dot_similarity, rank_counts
+
+    _, _, test_eeg, _ = ie.get_eeg_data()
+    _, test_image = ie.get_image_data()
+    centre = np.load(ie.test_center_path + "center_" + ie.args.dnn + ".npy", allow_pickle=True)
+    ie.Enc_eeg.eval()
+    ie.Proj_eeg.eval()
+    with torch.no_grad():  # eval mode: no dropout draw, so nothing of NICE's random streams is used
+        emb = ie.Proj_eeg(ie.Enc_eeg(torch.from_numpy(np.asarray(test_eeg)).float())).double().numpy()
+    fold = np.zeros(len(emb), dtype=np.int64)
+    image = rank_counts(cosine_similarity(emb, np.asarray(test_image, dtype=np.float64)), fold)
+    centres = rank_counts(dot_similarity(emb, np.asarray(centre, dtype=np.float64)), fold)
+    common = centre.mean(0) / np.linalg.norm(centre.mean(0))  # the centres' shared direction
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    np.save("test_embedding.npy", emb.astype(np.float32))  # cwd = the work folder
+    return {"top1_image": image.topk(1), "top5_image": image.topk(5), "top1_centre_check": centres.topk(1),
+            "top5_centre_check": centres.topk(5), "embedding_common_cos": float((unit @ common).mean())}
 
 
 def run_child(spec_file: str) -> int:
@@ -241,51 +207,14 @@ def run_child(spec_file: str) -> int:
 
     torch.set_num_threads(spec["threads"])
     module = load_reference_module(Path(spec["clone"]), Plan(**spec["plan"]))
+    second_pass: dict = {}
+    if spec["image_test"]:
+        add_image_test(module, second_pass)
     sys.argv = [module.__file__, *spec["argv"]]
-    start, cpu = time.perf_counter(), time.process_time()
-    module.main()
+    timing = timed(module.main)
     gc.collect()  # IE never closes its log file; collecting the instance flushes it before the parent reads it
-    wall, cpu = time.perf_counter() - start, time.process_time() - cpu  # CPU time: comparable on a loaded machine
-    Path(spec["child_result"]).write_text(json.dumps({"wall_s": wall, "cpu_s": cpu, "torch": torch.__version__,
-                                                      "threads": torch.get_num_threads()}))
+    Path(spec["child_result"]).write_text(json.dumps({**timing, **second_pass}))
     return 0
-
-
-def check_requirements(clone: Path, source: str) -> None:
-    """Every module the reference imports (read from its import statements) is importable here, or refuse."""
-    names = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
-    local = {n for n in names if (clone / f"{n}.py").is_file() or (clone / n).is_dir()}  # the clone's own modules
-    missing = sorted(n for n in names - local
-                     if n not in sys.stdlib_module_names and importlib.util.find_spec(n) is None)
-    if missing:
-        raise RefusedRun(f"{clone / REFERENCE_FILE} imports {', '.join(missing)}, not installed for {sys.executable} "
-                         f"(pip install {' '.join(missing)}; NICE's code needs nothing else)")
-
-
-def launch(spec: dict, work: Path, threads: int, quiet: bool) -> dict:
-    """Run the child in ``work`` on the CPU; its stdout goes to work/stdout.txt (and here unless quiet)."""
-    spec_file = work / "spec.json"
-    spec_file.write_text(json.dumps(spec, indent=1))
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    start = time.perf_counter()
-    with open(work / "stdout.txt", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-u", str(Path(__file__).resolve()), "--child", str(spec_file)],
-                                cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for line in proc.stdout:
-            log.write(line)
-            if not quiet:
-                print(line, end="", flush=True)
-        code = proc.wait()
-    if code != 0:
-        tail = (work / "stdout.txt").read_text().splitlines()[-15:]
-        raise RefusedRun(f"the reference exited with status {code}; its last lines:\n" + "\n".join(tail))
-    child = json.loads(Path(spec["child_result"]).read_text())
-    return {**child, "process_wall_s": time.perf_counter() - start}
 
 
 def read_reference_log(log: Path) -> dict:
@@ -301,19 +230,19 @@ def read_reference_log(log: Path) -> dict:
             "epochs_logged": len(re.findall(r"^Epoch \d+:", text, flags=re.MULTILINE))}
 
 
-def git_commit(clone: Path) -> tuple[str | None, bool | None]:
-    """(HEAD commit, whether nice_stand.py differs from it) of the clone; (None, None) if it is not a git checkout."""
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", "-C", str(clone), *args], capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
+SECOND_PASS_KEYS = ("top1_image", "top5_image", "embedding_common_cos")
 
-    top = git("rev-parse", "--show-toplevel")  # a plain folder inside another repository is not a clone
-    commit = git("rev-parse", "HEAD") if top and Path(top).resolve() == clone.resolve() else None
-    status = git("status", "--porcelain", "--", REFERENCE_FILE) if commit else None
-    return commit, (bool(status) if status is not None else None)
+
+def second_pass_scores(child: dict, scores: dict) -> dict:
+    """The image test's numbers, once its centre scores are checked to be NICE's own (the same model was scored)."""
+    missing = [k for k in ("top1_centre_check", "top5_centre_check", *SECOND_PASS_KEYS) if k not in child]
+    if missing:
+        raise RefusedRun(f"the image test reported no {', '.join(missing)}: IE.train() did not return to it")
+    for k in (1, 5):
+        if abs(child[f"top{k}_centre_check"] - scores[f"top{k}"]) > 1e-3:  # the log keeps 6 decimals
+            raise RefusedRun(f"the image test's top-{k} on the centres ({child[f'top{k}_centre_check']:.2f} %) is not "
+                             f"NICE's own ({scores[f'top{k}']:.2f} %): it did not score the model NICE tested")
+    return {k: round(child[k], 4) for k in SECOND_PASS_KEYS}
 
 
 def prepare(args: argparse.Namespace, work: Path) -> tuple[Plan, list[Path], list[Path]]:
@@ -342,29 +271,25 @@ def run_reference(args: argparse.Namespace, work: Path) -> dict:
     """Prepare, patch (refusing before any training if a pattern is gone), run, and collect one result record."""
     clone = Path(args.clone).expanduser().resolve()
     plan, eeg_files, feature_files = prepare(args, work)
-    check_requirements(clone, patched_reference(clone, plan)[1])  # fail here, not in the child
+    check_requirements(clone, patched_reference(clone, plan)[1], REFERENCE_FILE)  # fail here, not in the child
     for sub in ("model", "results"):  # nice_stand.py saves to ./model/ and opens its log in result_path
         (work / sub).mkdir(exist_ok=True)
     argv = ["--epoch", str(args.epochs), "--batch-size", str(args.batch_size), "--seed", str(args.seed)]
     spec = {"clone": str(clone), "plan": asdict(plan), "argv": argv, "threads": args.threads,
-            "child_result": str(work / "child.json")}
+            "child_result": str(work / "child.json"), "image_test": not args.no_image_test}
     load_before = os.getloadavg()
-    timing = launch(spec, work, args.threads, args.quiet)
+    timing = launch(__file__, spec, work, args.threads, args.quiet)
     scores = read_reference_log(work / "results" / f"log_subject{args.subject}.txt")
-    commit, dirty = git_commit(clone)
+    second = second_pass_scores(timing, scores) if spec["image_test"] else {}
     return {
-        "reference": "eeyhsong/NICE-EEG nice_stand.py", "reference_commit": commit, "reference_dirty": dirty,
-        "reference_sha256": hashlib.sha256((clone / REFERENCE_FILE).read_bytes()).hexdigest(),
+        "reference": "eeyhsong/NICE-EEG nice_stand.py", **provenance(clone, [REFERENCE_FILE], load_before, timing),
         "subject": args.subject, "epochs": args.epochs, "seed": args.seed, "batch_size": args.batch_size,
-        **scores, "units": "percent", "wall_s": round(timing["wall_s"], 2), "cpu_s": round(timing["cpu_s"], 2),
-        "process_wall_s": round(timing["process_wall_s"], 2), "threads": timing["threads"], "device": "cpu",
-        "torch": timing["torch"], "loadavg_before": [round(x, 2) for x in load_before],
-        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        **scores, **second, "units": "percent",
         "data_root": str(Path(args.data_root).expanduser().resolve()),
         "features": str(Path(args.features_dir or args.features or plan.feature_dir)),
         "n_train_images": feature_shapes(feature_files)[0], "val_images": plan.n_val, "n_test": plan.n_test,
         "feature_dim": plan.dim, "data_fingerprint": fingerprint(eeg_files + feature_files),
-        "patches": [p.name for p in reference_patches(plan)], "command": sys.argv,
+        "patches": [p.name for p in reference_patches(plan)],
     }
 
 
@@ -387,6 +312,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads in the reference run (default 1)")
     p.add_argument("--work-dir", help="keep the work folder here (default: a temporary folder, removed on success)")
     p.add_argument("--quiet", action="store_true", help="do not echo the reference's output")
+    p.add_argument("--no-image-test", action="store_true",
+                   help="skip the second, in-memory test of NICE's final model against the test images (top1_image)")
     args = p.parse_args(argv)
     if args.subject < 1 or args.epochs < 1 or args.batch_size < 1 or args.threads < 1:
         p.error("--subject, --epochs, --batch-size and --threads must be at least 1")
@@ -394,27 +321,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--child"]:
-        return run_child(argv[1])
-    args = parse_args(argv)
-    work = Path(args.work_dir).resolve() if args.work_dir else Path(tempfile.mkdtemp(prefix="nice-reference-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        record = run_reference(args, work)
-    except RefusedRun as exc:
-        print(f"error: {exc}\n(work folder kept: {work})", file=sys.stderr)
-        return 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"nice-reference_sub-{args.subject:02d}_seed-{args.seed}_epochs-{args.epochs}"
-    shutil.copyfile(work / "results" / f"log_subject{args.subject}.txt", out / f"{stem}.log")
-    (out / f"{stem}.json").write_text(json.dumps(record, indent=1) + "\n")
-    print(f"reference top-1 {record['top1']:.2f} %, top-5 {record['top5']:.2f} %, {record['wall_s']:.1f} s -> "
-          f"{out / (stem + '.json')}")
-    if not args.work_dir:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
+    def keep(args: argparse.Namespace) -> dict[str, str]:  # NICE's log; the test EEG embeddings for geometry checks
+        return {f"results/log_subject{args.subject}.txt": ".log", "test_embedding.npy": ".test-embedding.npy"}
+
+    return cli(argv, "nice-reference", run_child, parse_args, run_reference, keep=keep)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ class IE():
         self.log_write = open(result_path + "log_subject%d.txt" % self.nSub, "w")
         self.Tensor = torch.cuda.FloatTensor
         self.LongTensor = torch.cuda.LongTensor
+        self.Enc_eeg = nn.Identity().cuda()
         self.Proj_eeg = Proj_eeg().cuda()
         self.Proj_img = Proj_img().cuda()
 
@@ -71,9 +72,16 @@ class IE():
                        allow_pickle=True)
         return np.mean(data['preprocessed_eeg_data'], axis=1).astype(np.float32)
 
+    def get_eeg_data(self):
+        return self.load('training'), [], np.expand_dims(self.load('test'), axis=1), None
+
+    def get_image_data(self):
+        return (np.squeeze(np.load(self.img_data_path + self.args.dnn + '_feature_maps_training.npy')),
+                np.squeeze(np.load(self.img_data_path + self.args.dnn + '_feature_maps_test.npy')))
+
     def train(self):
-        train_eeg, test_eeg = self.load('training'), self.load('test')
-        train_img = np.squeeze(np.load(self.img_data_path + self.args.dnn + '_feature_maps_training.npy'))
+        train_eeg, _, test_eeg, _ = self.get_eeg_data()
+        train_img, _ = self.get_image_data()
         center = torch.from_numpy(np.load(self.test_center_path + 'center_' + self.args.dnn + '.npy'))
         test_label = np.arange(200)
         shuffle = np.random.permutation(len(train_eeg))
@@ -94,7 +102,7 @@ class IE():
                 vloss = ((self.Proj_eeg(val_eeg.type(self.Tensor)) - val_img.type(self.Tensor)) ** 2).mean()
             self.log_write.write('Epoch %d: Cos eeg: %.4f, Cos img: %.4f, loss val: %.4f\\n' % (e, loss, loss, vloss))
         with torch.no_grad():
-            tfea = self.Proj_eeg(torch.from_numpy(test_eeg).type(self.Tensor))
+            tfea = self.Proj_eeg(self.Enc_eeg(torch.from_numpy(test_eeg).type(self.Tensor)))
             tfea = tfea / tfea.norm(dim=1, keepdim=True)
             _, indices = (100.0 * tfea @ center.type(self.Tensor).t()).softmax(dim=-1).topk(5)
         label = torch.from_numpy(test_label).type(self.LongTensor).view(-1, 1)
@@ -239,6 +247,30 @@ def test_standin_runs_end_to_end_on_the_tiny_root(tiny_root, tmp_path):
     assert (out / "nice-reference_sub-02_seed-3_epochs-2.log").read_text().startswith("Epoch 0:")
     assert hashlib.sha256((clone / "nice_stand.py").read_bytes()).hexdigest() == before
     assert sorted(p.name for p in clone.iterdir()) == ["nice_stand.py"]  # nothing written into the clone
+    # the second pass scored NICE's final model: its embeddings reproduce NICE's logged top-1 on the centres by ê·c,
+    # and top1_image is the same embeddings against the test images by cosine
+    emb = np.load(out / "nice-reference_sub-02_seed-3_epochs-2.test-embedding.npy").astype(np.float64)
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    image = np.load(work / "dnn_feature" / "clip_feature_maps_test.npy")[:, 0].astype(np.float64)
+    centre = np.load(work / "dnn_feature" / "center_clip.npy").astype(np.float64)
+    hits = np.arange(len(emb))
+    assert record["top1"] == pytest.approx(100 * np.mean((unit @ centre.T).argmax(1) == hits))
+    cosine = unit @ (image / np.linalg.norm(image, axis=1, keepdims=True)).T
+    assert record["top1_image"] == pytest.approx(100 * np.mean(cosine.argmax(1) == hits))
+    assert record["top1_image"] != record["top1"] or record["top5_image"] != record["top5"]  # not a copy
+
+
+def test_an_image_test_that_did_not_score_nices_model_is_refused(script):
+    scores = {"top1": 30.0, "top5": 70.0}
+    child = {"top1_centre_check": 30.0, "top5_centre_check": 70.0, "top1_image": 25.0, "top5_image": 60.0,
+             "embedding_common_cos": 0.1}
+    assert script.second_pass_scores(child, scores)["top1_image"] == 25.0
+    with pytest.raises(script.RefusedRun, match="top-5 on the centres .* is not NICE's own"):
+        script.second_pass_scores({**child, "top5_centre_check": 71.0}, scores)
+    with pytest.raises(script.RefusedRun, match="reported no top1_image"):
+        script.second_pass_scores({k: v for k, v in child.items() if k != "top1_image"}, scores)
+    with pytest.raises(script.RefusedRun, match="no class IE"):
+        script.add_image_test(type(sys)("nice_stand"), {})
 
 
 def test_missing_subject_is_refused_before_running(tiny_root, tmp_path):
@@ -253,7 +285,7 @@ def test_a_missing_import_is_named(script, tmp_path):
     clone = make_clone(tmp_path / "clone", "import os\nimport surely_not_installed_pkg\nfrom local_mod import x\n")
     (clone / "local_mod.py").write_text("x = 1\n")
     with pytest.raises(script.RefusedRun, match="imports surely_not_installed_pkg, not installed"):
-        script.check_requirements(clone, (clone / "nice_stand.py").read_text())
+        script.check_requirements(clone, (clone / "nice_stand.py").read_text(), "nice_stand.py")
 
 
 @pytest.mark.skipif(not os.environ.get("NICE_CLONE"), reason="set NICE_CLONE to a clone of eeyhsong/NICE-EEG")
@@ -264,7 +296,7 @@ def test_real_reference_one_epoch_on_the_tiny_root(tiny_root, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     record = json.loads((out / "nice-reference_sub-01_seed-0_epochs-1.json").read_text())
     assert record["reference_commit"] and record["epochs_logged"] == 1 and record["n_test"] == 40
-    assert 0 <= record["top1"] <= record["top5"] <= 100
+    assert 0 <= record["top1"] <= record["top5"] <= 100 and 0 <= record["top1_image"] <= record["top5_image"] <= 100
 
 
 @pytest.mark.skipif(not os.environ.get("NICE_CLONE"), reason="set NICE_CLONE to a clone of eeyhsong/NICE-EEG")

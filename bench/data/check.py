@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bench.data.cache import EEGHeader, cached_eeg, peek_header
 from bench.data.concepts import concept_name, refuse_overlapping_concepts
-from bench.data.errors import DataFormatError, FeatureFileError, NonFiniteDataError
+from bench.data.errors import DataFormatError, DataRootError, FeatureFileError, NonFiniteDataError
 from bench.data.features import feature_files, find_feature_file, load_partition_any
 from bench.data.formats import ImageList
 from bench.data.layout import find_image_list, find_layout
@@ -42,6 +42,7 @@ class CheckReport:
     feature_rows: dict[str, str] = field(default_factory=dict)
     subjects: list[SubjectReport] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # the problems that are absent inputs (concept list, features)
 
     @property
     def ok(self) -> bool:
@@ -94,6 +95,8 @@ def _check_concepts(layout, report: CheckReport) -> ImageList | None:
         report.images_per_train_concept = images.images_per_concept("train")
     except DataFormatError as exc:
         report.problems.append(str(exc))
+        if isinstance(exc, DataRootError):  # no concept list at all, as opposed to a broken one
+            report.missing.append(str(exc))
         return None
     report.concept_source = images.source
     report.n_train_concepts, report.n_test_concepts = len(images.train_concepts), len(images.test_concepts)
@@ -110,6 +113,7 @@ def _check_features(features, layout, images: ImageList | None, report: CheckRep
     if path is None:
         report.problems.append(f"no feature file in {layout.root} (features.npz, <model>_features_train.pt or "
                                f"clip_feature_maps_training.npy); pass --features or extract features")
+        report.missing.append(report.problems[-1])
         return
     report.features = path
     for partition in ("train", "test"):

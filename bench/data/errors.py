@@ -30,3 +30,8 @@ class DataRootError(DataFormatError):
 
 class FeatureFileError(UserError, ValueError):
     """A feature file is missing, malformed or inconsistent; the message names the file."""
+
+
+class DownloadError(UserError, RuntimeError):
+    """A download cannot start or finish: unreachable host, missing file, hash mismatch, not enough disk. The message
+    names the URL or file and, where the network is the problem, how to fetch it by hand."""

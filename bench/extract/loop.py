@@ -64,6 +64,7 @@ def extract_features(
     weights: str | Path | None = None,
     pretrained: str | None = None,
     random_init: bool = False,
+    offline: bool = False,
     layer: int | None = None,
     pool: str | None = None,
     text: bool = True,
@@ -87,7 +88,8 @@ def extract_features(
     the same identity was interrupted. ``on_batch(n)`` is called after the n-th freshly computed image batch is on
     disk (an observer: progress elsewhere, or a test that kills the process there). ``transform="train"`` applies the
     model's random training transform, seeded per image from ``seed`` (default 0; :mod:`bench.extract.transforms`);
-    ``seed`` is refused with the deterministic ``"eval"`` transform. Raises
+    ``seed`` is refused with the deterministic ``"eval"`` transform. Weights not in the local caches are downloaded by
+    the model's library unless ``offline`` (or ``HF_HUB_OFFLINE=1``). Raises
     :class:`FeatureExtractionError` (or :class:`bench.data.concepts.ImageFolderError`) for anything the user can fix;
     ``out`` is then left untouched.
     """
@@ -97,7 +99,8 @@ def extract_features(
     say = _reporter(messages, log)
     _check_options(out, dtype, batch_size, workers, layer, pool, prompt_template)
     _check_transform(transform, seed)
-    job, meta = _settle(images, model, weights=weights, pretrained=pretrained, random_init=random_init, layer=layer,
+    job, meta = _settle(images, model, weights=weights, pretrained=pretrained, random_init=random_init,
+                        offline=offline, layer=layer,
                         pool=pool, text=text, prompt_template=prompt_template,
                         underscores_to_spaces=underscores_to_spaces, dtype=dtype, transform=transform, seed=seed)
     old = _existing_output(out, meta, force, say)
@@ -157,11 +160,11 @@ def _check_transform(transform: str, seed: int | None) -> None:
 
 
 def _settle(images: str | Path, model: str, *, weights: str | Path | None, pretrained: str | None,
-            random_init: bool, layer: int | None, pool: str | None, text: bool, prompt_template: str,
+            random_init: bool, offline: bool, layer: int | None, pool: str | None, text: bool, prompt_template: str,
             underscores_to_spaces: bool, dtype: str, transform: str, seed: int | None) -> tuple[_Job, dict]:
     """The job and its metadata, from the images and a weightless model skeleton; fails before any real work."""
     things = scan_things_images(images)
-    ex = get_extractor(model, pretrained=pretrained, weights=weights, random_init=random_init)
+    ex = get_extractor(model, pretrained=pretrained, weights=weights, random_init=random_init, offline=offline)
     w = ex.resolve_weights()
     ex.load("meta", None)  # the skeleton: transform, depth and width, in well under a second even for ViT-H-14
     layer, pool = _settle_layer(ex, layer, pool)

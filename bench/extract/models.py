@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench.extract.errors import FeatureExtractionError
-from bench.extract.weights import (RANDOM_INIT_SEED, Weights, find_local_weights, no_weights_message,
-                                   resolve_weights)
+from bench.extract.weights import (RANDOM_INIT_SEED, Weights, download_weights, find_local_weights,
+                                   no_weights_message, offline_mode, resolve_weights)
 from bench.registry import FEATURES, RegistryError, register_feature_extractor, suggest
 
 
@@ -44,8 +44,9 @@ class Extractor:
     text_absent_reason = ""
 
     def __init__(self, name: str, *, pretrained: str | None = None, weights: str | Path | None = None,
-                 random_init: bool = False):
+                 random_init: bool = False, offline: bool = False):
         self.name = name
+        self.offline = offline_mode(offline)
         self.pretrained = pretrained
         self.weights_arg = Path(weights).expanduser() if weights is not None else None
         self.random_init = random_init
@@ -60,7 +61,8 @@ class Extractor:
         return resolve_weights(self.weights_arg, self.random_init, self._cached_weights)
 
     def _cached_weights(self) -> Weights:
-        """The family's published weights from the local caches (:func:`find_local_weights`), or an error."""
+        """The family's published weights from the local caches (:func:`find_local_weights`), downloaded into them
+        when online, or an error."""
         raise NotImplementedError
 
     def load(self, device: str, weights: Weights | None) -> "Extractor":
@@ -157,6 +159,12 @@ class OpenClipExtractor(Extractor):
         if not self.tag:
             raise FeatureExtractionError(
                 f"open_clip:{self.name} has no published weights; pass --weights FILE, or --random-init for smoke runs")
+        if not self.offline:
+            import open_clip
+
+            where = f"hf:{hub}" if hub else self.tag_cfg.get("url", "")
+            return download_weights(f"open_clip:{self.name} (pretrained {self.tag!r})", where,
+                                    lambda: open_clip.pretrained.download_pretrained(self.tag_cfg))
         populate = (f"python -c \"import open_clip; open_clip.create_model_and_transforms('{self.name}', "
                     f"pretrained='{self.tag}')\"")
         raise FeatureExtractionError(no_weights_message(f"open_clip:{self.name} (pretrained {self.tag!r})",
@@ -265,9 +273,29 @@ class TimmExtractor(Extractor):
         found, looked = find_local_weights(cfg.hf_hub_id, names, url_file)
         if found:
             return found
+        if not self.offline:
+            return self._download(cfg, names)
         full = f"{cfg.architecture}.{cfg.tag}" if cfg.tag else cfg.architecture
         populate = f"python -c \"import timm; timm.create_model('{full}', pretrained=True)\""
         raise FeatureExtractionError(no_weights_message(f"timm:{self.name}", looked, populate))
+
+    def _download(self, cfg, names: list[str]) -> Weights:
+        """timm's weights into the hub cache (the first of ``names`` the repository has) or torch.hub's folder."""
+        model = f"timm:{self.name}"
+        if cfg.hf_hub_id:
+            from huggingface_hub import hf_hub_download
+            from huggingface_hub.errors import EntryNotFoundError
+
+            for i, name in enumerate(names):
+                try:
+                    return download_weights(model, f"hf:{cfg.hf_hub_id}/{name}",
+                                            lambda: hf_hub_download(cfg.hf_hub_id, name))
+                except FeatureExtractionError as exc:
+                    if not isinstance(exc.__cause__, EntryNotFoundError) or i == len(names) - 1:
+                        raise
+        from timm.models._hub import download_cached_file
+
+        return download_weights(model, cfg.url, lambda: download_cached_file(cfg.url))
 
     def load(self, device: str, weights: Weights | None) -> "TimmExtractor":
         import timm

@@ -1,9 +1,12 @@
-"""Where a model's weights come from, found without any network call, and their sha256.
+"""Where a model's weights come from, and their sha256.
 
-Clusters have no network, so ``bench features`` never downloads: weights come from ``--weights FILE``, from what
-already sits in the local Hugging Face hub cache or a library's URL download folder, or are seeded random weights
-(``--random-init``, recorded as ``weights: "random-init"``). Nothing found → :class:`FeatureExtractionError` at once,
-before a model is built, with a message that says where we looked and how to populate the cache elsewhere.
+Weights come from ``--weights FILE``, from what already sits in the local Hugging Face hub cache or a library's URL
+download folder, or are seeded random weights (``--random-init``, recorded as ``weights: "random-init"``). When none
+of these has them and the machine may go online, the family's library downloads them into its usual cache
+(open_clip's ``download_pretrained``, huggingface_hub's ``hf_hub_download`` for timm), as any open_clip or timm user
+expects. Offline (``--offline``, or ``HF_HUB_OFFLINE=1`` as on clusters without network) nothing is downloaded:
+:class:`FeatureExtractionError` at once, before a model is built, saying where we looked and how to populate the
+cache elsewhere.
 """
 from __future__ import annotations
 
@@ -109,9 +112,30 @@ def find_local_weights(hf_repo: str | None, hf_names: list[str],
     return None, looked
 
 
+def offline_mode(offline_flag: bool) -> bool:
+    """``--offline``, or ``HF_HUB_OFFLINE`` set as huggingface_hub reads it (1/true/yes/on)."""
+    return offline_flag or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def download_weights(model: str, where: str, download: Callable[[], str]) -> Weights:
+    """Let the family's library fetch the weights into its usual cache; a failure names the model and the place."""
+    try:
+        path = download()
+    except Exception as exc:  # the libraries raise httpx, urllib, OSError and hub errors alike
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise FeatureExtractionError(
+            f"could not download the weights of {model} from {where} ({reason}); check the connection (HF_ENDPOINT "
+            f"and proxies apply), or pass --weights FILE, or --offline to use the local cache only") from exc
+    if not path or not os.path.isfile(path):
+        raise FeatureExtractionError(f"downloading the weights of {model} from {where} gave no file ({path!r})")
+    return Weights(Path(path), f"downloaded:{where}")
+
+
 def no_weights_message(model: str, looked_in: list[str], populate: str) -> str:
     return (f"no weights for {model}: not found in the local cache (looked for {'; '.join(looked_in) or 'nothing'}) "
-            f"and bench features never downloads. Provide them with --weights path/to/checkpoint "
+            f"and bench features does not download offline (--offline or HF_HUB_OFFLINE=1). Run it without "
+            f"--offline and with HF_HUB_OFFLINE unset on a machine with internet, or provide them with "
+            f"--weights path/to/checkpoint "
             f"(e.g. open_clip_pytorch_model.bin or model.safetensors), or populate the cache on a machine with "
             f"internet ({populate}) and copy it here (HF_HOME / HF_HUB_CACHE select where it is read), "
             f"or pass --random-init for tests and smoke runs")
