@@ -89,9 +89,8 @@ def extract_features(
     disk (an observer: progress elsewhere, or a test that kills the process there). ``transform="train"`` applies the
     model's random training transform, seeded per image from ``seed`` (default 0; :mod:`bench.extract.transforms`);
     ``seed`` is refused with the deterministic ``"eval"`` transform. Weights not in the local caches are downloaded by
-    the model's library unless ``offline`` (or ``HF_HUB_OFFLINE=1``). Raises
-    :class:`FeatureExtractionError` (or :class:`bench.data.concepts.ImageFolderError`) for anything the user can fix;
-    ``out`` is then left untouched.
+    the model's library unless ``offline`` (or ``HF_HUB_OFFLINE=1``). Raises :class:`FeatureExtractionError` (or
+    :class:`bench.data.concepts.ImageFolderError`) for anything the user can fix; ``out`` is then left untouched.
     """
     t0 = time.monotonic()
     out = Path(out)
@@ -100,13 +99,11 @@ def extract_features(
     _check_options(out, dtype, batch_size, workers, layer, pool, prompt_template)
     _check_transform(transform, seed)
     job, meta = _settle(images, model, weights=weights, pretrained=pretrained, random_init=random_init,
-                        offline=offline, layer=layer,
-                        pool=pool, text=text, prompt_template=prompt_template,
+                        offline=offline, layer=layer, pool=pool, text=text, prompt_template=prompt_template,
                         underscores_to_spaces=underscores_to_spaces, dtype=dtype, transform=transform, seed=seed)
     old = _existing_output(out, meta, force, say)
     if old is not None:
         return ExtractionResult(out, old, cache_hit=True, seconds=time.monotonic() - t0, messages=messages)
-
     result = ExtractionResult(out, meta, messages=messages)
     work, plan, todo = _resume(out, job, meta, batch_size, result, say)
     needs_text = job.prompts is not None and any(not work.text_path(p).is_file() for p in PARTITIONS)
@@ -115,8 +112,8 @@ def extract_features(
                  on_batch=on_batch)
     shapes = _write_output(job, work, plan, result, dtype)
     result.seconds = time.monotonic() - t0
-    say(f"wrote {out}: train {shapes['train']}, test {shapes['test']}, "
-        f"text {'yes' if meta['text'] else 'no (' + meta['text_note'] + ')'}, {dtype}, "
+    text_note = 'yes' if meta['text'] else 'no (' + meta['text_note'] + ')'
+    say(f"wrote {out}: train {shapes['train']}, test {shapes['test']}, text {text_note}, {dtype}, "
         f"{result.computed_batches} batches computed, {result.reused_batches} reused, {result.seconds:.1f}s")
     return result
 
