@@ -83,7 +83,51 @@ def wheel_env(tmp_path_factory) -> dict:
     assert installed.returncode == 0, installed.stderr
     # only now the dependencies: before, pip would see this environment's (editable) thingsbench as installed
     Path(site, "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    return {"python": python, "bench": tmp / "venv" / "bin" / "bench", "cwd": work, "env": env}
+    return {"python": python, "bench": tmp / "venv" / "bin" / "bench", "cwd": work, "env": env, "tmp": tmp}
+
+
+PLUGIN_PYPROJECT = """
+[build-system]
+requires = ["setuptools>=68"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "toy-bench-plugin"
+version = "1.0"
+
+[project.entry-points."bench.methods"]
+toy-ridge = "toy_plugin.toy_ridge"
+
+[tool.setuptools]
+packages = ["toy_plugin"]
+
+[tool.setuptools.package-data]
+toy_plugin = ["*.yaml"]
+"""
+PLUGIN_MODULE = """
+from bench.baselines.ridge import Ridge
+from bench.registry import register_method
+
+
+@register_method("toy-ridge", description="ridge from a third-party package, with its own recipe")
+class ToyRidge(Ridge):
+    pass
+"""
+
+
+def install_plugin_package(wheel_env: dict, tmp: Path) -> None:
+    """A third-party package: a method through the entry-point group, its recipe shipped as package data."""
+    (tmp / "plugin" / "toy_plugin").mkdir(parents=True)
+    (tmp / "plugin" / "pyproject.toml").write_text(PLUGIN_PYPROJECT)
+    (tmp / "plugin" / "toy_plugin" / "__init__.py").write_text("")
+    (tmp / "plugin" / "toy_plugin" / "toy_ridge.py").write_text(PLUGIN_MODULE)
+    (tmp / "plugin" / "toy_plugin" / "toy-ridge.yaml").write_text("method:\n  alpha: 7.0\n")
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", str(tmp / "plugin"), "--no-deps",
+                            "--no-build-isolation", "-w", str(tmp / "plugin-dist"), "-q"], capture_output=True,
+                           text=True, timeout=300, env=wheel_env["env"], cwd=wheel_env["cwd"])
+    assert built.returncode == 0, built.stderr
+    run_installed(wheel_env, sys.executable, "-m", "pip", "--python", wheel_env["python"], "install", "--no-deps",
+                  "-q", next((tmp / "plugin-dist").glob("*.whl")))
 
 
 def run_installed(wheel_env: dict, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -112,3 +156,15 @@ def test_wheel_runs_outside_the_checkout(wheel_env):
         assert r["provenance"]["git_commit"] is None  # installed, not a checkout: no commit to claim
     mcdb = next(r for r in records if r["method"] == "mcdb")
     assert mcdb["provenance"]["recipe"][:2] == ["baselines/nice.yaml", "methods/mcdb/mcdb.yaml"], mcdb["provenance"]
+
+
+@pytest.mark.slow
+def test_a_plugin_package_ships_its_method_and_recipe(wheel_env):
+    install_plugin_package(wheel_env, wheel_env["tmp"])
+    assert "toy-ridge" in run_installed(wheel_env, wheel_env["bench"], "list", "methods").stdout
+    results = wheel_env["tmp"] / "plugin-results"
+    run_installed(wheel_env, wheel_env["bench"], "train", "--method", "toy-ridge", "--subject", "1",
+                  "--set", "data.synthetic_preset=tiny", "--results-dir", results)
+    (record,) = [json.loads(p.read_text()) for p in (results / "runs").glob("*.json")]
+    assert record["config"]["method"]["alpha"] == 7.0  # the recipe from the plugin's package data applied
+    assert record["provenance"]["recipe"][0].endswith("site-packages/toy_plugin/toy-ridge.yaml")
