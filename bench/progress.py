@@ -78,7 +78,10 @@ class Running:
     started: float
     last_line: float            # when this trial last printed a line (piped output)
     epoch: int = 0
-    first_epoch: int = 0        # the first epoch this process reported: a resumed trial starts past 1
+    first_epoch: int = 0        # the first epoch this process reported
+    before: int = 0             # epochs a resumed trial had done before this process (from its checkpoint)
+    first_at: float = 0.0       # when it reported that first epoch, and its latest one: the pace leaves out start-up
+    last_at: float = 0.0
     loss: float | None = None
     val_top1: float | None = None
 
@@ -107,8 +110,10 @@ class SweepState:
         run = self.running.get(key)
         if run is None:
             return None
-        run.epoch = int(result.get("epoch", run.epoch))
-        run.first_epoch = run.first_epoch or run.epoch
+        run.epoch, run.last_at = int(result.get("epoch", run.epoch)), self.clock()
+        if not run.first_epoch:
+            run.first_epoch, run.first_at = run.epoch, run.last_at
+            run.before = run.epoch - 1 if result.get("resumed") else 0
         run.loss = result.get("train_loss", run.loss)
         run.val_top1 = result.get("val_top1", run.val_top1)
         return run
@@ -122,10 +127,14 @@ class SweepState:
         return run
 
     def trial_eta(self, run: Running) -> float | None:
-        elapsed = self.clock() - run.started
-        if run.info.epochs and run.epoch:  # this trial's own pace since it (re)started
-            per_epoch = elapsed / max(1, run.epoch - run.first_epoch + 1)
-            return per_epoch * max(0, run.info.epochs - run.epoch)
+        now = self.clock()
+        elapsed = now - run.started
+        if run.info.epochs and run.epoch:  # this trial's own pace: between its epochs once it has two
+            if run.epoch > run.first_epoch:
+                per_epoch = (run.last_at - run.first_at) / (run.epoch - run.first_epoch)
+            else:
+                per_epoch = (run.last_at - run.started) / max(1, run.epoch - run.before)
+            return max(0.0, per_epoch * max(0, run.info.epochs - run.epoch) - (now - run.last_at))
         typical = self.typical()
         return None if typical is None else max(0.0, typical - elapsed)
 
@@ -180,6 +189,8 @@ class LineDisplay:
 
     def progress(self, run: Running) -> None:
         now = self.state.clock()
+        if run.info.epochs and run.epoch >= run.info.epochs:  # its end line follows at once
+            return
         if now - run.last_line >= self.every_s:
             run.last_line = now
             self.event(self.state.progress_text(run))
@@ -220,13 +231,12 @@ class LiveDisplay:
             self.live.refresh()
 
     def table(self):
+        from rich.console import Group
         from rich.table import Table
+        from rich.text import Text
 
         state = self.state
-        table = Table(box=None, pad_edge=False, caption_justify="left",
-                      caption=f"{state.done} done · {state.failed} failed · {state.busy} busy · "
-                              f"{len(state.running)} running · {state.pending} pending · sweep ETA "
-                              f"{clock_text(state.sweep_eta())}")
+        table = Table(box=None, pad_edge=False)
         for column in ("method", "subject", "seed", "epoch", "loss", "val top-1", "elapsed", "ETA"):
             table.add_column(column, justify="left" if column == "method" else "right")
         now = state.clock()
@@ -237,7 +247,9 @@ class LiveDisplay:
                           "–" if run.loss is None else f"{run.loss:.4g}",
                           "–" if run.val_top1 is None else f"{run.val_top1:.1f}%",
                           clock_text(now - run.started), clock_text(state.trial_eta(run)))
-        return table
+        footer = (f"{state.done} done · {state.failed} failed · {state.busy} busy · {len(state.running)} running · "
+                  f"{state.pending} pending · sweep ETA {clock_text(state.sweep_eta())}")
+        return Group(table, Text(footer, style="dim"))
 
 
 def finish_message(label: str, result: dict) -> tuple[str, str]:
