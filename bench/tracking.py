@@ -26,7 +26,7 @@ from ray.air.integrations.wandb import WandbLoggerCallback
 from ray.tune.logger import TBXLoggerCallback
 
 from bench.errors import UserError
-from bench.records import COMPLETED, FAILED, RunRecord, RunStore
+from bench.records import COMPLETED, FAILED, RunRecord, RunSpec, RunStore
 
 #: tracker → (the module it needs, how to install it)
 TRACKERS = {
@@ -87,8 +87,7 @@ def run_tags(spec: dict, spec_hash: str) -> dict[str, str]:
 
 
 def spec_label(spec: dict) -> str:
-    name = f"{spec['method']}[{spec['variant']}]" if spec.get("variant") else spec["method"]
-    return f"{name} {spec['protocol']} sub-{int(spec['subject']):02d} seed {spec['seed']}"
+    return RunSpec.from_dict(spec).label
 
 
 def numbers(values: dict) -> dict[str, float]:
