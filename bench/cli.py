@@ -142,14 +142,17 @@ def _say(message: str) -> None:
     console.print(message, highlight=False, soft_wrap=True)
 
 
-def _ray_options(address, cpus_per_trial, gpus_per_trial, workers_per_trial, max_concurrent):
+def _ray_options(address, cpus_per_trial, gpus_per_trial, workers_per_trial, max_concurrent, verbose=False):
+    from bench.progress import live_terminal
     from bench.ray_scheduler import RayOptions
 
     return RayOptions(address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-                      workers_per_trial=workers_per_trial, max_concurrent=max_concurrent)
+                      workers_per_trial=workers_per_trial, max_concurrent=max_concurrent, verbose=verbose,
+                      live=live_terminal())
 
 
 ADDRESS_HELP = "Join a running Ray cluster ('auto' or HOST:PORT) instead of starting a local one."
+VERBOSE_HELP = "Also show Ray's own output: its banners, Tune's reporter and the trials' worker logs."
 
 
 @app.command()
@@ -174,6 +177,11 @@ def run(
     ablation: bool = typer.Option(False, "--ablation", help="Also run the method's declared ablation variants."),
     config: List[Path] = typer.Option([], "--config", help="YAML config layered over each method's. Repeatable."),
     set_: List[str] = typer.Option([], "--set", help="Override one key for every method. Repeatable."),
+    tracker: Optional[str] = typer.Option(None, "--tracker", help="Also log each run to tensorboard, mlflow and/or "
+                                          "wandb (comma-separated): curves, test metrics, config (docs/tracking.md)."),
+    experiment: str = typer.Option("thingsbench", "--experiment", help="The trackers' experiment (MLflow), project "
+                                   "(W&B) or folder (TensorBoard)."),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
     """Run methods × subjects × seeds as Ray Tune trials, skipping completed runs; print the leaderboard.
 
@@ -184,13 +192,16 @@ def run(
 
     check_writable(results_dir or default_results_dir())  # before Ray starts and the data is read or generated
     from bench.grid import SweepRequest, print_summary, run_sweep
+    from bench.tracking import parse_trackers
+
+    trackers = parse_trackers(tracker)  # a missing package is named before any work
 
     req = SweepRequest(methods=[m.strip() for m in method.split(",") if m.strip()], subjects=subjects, seeds=seeds,
                        protocol=protocol, data_root=data_root, results_dir=results_dir or default_results_dir(),
                        config_files=tuple(config), sets=tuple(set_), ablation=ablation, force=force, retries=retries,
                        wait=wait)
-    ray_opts = _ray_options(address, cpus_per_trial, gpus_per_trial, workers_per_trial, max_concurrent)
-    ray_opts.max_failures = max_failures
+    ray_opts = _ray_options(address, cpus_per_trial, gpus_per_trial, workers_per_trial, max_concurrent, verbose)
+    ray_opts.max_failures, ray_opts.trackers, ray_opts.experiment = max_failures, trackers, experiment
     result = run_sweep(req, ray_opts, printer=_say)
     print_summary(result, req, console)
     if result.of_kind("failed"):
@@ -216,6 +227,7 @@ def tune(
     max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent"),
     config: List[Path] = typer.Option([], "--config"),
     set_: List[str] = typer.Option([], "--set"),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
     """Search hyper-parameters on validation top-1 only; write the best config for `bench run --config`."""
     from bench.paths import default_results_dir
@@ -223,7 +235,7 @@ def tune(
 
     rdir = results_dir or default_results_dir()
     _check_tune_writable(rdir, out)
-    ray_opts = _ray_options(address, cpus_per_trial, gpus_per_trial, 1, max_concurrent)
+    ray_opts = _ray_options(address, cpus_per_trial, gpus_per_trial, 1, max_concurrent, verbose)
     outcome = run_tune(TuneRequest(method=method, search=search, num_samples=num_samples, scheduler=scheduler,
                                    subjects=subjects, seed=seed, protocol=protocol, data_root=data_root,
                                    results_dir=rdir, config_files=tuple(config), sets=tuple(set_), out=out),

@@ -145,6 +145,7 @@ def run_tune(req: TuneRequest, ray: RayOptions, printer=print) -> TuneOutcome:
     from ray import tune
 
     from bench.ids import parse_ids
+    from bench.progress import tune_verbosity
     from bench.registry import loaded_plugins
     from bench.specs import flag_overrides, open_dataset, resolve_config
 
@@ -174,7 +175,7 @@ def run_tune(req: TuneRequest, ray: RayOptions, printer=print) -> TuneOutcome:
         tune_config=tune.TuneConfig(metric="val_top1", mode="max", num_samples=req.num_samples, scheduler=scheduler,
                                     max_concurrent_trials=ray.max_concurrent),
         run_config=tune.RunConfig(name=f"tune-{req.method}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                  storage_path=str(results_dir / "ray"), verbose=0),
+                                  storage_path=str(results_dir / "ray"), verbose=tune_verbosity(ray.verbose)),
     )
     grid = tuner.fit()
     trials = []

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import UserError
+from bench.progress import ray_log_level, tune_verbosity
 from bench.records import COMPLETED, RunRecord, RunSpec, RunStore
 from bench.sweep_accounting import (BUSY, DONE, FAILED, REUSED, Holder, Outcome, describe_death, driver_stamp,
                                     exit_notes, lock_holder, lock_path, settle_lost_trial, stamp_lock,
@@ -51,6 +52,10 @@ class RayOptions:
     #: Ray Tune restarts a trial whose process died up to this many times, from its last checkpoint
     #: (bench/checkpoint.py); 0: a dead trial stays dead
     max_failures: int = 0
+    verbose: bool = False               # Ray's banners, Tune's reporter and the workers' logs on this terminal
+    live: bool = False                  # a live table (a terminal) instead of progress lines (bench/progress.py)
+    trackers: tuple = ()                # experiment trackers fed by Tune's logger callbacks (bench/tracking.py)
+    experiment: str = "thingsbench"     # the trackers' experiment (MLflow) / project (W&B) / folder (TensorBoard)
 
     def ddp_workers(self) -> int:
         if self.workers_per_trial > 1:
@@ -163,11 +168,12 @@ def init_ray(opts: RayOptions) -> None:
         return
     try:
         if opts.address:  # someone else's cluster: no reaper, whatever happens to this driver
-            ray.init(address=opts.address, log_to_driver=False)
+            ray.init(address=opts.address, log_to_driver=opts.verbose, logging_level=ray_log_level(opts.verbose))
         else:
             start_reaper()
             context = ray.init(num_cpus=opts.num_cpus or os.cpu_count(), include_dashboard=False,
-                               log_to_driver=False, object_store_memory=opts.object_store_mb * 1024 ** 2)
+                               log_to_driver=opts.verbose, logging_level=ray_log_level(opts.verbose),
+                               object_store_memory=opts.object_store_mb * 1024 ** 2)
             announce_session(context.address_info.get("session_dir"))
     except ConnectionError as exc:
         raise OrchestrationError(f"cannot join the Ray cluster at {opts.address!r}: {exc}. Start one with "
@@ -227,7 +233,7 @@ def _report_epoch(entry: dict, checkpoint: Path | None = None, resumed: str | No
 
     with tune_checkpoint(checkpoint) as saved:
         tune.report({"epoch": entry["epoch"], "train_loss": entry["train_loss"],
-                     **({"val_top1": entry["val_top1"]} if entry.get("val_top1") is not None else {}),
+                     **{k: entry[k] for k in ("val_top1", "val_top5") if entry.get(k) is not None},
                      **({"resumed": resumed} if resumed else {}), "status": "running"}, checkpoint=saved)
 
 
@@ -325,75 +331,15 @@ def _launch_ddp(spec: RunSpec, store: RunStore, config: dict) -> RunRecord:
     return record
 
 
-# --- progress --------------------------------------------------------------------------------------------------------
-def progress_callback(total: int, labels: dict[str, str], concurrency: int, printer):
-    """A Tune callback printing one line per event: counts of done / failed / busy / running / pending, metric, ETA.
-
-    Built on demand so importing this module does not import Ray."""
-    from ray import tune
-
-    class Progress(tune.Callback):
-        def __init__(self):
-            self.total, self.labels, self.concurrency, self.print = total, labels, max(1, concurrency), printer
-            self.running, self.done, self.failed, self.busy, self.start = {}, 0, 0, 0, time.time()
-            self.durations: list[float] = []
-
-        def _label(self, trial) -> str:
-            return self.labels.get(trial.config["trial"]["spec_hash"], trial.trial_id)
-
-        def _line(self, msg: str) -> None:
-            pending = self.total - self.done - self.failed - self.busy - len(self.running)
-            eta = ""
-            if self.durations:
-                left = pending + len(self.running)
-                secs = sum(self.durations) / len(self.durations) * math.ceil(left / self.concurrency)
-                eta = f", ETA {int(secs // 60)}m{int(secs % 60):02d}s"
-            busy = f"{self.busy} busy, " if self.busy else ""
-            self.print(f"[{self.done} done, {self.failed} failed, {busy}{len(self.running)} running, "
-                       f"{pending} pending{eta}] {msg}")
-
-        def on_trial_start(self, iteration, trials, trial, **info):
-            self.running[trial.trial_id] = time.time()
-            self._line(f"start {self._label(trial)}")
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            if result.get("resumed"):
-                self._line(result["resumed"])
-            if result.get("status") == "running" and "val_top1" in result:
-                self._line(f"{self._label(trial)} epoch {result['epoch']}: val top-1 {result['val_top1']:.1f}%")
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            started = self.running.pop(trial.trial_id, time.time())
-            result = trial.last_result or {}
-            if result.get("status") == BUSY:  # not a failure: another `bench run` is computing it
-                self.busy += 1
-                self._line(f"busy  {self._label(trial)} ({Holder.parse(result.get('lock', ''))})")
-                return
-            self.durations.append(time.time() - started)
-            if result.get("status") == COMPLETED:
-                self.done += 1
-                how = "reused" if result.get("reused") else "done "
-                tag = " (TEST-SELECTED)" if result.get("test_selected") else ""
-                self._line(f"{how} {self._label(trial)}: top-1 {result['top1']:.1f}%, top-5 {result['top5']:.1f}%{tag}")
-            else:
-                self.failed += 1
-                self._line(f"FAILED {self._label(trial)} ({result.get('status', 'error')})")
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self.running.pop(trial.trial_id, None)
-            self.failed += 1
-            self._line(f"DIED  {self._label(trial)}: the trial ended without writing a record (see the summary)")
-
-    return Progress()
-
-
 # --- the grid --------------------------------------------------------------------------------------------------------
 def _tuner(todo: list[RunSpec], results_dir: Path, opts: RayOptions, forced: set[str], printer):
     from ray import tune
     import ray
 
+    from bench.progress import progress_callback
     from bench.provenance import command_line
     from bench.registry import loaded_plugins
+    from bench.tracking import tracker_callbacks
 
     workers = opts.ddp_workers()
     per_trial = ({"cpu": DDP_DRIVER_CPU} if workers > 1 else
@@ -411,9 +357,10 @@ def _tuner(todo: list[RunSpec], results_dir: Path, opts: RayOptions, forced: set
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
         run_config=tune.RunConfig(
             name=f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}", storage_path=str(results_dir / "ray"),
-            verbose=0, failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+            verbose=tune_verbosity(opts.verbose), failure_config=tune.FailureConfig(max_failures=opts.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[progress_callback(len(todo), {s.spec_hash: s.label for s in todo}, concurrency, printer)]),
+            callbacks=[progress_callback(todo, concurrency, printer, opts.live),
+                       *tracker_callbacks(opts.trackers, results_dir, opts.experiment)]),
     )
 
 

@@ -1,0 +1,89 @@
+"""`bench run --tracker` (bench/tracking.py): a real sweep logged to MLflow's local file store and to TensorBoard event
+files, read back with MLflow's own client and tensorboardX's protobufs, number for number against the run records."""
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench.records import RunStore
+
+BENCH = str(Path(sys.executable).with_name("bench"))
+TINY = ["--set", "protocol.val_concepts=4", "--set", "train.epochs=3", "--set", "train.batch_size=64"]
+
+
+def test_an_unknown_or_missing_tracker_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    from bench import tracking
+    from bench.cli import main
+
+    monkeypatch.setitem(tracking.TRACKERS, "wandb", ("wandb_is_not_installed_here", "pip install wandb"))
+    for name, says in (("wandb", "--tracker wandb needs the wandb_is_not_installed_here package, which is not "
+                                 "installed: pip install wandb"),
+                       ("neptune", "--tracker 'neptune' is not a tracker; choose from tensorboard, mlflow, wandb")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["run", "--method", "ridge", "--subjects", "1", "--data-root", str(tmp_path / "nowhere"),
+                  "--results-dir", str(tmp_path / "results"), "--tracker", f"mlflow,{name}"])
+        assert exit_.value.code == 1
+        assert says in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "results" / "runs").exists()  # refused before Ray, the data or any record
+
+
+def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """tag → [(step, value)] from the TFRecord event files under ``folder`` (length, crc, Event proto, crc)."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    scalars = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        data, at = path.read_bytes(), 0
+        while at < len(data):
+            (length,) = struct.unpack("<Q", data[at:at + 8])
+            event = Event.FromString(data[at + 12:at + 12 + length])
+            at += 12 + length + 4
+            for value in event.summary.value:
+                if value.HasField("simple_value"):
+                    scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
+@pytest.mark.ray
+def test_mlflow_and_tensorboard_hold_each_runs_curves_test_metrics_and_config(ray_session, tiny_root, tmp_path,
+                                                                               monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    args = [BENCH, "run", "--method", "nice,ridge", "--subjects", "1", "--data-root", str(tiny_root), "--results-dir",
+            str(tmp_path), "--address", ray_session, *TINY, "--tracker", "mlflow,tensorboard", "--experiment", "probe"]
+    out = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:]
+    records = {r.spec.method: r for r in RunStore(tmp_path).records()}
+    assert sorted(records) == ["nice", "ridge"]
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())  # the default: <results-dir>/mlruns
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("probe").experiment_id])}
+    assert sorted(runs) == sorted(r.spec.label for r in records.values())
+    for method, record in records.items():
+        run, curve = runs[record.spec.label], record.metrics["val"]["curve"]
+        assert run.info.status == "FINISHED" and run.data.tags["spec_hash"] == record.spec_hash
+        for key in ("train_loss", "val_top1"):
+            history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
+            want = [(e["epoch"], pytest.approx(e[key])) for e in curve if e.get(key) is not None]
+            assert history == want, (method, key)  # one entry per epoch, the record's numbers
+        assert len(curve) == (3 if method == "nice" else 1)
+        metrics = run.data.metrics
+        assert metrics["test_top1"] == pytest.approx(record.metrics["top1"])
+        assert metrics["test_top5"] == pytest.approx(record.metrics["top5"])
+        assert metrics["selected_epoch"] == record.metrics["val"]["selected_epoch"]
+        assert run.data.params["train.lr"] == json.dumps(record.spec.config["train"]["lr"])
+        assert run.data.params["train.epochs"] == "3" and run.data.params["subject"] == "1"
+        saved = Path(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path / method)))
+        assert yaml.safe_load(saved.read_text()) == record.spec.config
+
+    (sweep,) = (tmp_path / "tensorboard" / "probe").iterdir()
+    nice = tensorboard_scalars(sweep / records["nice"].spec.label.replace(" ", "_"))
+    curve = records["nice"].metrics["val"]["curve"]
+    assert nice["train_loss"] == [(e["epoch"], pytest.approx(e["train_loss"])) for e in curve]
+    assert nice["val_top1"] == [(e["epoch"], pytest.approx(e["val_top1"])) for e in curve]
+    assert nice["test_top1"] == [(3, pytest.approx(records["nice"].metrics["top1"]))]
