@@ -141,6 +141,22 @@ class TuneOutcome:
     trials: list[dict]  # one dict per trial: its overrides and the metrics the scheduler saw
 
 
+def scored_trials(grid, printer) -> list[dict]:
+    """The trials of a finished search that reported a validation score (the others are named and left out)."""
+    trials = []
+    for result in grid:
+        if result.error:
+            printer(f"trial failed: {result.error}")
+            continue
+        history = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []
+        if not any("val_top1" in h for h in history):
+            printer(f"trial with {result.config['overrides']} reported no validation score")
+            continue
+        trials.append({"overrides": result.config["overrides"], "metrics": dict(result.metrics or {}),
+                       "history": history})
+    return trials
+
+
 def run_tune(req: TuneRequest, ray: RayOptions, printer=print) -> TuneOutcome:
     from ray import tune
 
@@ -177,18 +193,7 @@ def run_tune(req: TuneRequest, ray: RayOptions, printer=print) -> TuneOutcome:
         run_config=tune.RunConfig(name=f"tune-{req.method}-{time.strftime('%Y%m%d-%H%M%S')}",
                                   storage_path=str(results_dir / "ray"), verbose=tune_verbosity(ray.verbose)),
     )
-    grid = tuner.fit()
-    trials = []
-    for result in grid:
-        if result.error:
-            printer(f"trial failed: {result.error}")
-            continue
-        history = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []
-        if not any("val_top1" in h for h in history):
-            printer(f"trial with {result.config['overrides']} reported no validation score")
-            continue
-        trials.append({"overrides": result.config["overrides"], "metrics": dict(result.metrics or {}),
-                       "history": history})
+    trials = scored_trials(tuner.fit(), printer)
     if not trials:
         raise TuneError("no trial reported a validation score; see the messages above")
     best = max(trials, key=lambda t: max(h["val_top1"] for h in t["history"]))
