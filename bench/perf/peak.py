@@ -25,7 +25,8 @@ def bf16_supported(device: torch.device) -> bool:
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
+    """Wait for the device's queued work (a CUDA launch returns before the kernel ends)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -37,17 +38,17 @@ def gemm_peak(device: torch.device, dtype: torch.dtype = torch.float32, n: int =
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     a @ b  # first call: kernel selection, allocation
-    _sync(device)
+    sync_device(device)
     t0 = time.perf_counter()
     a @ b
-    _sync(device)
+    sync_device(device)
     count = max(1, int(min_s / max(time.perf_counter() - t0, 1e-6)))
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         for _ in range(count):
             a @ b
-        _sync(device)
+        sync_device(device)
         best = min(best, (time.perf_counter() - t0) / count)
     return 2.0 * n**3 / best
 

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from bench.encoders.trunk import N_FILTERS, POOL_KERNEL, POOL_STRIDE, TEMPORAL_KERNEL, TSConvTrunk
 from bench.method import Batch, Method, TrainState
+from bench.perf.peak import sync_device
 from bench.protocols import EvalSet, TrainSet
 from bench.train import build_optimizer
 
@@ -92,11 +93,6 @@ class PerSampleDataset(Dataset):
         return self.eeg[i], self.image[i], text, self.concept[i], self.subject[i]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class ReferenceLoop:
     """The reference loop over ``train``, advanced ``steps`` batches at a time so it can alternate with ours."""
 
@@ -120,7 +116,7 @@ class ReferenceLoop:
     def run(self, steps: int) -> float:
         """Seconds for the next ``steps`` batches, from the DataLoader's first fetch to the last step's sync."""
         self.method.train()
-        _sync(self.device)
+        sync_device(self.device)
         t0 = time.perf_counter()
         for _ in range(steps):
             loss, _ = self.method(self.fetch(), self.state)
@@ -129,7 +125,7 @@ class ReferenceLoop:
             self.optimizer.step()
             loss.item()  # both references accumulate the epoch loss this way: one device sync per step
             self.state.step += 1
-        _sync(self.device)
+        sync_device(self.device)
         return time.perf_counter() - t0
 
     def validate(self, val: EvalSet) -> float:
@@ -139,7 +135,7 @@ class ReferenceLoop:
                                                            torch.from_numpy(val.gallery)),
                             batch_size=self.batch_size, shuffle=False)
         self.method.eval()
-        _sync(self.device)
+        sync_device(self.device)
         t0 = time.perf_counter()
         with torch.no_grad():
             for eeg, image in loader:
@@ -149,6 +145,6 @@ class ReferenceLoop:
                 labels = torch.arange(len(eeg), device=self.device)
                 loss = (nn.functional.cross_entropy(logits, labels) + nn.functional.cross_entropy(logits.t(), labels))
                 loss.item()
-        _sync(self.device)
+        sync_device(self.device)
         self.method.train()
         return time.perf_counter() - t0
