@@ -79,7 +79,7 @@ def test_machine_peaks_reports_bf16_none_without_native_bf16(monkeypatch):
 
     monkeypatch.setattr(peak, "GEMM_N", 64)
     monkeypatch.setattr(peak, "bf16_supported", lambda device: False)
-    monkeypatch.setattr(peak, "gemm_peak", lambda device, dtype=torch.float32: 1.0e9)
+    monkeypatch.setattr(peak, "gemm_peak", lambda device, dtype=torch.float32, min_s=1.0: 1.0e9)
     assert peak.machine_peaks(torch.device("cpu")) == {"float32": 1.0e9, "bfloat16": None}
 
 

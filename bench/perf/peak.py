@@ -53,10 +53,10 @@ def gemm_peak(device: torch.device, dtype: torch.dtype = torch.float32, n: int =
     return 2.0 * n**3 / best
 
 
-def machine_peaks(device: torch.device) -> dict:
+def machine_peaks(device: torch.device, min_s: float = 1.0) -> dict:
     """``{"float32": FLOP/s, "bfloat16": FLOP/s or None}`` on ``device``."""
-    return {"float32": gemm_peak(device, torch.float32),
-            "bfloat16": gemm_peak(device, torch.bfloat16) if bf16_supported(device) else None}
+    return {"float32": gemm_peak(device, torch.float32, min_s=min_s),
+            "bfloat16": gemm_peak(device, torch.bfloat16, min_s=min_s) if bf16_supported(device) else None}
 
 
 def step_flops(method: Method, batch: Batch, state: TrainState) -> int:
