@@ -77,6 +77,7 @@ def test_data_in_volts_is_scaled_into_float16_range(tmp_path):
     assert entry.scale == 2.0**17
     np.testing.assert_allclose(entry.mean(), volts.mean(1), rtol=0, atol=1e-5 * 2e-3)
     np.testing.assert_allclose(entry.trials(), volts, rtol=0, atol=1e-5 * 2e-3)
+    assert entry.mean(dtype=np.float16).dtype == np.float32  # volts would underflow float16: kept float32
 
 
 def test_block_boundaries(tmp_path, monkeypatch):
@@ -90,6 +91,10 @@ def test_block_boundaries(tmp_path, monkeypatch):
                                fake.train[1][:, :3][:, :, channels][..., samples].mean(1), atol=2e-3)
     np.testing.assert_allclose(entry.trials(channels, samples), fake.train[1][:, :, channels][..., samples],
                                atol=2e-3)
+    # float16 until the batch: the same float32 block means, each rounded once, bit for bit as before (issue 21)
+    half = entry.mean(channels, samples, n_reps=3, dtype=np.float16)
+    assert half.dtype == np.float16
+    np.testing.assert_array_equal(half, entry.mean(channels, samples, n_reps=3).astype(np.float16))
 
 
 def test_a_failed_conversion_leaves_nothing(tmp_path, monkeypatch):

@@ -37,8 +37,9 @@ def test_round_trip(tmp_path, fmt, eeg_subfolder, concepts):
     keep = slice(len(fake.times) - ds.n_times, None)
     for s in (1, 2):
         train = ds.load_train(s)
-        assert train.dtype == np.float32 and train.shape == (12, ds.n_chans, ds.n_times)
-        np.testing.assert_allclose(train, fake.train[s][..., keep].astype(np.float64).mean(1), atol=F16_TOL)
+        assert train.dtype == np.float16 and train.shape == (12, ds.n_chans, ds.n_times)  # float16 until the batch
+        np.testing.assert_allclose(train, fake.train[s][..., keep].astype(np.float64).mean(1), atol=F16_TOL,
+                                   rtol=1e-3)
         trials = ds.load_train(s, average=False)
         assert trials.dtype == np.float16 and trials.shape == (12, TRAIN_REPS, ds.n_chans, ds.n_times)
         np.testing.assert_allclose(trials, fake.train[s][..., keep], atol=F16_TOL, rtol=1e-3)

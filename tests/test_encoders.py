@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bench.encoders import (ATMSEncoder, ChannelGraphAttention, ChannelSelfAttention, ResidualProjector,
@@ -454,18 +455,65 @@ def test_sa_mode_is_checked():
         create_encoder("tsconv", n_chans=4, n_times=100, n_outputs=N_OUT, sa_mode="reference")
 
 
-def test_fused_temporal_filter_equals_conv_then_pool():
-    """The trunk computes conv(1,25) + avg-pool(51)/5 as one strided conv: same numbers, same gradients."""
+def _fused_conv_trunk(trunk, x):
+    """The trunk as it was computed before the GEMM layout (issue 21): conv(1,25) + avg-pool(51)/5 as one strided
+    conv, then the spatial and pointwise convs through the modules."""
+    conv = trunk.temporal[0]
+    box = conv.weight.new_full((1, 1, 51), 1.0 / 51)
+    smeared = F.conv1d(conv.weight.reshape(40, 1, 25), box, padding=50)
+    h = F.conv2d(x.unsqueeze(1), smeared.unsqueeze(2), conv.bias, stride=(1, 5))
+    h = trunk.pointwise(trunk.spatial(trunk.temporal[3](trunk.temporal[2](h))))
+    return h.flatten(2).transpose(1, 2).flatten(1)
+
+
+#: positions of the temporal and spatial conv biases in the trunk's parameter list (ours and the reference's)
+PRE_BN_BIASES = (1, 5)
+
+
+def assert_same_function(new, old, forward_new, forward_old, x, mode):
+    """Same seed → same outputs (dropout masks included), gradients, and batch-norm statistics, within 1e-5."""
+    for m in (new, old):
+        m.train(mode == "train")
+    torch.manual_seed(7)
+    y_new = forward_new(x)
+    torch.manual_seed(7)
+    y_old = forward_old(x)
+    torch.testing.assert_close(y_new, y_old, rtol=0, atol=1e-5)
+    probe = torch.randn_like(y_old)
+    g_new = torch.autograd.grad((y_new * probe).mean(), list(new.parameters()))
+    g_old = torch.autograd.grad((y_old * probe).mean(), list(old.parameters()))
+    scale = max(g.abs().max() for g in g_old)
+    for i, (a, b) in enumerate(zip(g_new, g_old)):
+        if mode == "train" and i in PRE_BN_BIASES:  # analytically zero: batch norm removes any constant shift
+            assert a.abs().max() < 1e-4 * scale and b.abs().max() < 1e-4 * scale
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * scale)
+    for a, b in zip(new.buffers(), old.buffers()):
+        torch.testing.assert_close(a.float(), b.float(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("n_chans,n_times", [(5, 250), (63, 250), (3, 75)])
+def test_gemm_trunk_equals_the_fused_conv_module(mode, n_chans, n_times):
+    """The GEMM-layout trunk computes what the fused-conv trunk did, with the same parameters and state-dict keys."""
+    import copy
+
     from bench.encoders.trunk import TSConvTrunk
 
     torch.manual_seed(0)
-    trunk = TSConvTrunk(n_chans=5, n_times=250)
-    x = torch.randn(3, 1, 5, 250, requires_grad=True)
-    fused = trunk.temporal_filter(x)
-    reference = trunk.temporal[1](trunk.temporal[0](x))
-    assert fused.shape == reference.shape == (3, 40, 5, 36)
-    torch.testing.assert_close(fused, reference, rtol=1e-4, atol=1e-5)
-    g_fused = torch.autograd.grad(fused.square().sum(), [x, trunk.temporal[0].weight])
-    g_ref = torch.autograd.grad(reference.square().sum(), [x, trunk.temporal[0].weight])
-    for a, b in zip(g_fused, g_ref):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    trunk = TSConvTrunk(n_chans=n_chans, n_times=n_times)
+    with torch.no_grad():  # non-trivial batch-norm state, so eval mode uses it
+        for bn in (trunk.temporal[2], trunk.spatial[1]):
+            bn.running_mean.normal_(0, 0.1), bn.running_var.uniform_(0.5, 2.0), bn.weight.normal_(1, 0.2)
+    old = copy.deepcopy(trunk)
+    x = torch.randn(4, n_chans, n_times)
+    assert_same_function(trunk, old, trunk, lambda v: _fused_conv_trunk(old, v), x, mode)
+
+
+def test_gemm_trunk_keeps_the_state_dict_of_nice_modules():
+    from bench.encoders.trunk import TSConvTrunk
+
+    keys = {k: tuple(v.shape) for k, v in TSConvTrunk(63, 250).state_dict().items()}
+    assert keys["temporal.0.weight"] == (40, 1, 1, 25) and keys["spatial.0.weight"] == (40, 40, 63, 1)
+    assert keys["pointwise.weight"] == (40, 40, 1, 1) and "spatial.1.num_batches_tracked" in keys
+    assert len(keys) == 16

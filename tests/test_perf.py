@@ -35,10 +35,17 @@ def test_tiny_preset_reports_every_section(tmp_path):
     assert data["train_cached"]["shape"] == [120, 63, 250] and data["test_cached"]["shape"] == [40, 63, 250]
     positive(data, "source_gb", "cache_gb")
 
+    positive(report["peak"], "float32", "gemm_n")
     assert [r["method"] for r in report["training"]] == ["nice", "atm"]
     for r in report["training"]:
+        assert r["reference_structure"] is True  # both carry a TSConv trunk: the reference runs NICE's modules
+        positive(r, "step_gflop", "epoch_ratio")
+        positive(r["validation"], "ours", "reference", "rows")
         for loop in ("ours", "reference"):
-            positive(r[loop], "samples_per_s", "step_s", "epoch_s")
+            positive(r[loop], "samples_per_s", "step_s", "epoch_s", "trained_s", "gflop_per_s", "peak_fraction")
+            assert r[loop]["gflop_per_s"] * 1e9 == pytest.approx(
+                r[loop]["peak_fraction"] * report["peak"]["float32"])  # fp32 on a CPU: the float32 peak
+            assert r[loop]["trained_s"] == pytest.approx(r["epochs"] * r[loop]["epoch_s"])
             assert len(r[loop]["round_samples_per_s"]) == r["rounds"] == 2
             assert r["batch_ms"][loop] > 0
         ours, ref = r["ours"]["round_samples_per_s"], r["reference"]["round_samples_per_s"]
@@ -52,7 +59,7 @@ def test_tiny_preset_reports_every_section(tmp_path):
     positive(ray, "serial_s", "ideal_s", "ray_init_s", "ray_grid_s", "trial_s", "epochs_per_trial")
     assert ray["overhead_pct"] == pytest.approx(100 * (ray["ray_wall_s"] - ray["ideal_s"]) / ray["ideal_s"])
 
-    for title in ("data: one subject", "training:", "ray:"):
+    for title in ("data: one subject", "peak:", "training step:", "time to a trained model", "ray:"):
         assert title in out.stdout
     assert not list((tmp_path / "scratch").iterdir())  # data, cache and Ray runs are removed
 

@@ -86,24 +86,33 @@ class CachedEEG:
         return self.header.shape
 
     def mean(self, channels: np.ndarray | None = None, samples: slice = slice(None),
-             n_reps: int | None = None) -> np.ndarray:
-        """float32 (images, channels, samples): the mean of the first ``n_reps`` repetitions (all by default)."""
+             n_reps: int | None = None, dtype: type = np.float32) -> np.ndarray:
+        """(images, channels, samples): the mean of the first ``n_reps`` repetitions (all by default), summed in
+        float32 block by block. ``dtype=np.float16`` stores each block's float32 mean rounded to float16 (the same
+        values as rounding a float32 result afterwards) at half the memory, and no float32 copy of the whole;
+        data far from unit scale (``scale != 1``) come back as float32 either way."""
         n, reps = self.shape[0], self.shape[1]
         use = reps if n_reps is None else int(n_reps)
         if not 1 <= use <= reps:
             raise ValueError(f"n_reps must be between 1 and {reps}, got {n_reps}")
         n_ch = self.shape[2] if channels is None else len(channels)
         n_t = len(range(*samples.indices(self.shape[3])))
-        out = np.empty((n, n_ch, n_t), dtype=np.float32)
-        buffer: np.ndarray | None = None
+        half = np.dtype(dtype) == np.float16 and self.scale == 1.0
+        out = np.empty((n, n_ch, n_t), dtype=np.float16 if half else np.float32)
+        factor = np.float32(1.0 / (use * self.scale))
+        buffer = total = None
         for start, stop in self.array.row_blocks():
             if buffer is None:
                 buffer = np.empty((stop - start,) + self.shape[1:], dtype=np.float16)
+                total = np.empty((stop - start, n_ch, n_t), dtype=np.float32) if half else None
             block = self.array.read_rows(start, stop, out=buffer[: stop - start])[:, :use]
             if channels is not None:
                 block = block[:, :, channels]
-            np.add.reduce(block[..., samples], axis=1, dtype=np.float32, out=out[start:stop])
-        out *= np.float32(1.0 / (use * self.scale))
+            target = total[: stop - start] if half else out[start:stop]
+            np.add.reduce(block[..., samples], axis=1, dtype=np.float32, out=target)
+            target *= factor
+            if half:
+                out[start:stop] = target
         return out
 
     def trials(self, channels: np.ndarray | None = None, samples: slice = slice(None)) -> np.ndarray:

@@ -97,15 +97,16 @@ class ThingsEEG:
 
     # --- EEG ---------------------------------------------------------------------------------------------------
     def load_train(self, subject: int, average: bool = True) -> np.ndarray:
-        """float32 (n_train_images, C, T) averaged over repetitions, or (n_train_images, R, C, T) single trials.
+        """(n_train_images, C, T) averaged over repetitions, or (n_train_images, R, C, T) single trials, float16.
 
-        Single trials are float16: a read-only memory map of the cache when no selection is needed, else an array
-        (float32 for data far from unit scale, e.g. in volts, which float16 would truncate).
+        The average is summed in float32 and stored in float16 (half the memory of a float32 copy; training converts
+        it per batch). Single trials are a read-only memory map of the cache when no selection is needed, else an
+        array. Data far from unit scale (e.g. in volts, which float16 would truncate) come back as float32.
         """
         cached = cached_eeg(self.layout.subject(subject).train)
         self._check_rows(cached.header, self.n_train_images, "training")
         channels, samples = self._selection(cached.header)
-        return cached.mean(channels, samples) if average else cached.trials(channels, samples)
+        return cached.mean(channels, samples, dtype=np.float16) if average else cached.trials(channels, samples)
 
     def load_test(self, subject: int, n_reps: int | None = None) -> np.ndarray:
         """float32 (n_test_images, C, T): the mean of all repetitions, or of the first ``n_reps``."""

@@ -1,4 +1,4 @@
-"""`bench perf`: data, training, evaluation and Ray figures on one synthetic subject at a preset's scale.
+"""`bench perf`: data, GEMM peak, training, evaluation and Ray figures on one synthetic subject at a preset's scale.
 
 :func:`run_perf` writes one subject of the preset (or uses ``data_root``) and a float16 cache into a scratch folder,
 measures each section, removes the scratch folder and returns the report (see :mod:`bench.perf.report`).
@@ -32,11 +32,14 @@ class Profile:
     load_repeats: int
     ray_trials: int
     ray_trial_s: float
+    peak_s: float  # seconds of GEMMs per timing of the peak (best of 3)
 
 
 PROFILES = {
-    "tiny": Profile(batch_size=16, warmup_steps=1, steps=1, rounds=2, load_repeats=2, ray_trials=2, ray_trial_s=1.0),
-    "full": Profile(batch_size=1000, warmup_steps=1, steps=2, rounds=2, load_repeats=3, ray_trials=4, ray_trial_s=30.0),
+    "tiny": Profile(batch_size=16, warmup_steps=1, steps=1, rounds=2, load_repeats=2, ray_trials=2, ray_trial_s=1.0,
+                    peak_s=0.1),
+    "full": Profile(batch_size=1000, warmup_steps=1, steps=2, rounds=2, load_repeats=3, ray_trials=4, ray_trial_s=30.0,
+                    peak_s=1.0),
 }
 DEFAULT_METHODS = ("nice", "atm", "mcdb")
 
@@ -132,7 +135,8 @@ def run_perf(opts: PerfOptions, say=print) -> dict:
                 sections["data"] = time.perf_counter() - t0
             if "train" not in opts.skip:
                 t0 = time.perf_counter()
-                report["training"] = _training(Path(root), methods, device, profile, opts, say)
+                report["peak"] = _peak(device, profile.peak_s, say)
+                report["training"] = _training(Path(root), methods, device, profile, opts, report["peak"], say)
                 sections["training"] = time.perf_counter() - t0
             if "ray" not in opts.skip:
                 t0 = time.perf_counter()
@@ -160,7 +164,15 @@ def _generate(out: Path, preset: str, report: dict, say) -> Path:
     return out
 
 
-def _training(root: Path, methods: list[str], device, profile: Profile, opts: PerfOptions, say) -> list[dict]:
+def _peak(device, min_s: float, say) -> dict:
+    from bench.perf.peak import GEMM_N, machine_peaks
+
+    say(f"peak: {GEMM_N}×{GEMM_N} GEMM, float32 and (where the {device.type} has it) bfloat16")
+    return {"gemm_n": GEMM_N, **machine_peaks(device, min_s)}
+
+
+def _training(root: Path, methods: list[str], device, profile: Profile, opts: PerfOptions, peaks: dict,
+              say) -> list[dict]:
     from bench.data.dataset import ThingsEEG
     from bench.perf.throughput import TrainingRows, measure_method
     from bench.specs import resolve_config
@@ -175,7 +187,7 @@ def _training(root: Path, methods: list[str], device, profile: Profile, opts: Pe
         say(f"training: {name}, {warmup} warm-up step(s), then {rounds} rounds of {steps} steps of {batch}, ours and "
             f"the reference alternating")
         cfg = resolve_config(name, overrides={"data.root": str(root)})
-        out.append(measure_method(name, cfg, ds, rows, device, batch, warmup, steps, rounds, opts.compile))
+        out.append(measure_method(name, cfg, ds, rows, device, batch, warmup, steps, rounds, opts.compile, peaks))
     return out
 
 

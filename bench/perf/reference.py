@@ -1,10 +1,17 @@
-"""The reference-style training loop, kept only as the baseline our Trainer is measured against.
+"""The reference code's model structure and training loop, kept only as the baseline our Trainer is measured against.
 
-Written the way NICE (``nice_stand.py``) and ATM (``ATMS_retrieval.py``) train: float32 numpy arrays behind a
+**Structure.** :class:`ReferenceTSConv` is NICE's ``PatchEmbedding`` + ``FlattenHead`` (``nice_stand.py``; ATM-S
+``ATMS_retrieval.py`` uses the same) as separate modules: ``Conv2d(1, 40, (1, 25))`` over the whole 226-sample
+output, ``AvgPool2d((1, 51), (1, 5))``, BatchNorm, ELU, ``Conv2d(40, 40, (C, 1))``, BatchNorm, ELU, Dropout, then
+the ``Conv2d(40, 40, 1)`` projection and the time-major flatten. :func:`reference_structure` swaps it, with the same
+weights, for every :class:`~bench.encoders.trunk.TSConvTrunk` of a method (NICE, ATM-S, MCDB's encoder); the
+projector (``Proj_eeg``) is already the reference's layers in the reference's order.
+
+**Loop.** :class:`ReferenceLoop` trains the way NICE and ATM do: float32 numpy arrays behind a
 ``torch.utils.data.Dataset`` that returns one sample per ``__getitem__``, a ``DataLoader(shuffle=True)`` in the main
 process (``num_workers=0``, as both do) whose collate stacks the samples, a copy of every batch to the device, fp32,
-``zero_grad`` / ``backward`` / ``step`` and ``loss.item()`` every step. The model, loss and optimiser are the method's
-own, so only the data path and the step loop differ from :class:`bench.train.Trainer`.
+``zero_grad`` / ``backward`` / ``step`` and ``loss.item()`` every step, and after every epoch a validation pass in
+eval mode under ``no_grad`` through a second ``DataLoader`` (NICE: 740 training rows, the training batch size).
 """
 from __future__ import annotations
 
@@ -12,11 +19,61 @@ import time
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from bench.encoders.trunk import N_FILTERS, POOL_KERNEL, POOL_STRIDE, TEMPORAL_KERNEL, TSConvTrunk
 from bench.method import Batch, Method, TrainState
-from bench.protocols import TrainSet
+from bench.perf.peak import sync_device
+from bench.protocols import EvalSet, TrainSet
 from bench.train import build_optimizer
+
+#: our TSConvTrunk's parameter prefixes → the reference PatchEmbedding's (``tsconv`` Sequential, ``projection``)
+TRUNK_KEYS = {"temporal.0.": "tsconv.0.", "temporal.2.": "tsconv.2.", "spatial.0.": "tsconv.4.",
+              "spatial.1.": "tsconv.5.", "pointwise.": "projection.0."}
+
+
+class ReferenceTSConv(nn.Module):
+    """``(batch, C, T)`` → ``(batch, 40 · T')`` through NICE's own module sequence (no fused layers)."""
+
+    def __init__(self, n_chans: int, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.tsconv = nn.Sequential(
+            nn.Conv2d(1, N_FILTERS, (1, TEMPORAL_KERNEL), (1, 1)),
+            nn.AvgPool2d((1, POOL_KERNEL), (1, POOL_STRIDE)),
+            nn.BatchNorm2d(N_FILTERS),
+            nn.ELU(),
+            nn.Conv2d(N_FILTERS, N_FILTERS, (n_chans, 1), (1, 1)),
+            nn.BatchNorm2d(N_FILTERS),
+            nn.ELU(),
+            nn.Dropout(dropout),
+        )
+        self.projection = nn.Sequential(nn.Conv2d(N_FILTERS, N_FILTERS, (1, 1), stride=(1, 1)))
+
+    @classmethod
+    def from_trunk(cls, trunk: TSConvTrunk) -> "ReferenceTSConv":
+        """The reference structure holding a copy of ``trunk``'s parameters and batch-norm statistics."""
+        ref = cls(trunk.spatial[0].kernel_size[0], trunk.spatial[3].p)
+        state = {}
+        for key, value in trunk.state_dict().items():
+            prefix = next(p for p in TRUNK_KEYS if key.startswith(p))
+            state[TRUNK_KEYS[prefix] + key[len(prefix):]] = value.clone()
+        ref.load_state_dict(state)
+        return ref.to(trunk.pointwise.weight.device).train(trunk.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.projection(self.tsconv(x.unsqueeze(1)))         # (b, 40, 1, T')
+        return h.flatten(2).transpose(1, 2).contiguous().view(x.shape[0], -1)  # 'b e h w -> b (h w) e', flatten
+
+
+def reference_structure(method: Method) -> int:
+    """Replace every TSConvTrunk inside ``method`` by :class:`ReferenceTSConv` with the same weights, in place;
+    returns how many were replaced (0 for encoders without one, e.g. EEGProject)."""
+    found = [(parent, name, child) for parent in method.modules() for name, child in parent.named_children()
+             if isinstance(child, TSConvTrunk)]
+    for parent, name, child in found:
+        setattr(parent, name, ReferenceTSConv.from_trunk(child))
+    return len(found)
 
 
 class PerSampleDataset(Dataset):
@@ -34,11 +91,6 @@ class PerSampleDataset(Dataset):
     def __getitem__(self, i: int):
         text = self.text[i] if self.text is not None else np.zeros(0, dtype=np.float32)
         return self.eeg[i], self.image[i], text, self.concept[i], self.subject[i]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class ReferenceLoop:
@@ -63,7 +115,8 @@ class ReferenceLoop:
 
     def run(self, steps: int) -> float:
         """Seconds for the next ``steps`` batches, from the DataLoader's first fetch to the last step's sync."""
-        _sync(self.device)
+        self.method.train()
+        sync_device(self.device)
         t0 = time.perf_counter()
         for _ in range(steps):
             loss, _ = self.method(self.fetch(), self.state)
@@ -72,5 +125,26 @@ class ReferenceLoop:
             self.optimizer.step()
             loss.item()  # both references accumulate the epoch loss this way: one device sync per step
             self.state.step += 1
-        _sync(self.device)
+        sync_device(self.device)
+        return time.perf_counter() - t0
+
+    def validate(self, val: EvalSet) -> float:
+        """Seconds for NICE's per-epoch validation: eval mode, ``no_grad``, a ``DataLoader`` over the validation rows
+        at the training batch size, the EEG embedding and the symmetric InfoNCE loss against the image targets."""
+        loader = DataLoader(torch.utils.data.TensorDataset(torch.from_numpy(np.asarray(val.eeg, np.float32)),
+                                                           torch.from_numpy(val.gallery)),
+                            batch_size=self.batch_size, shuffle=False)
+        self.method.eval()
+        sync_device(self.device)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for eeg, image in loader:
+                eeg_emb = nn.functional.normalize(self.method.encode_eeg(eeg.to(self.device), None), dim=-1)
+                img_emb = nn.functional.normalize(self.method.encode_image(image.to(self.device)), dim=-1)
+                logits = eeg_emb @ img_emb.t() / 0.07
+                labels = torch.arange(len(eeg), device=self.device)
+                loss = (nn.functional.cross_entropy(logits, labels) + nn.functional.cross_entropy(logits.t(), labels))
+                loss.item()
+        sync_device(self.device)
+        self.method.train()
         return time.perf_counter() - t0

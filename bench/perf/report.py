@@ -45,20 +45,10 @@ def tables(report: dict) -> list[Table]:
                       " ".join(map(str, r.get("wall_s_runs", []))), _f(r["peak_rss_mb"], 0))
         out.append(t)
 
+    if "peak" in report:
+        out.append(_peak_table(report["peak"]))
     if report.get("training"):
-        t = Table(title="training: forward + backward + step, same model / loss / optimiser / batch")
-        for col in ("method", "rows/epoch", "batch × steps × rounds", "ours samples/s", "ref samples/s", "ratio",
-                    "ours epoch s", "ref epoch s", "batch ms ours/ref", "precision", "eval s"):
-            t.add_column(col)
-        for r in report["training"]:
-            o, ref = r["ours"], r["reference"]
-            t.add_row(r["method"], f"{r['epoch_rows']:,}", f"{r['batch_size']} × {r['measured_steps']} × {r['rounds']}",
-                      _f(o["samples_per_s"], 0), _f(ref["samples_per_s"], 0), f"{r['ratio']:.2f}×",
-                      _f(o["epoch_s"], 1), _f(ref["epoch_s"], 1),
-                      f"{_f(r['batch_ms']['ours'], 1)} / {_f(r['batch_ms']['reference'], 1)}",
-                      f"{o['precision']} / {ref['precision']}",
-                      _f(r["eval"]["score_s"]))
-        out.append(t)
+        out.extend(_training_tables(report["training"]))
 
     if "ray" in report:
         r = report["ray"]
@@ -70,3 +60,46 @@ def tables(report: dict) -> list[Table]:
                   _f(r["overhead_pct"], 1), _f(r["overhead_excl_init_pct"], 1))
         out.append(t)
     return out
+
+
+def _gflops(x: float | None) -> str:
+    return "-" if x is None else _f(x / 1e9, 1)
+
+
+def _peak_table(peak: dict) -> Table:
+    t = Table(title=f"peak: {peak['gemm_n']}×{peak['gemm_n']} GEMM in this process, GFLOP/s")
+    t.add_column("float32")
+    t.add_column("bfloat16")
+    t.add_row(_gflops(peak["float32"]), _gflops(peak["bfloat16"]))
+    return t
+
+
+def _training_tables(rows: list[dict]) -> list[Table]:
+    """Steps (speed and fraction of the GEMM peak), then epoch and time to a trained model, ours vs reference."""
+    steps = Table(title="training step: forward + backward + update, same weights / loss / optimiser / batch; "
+                        "reference = the reference code's loop and module structure")
+    for col in ("method", "batch × steps × rounds", "GFLOP/step", "ours samples/s", "ref samples/s", "ratio",
+                "ours GFLOP/s (peak %)", "ref GFLOP/s (peak %)", "precision", "batch ms ours/ref"):
+        steps.add_column(col)
+    epochs = Table(title="epoch (steps + per-epoch validation) and time to a trained model, extrapolated from the "
+                         "measured steps and validation passes")
+    for col in ("method", "rows/epoch", "val rows", "val s ours/ref", "ours epoch s", "ref epoch s", "speed-up",
+                "epochs", "ours trained", "ref trained", "eval s"):
+        epochs.add_column(col)
+    for r in rows:
+        o, ref, v = r["ours"], r["reference"], r["validation"]
+        steps.add_row(r["method"], f"{r['batch_size']} × {r['measured_steps']} × {r['rounds']}",
+                      _f(r["step_gflop"], 1), _f(o["samples_per_s"], 0), _f(ref["samples_per_s"], 0),
+                      f"{r['ratio']:.2f}×", f"{_f(o['gflop_per_s'], 1)} ({_f(100 * o['peak_fraction'], 0)} %)",
+                      f"{_f(ref['gflop_per_s'], 1)} ({_f(100 * ref['peak_fraction'], 0)} %)",
+                      f"{o['precision']} / {ref['precision']}",
+                      f"{_f(r['batch_ms']['ours'], 1)} / {_f(r['batch_ms']['reference'], 1)}")
+        epochs.add_row(r["method"], f"{r['epoch_rows']:,}", str(v["rows"]),
+                       f"{_f(v['ours'])} / {_f(v['reference'])}", _f(o["epoch_s"], 1), _f(ref["epoch_s"], 1),
+                       f"{r['epoch_ratio']:.2f}×", str(r["epochs"]), _duration(o["trained_s"]),
+                       _duration(ref["trained_s"]), _f(r["eval"]["score_s"]))
+    return [steps, epochs]
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"

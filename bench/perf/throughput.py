@@ -1,7 +1,10 @@
-"""Training throughput per method, our Trainer against the reference-style loop, plus the method's evaluation time.
+"""Training throughput per method, our Trainer against the reference code's loop and model structure, the step's
+fraction of the machine's GEMM peak, and the method's evaluation time.
 
-Both loops train the same freshly seeded model with the same loss, optimiser, batch size and number of measured
-samples on the same device; only the data path and step loop differ. Our figure comes from the real
+Both loops train the same freshly seeded weights with the same loss, optimiser, batch size and number of measured
+samples on the same device; the reference runs them in the reference's module structure (for NICE, ATM-S and MCDB's
+TSConv encoder: separate Conv2d and AvgPool2d, see :mod:`bench.perf.reference`) with its per-sample DataLoader and
+per-epoch validation. Our figure comes from the real
 :class:`bench.train.Trainer` (its ``samples_per_s`` counts optimisation steps only): one-epoch fits over exactly
 ``steps`` batches each. After ``warmup`` unmeasured batches of each loop, the two alternate for ``rounds`` rounds
 (ours first in odd rounds, the reference first in even ones), so load from other tenants of a shared machine falls
@@ -18,12 +21,16 @@ import numpy as np
 import torch
 
 from bench.evaluate import ZeroShotEvaluator
-from bench.perf.reference import ReferenceLoop
+from bench.method import TrainState
+from bench.perf.peak import step_flops
+from bench.perf.reference import ReferenceLoop, reference_structure
 from bench.protocols import EvalSet, SealedTest, TrainSet
-from bench.train import Trainer
+from bench.train import DeviceData, Trainer
 
 #: validation rows the Trainer scores after its epoch: it must validate, but that is not what is measured here
 N_VAL_ROWS = 8
+#: validation rows of the per-epoch validation pass that is measured (NICE validates on 740 training rows)
+VAL_ROWS = 740
 
 
 class TrainingRows:
@@ -60,8 +67,8 @@ class TrainingRows:
                         row_subject=np.zeros(len(row_image), dtype=np.int64), image=self.features.image,
                         text=self.features.text)
 
-    def validation(self, train: TrainSet) -> EvalSet:
-        rows = np.arange(min(N_VAL_ROWS, len(train)))
+    def validation(self, train: TrainSet, n_rows: int = N_VAL_ROWS) -> EvalSet:
+        rows = np.arange(min(n_rows, len(train)))
         return EvalSet(eeg=train.eeg[rows].astype(np.float32), gallery=train.image[train.row_image[rows]],
                        fold=np.zeros(len(rows), dtype=np.int64), subject=train.row_subject[rows],
                        concept=train.row_concept[rows], text=train.text)
@@ -101,8 +108,6 @@ def batch_assembly_ms(rows: TrainingRows, ref: ReferenceLoop, average: bool, bat
 
     On a CPU the model's step takes seconds and hides this difference; this figure says what is left for a GPU.
     """
-    from bench.train import DeviceData
-
     data = DeviceData(rows.sample(batch_size * repeats, average), device)
     order = torch.randperm(len(data))
     ours, reference = [], []
@@ -126,33 +131,70 @@ def evaluation_time(method, ds, subject: int, cfg: dict, device: torch.device) -
     return {"test_open_s": t1 - t0, "score_s": t2 - t1, "n_test": len(test)}
 
 
-def measure_method(name: str, cfg: dict, ds, rows: TrainingRows, device: torch.device, batch_size: int,
-                   warmup: int, steps: int, rounds: int, compile_model: bool) -> dict:
-    average = bool(cfg["data"]["train_average"])
-    train_cfg = trainer_config(cfg, batch_size, compile_model)
-    probe = rows.sample(batch_size, average)
-    ours = TrainerLoop(build_method(name, cfg, ds, probe), rows, train_cfg, average)
-    method = build_method(name, cfg, ds, probe)
-    # the reference's DataLoader also feeds batch_assembly_ms's three fetches
-    ref = ReferenceLoop(method, rows.sample((warmup + rounds * steps + 3) * batch_size, average), train_cfg, device,
-                        batch_size)
-    ours.run(warmup)
-    ref.run(warmup)
+def _alternate(ours: TrainerLoop, ref: ReferenceLoop, steps: int, rounds: int) -> dict[str, list[float]]:
+    """Seconds per round of ``steps`` batches of each loop, ours first in even rounds, the reference in odd ones."""
     times: dict[str, list[float]] = {"ours": [], "reference": []}
     for r in range(rounds):
         order = (("ours", ours), ("reference", ref)) if r % 2 == 0 else (("reference", ref), ("ours", ours))
         for key, loop in order:
             times[key].append(loop.run(steps))
-    samples = steps * batch_size
-    full = rows.full_epoch_rows(average)
+    return times
+
+
+def validation_s(method, ref: ReferenceLoop, val: EvalSet, cfg: dict, device: torch.device, rounds: int) -> dict:
+    """Median seconds of one per-epoch validation pass: ours (the run's evaluator on the validation rows) and the
+    reference's (a DataLoader in eval mode, as nice_stand.py), alternating."""
+    evaluator = ZeroShotEvaluator.from_config(cfg)
+    ours, reference = [], []
+    for _ in range(max(2, rounds)):
+        t0 = time.perf_counter()
+        evaluator.validate(method, val, device)
+        ours.append(time.perf_counter() - t0)
+        reference.append(ref.validate(val))
+    return {"ours": statistics.median(ours), "reference": statistics.median(reference), "rows": len(val.eeg)}
+
+
+def limit_figures(flops_per_sample: float, rate: float, precision: str, peaks: dict) -> dict:
+    """Achieved FLOP/s of a loop (the model's counted work × samples/s) and its fraction of the GEMM peak of the
+    precision it ran in (bf16 autocast against the bf16 peak, else float32)."""
+    peak = peaks.get("bfloat16") if precision == "bf16" and peaks.get("bfloat16") else peaks["float32"]
+    achieved = flops_per_sample * rate
+    return {"gflop_per_s": achieved / 1e9, "peak_fraction": achieved / peak}
+
+
+def measure_method(name: str, cfg: dict, ds, rows: TrainingRows, device: torch.device, batch_size: int,
+                   warmup: int, steps: int, rounds: int, compile_model: bool, peaks: dict) -> dict:
+    """Our Trainer on the method's model against the reference loop on the reference's model structure (our
+    weights in NICE's separate modules, :func:`reference_structure`): steps, validation, the step's counted FLOPs."""
+    average = bool(cfg["data"]["train_average"])
+    train_cfg = trainer_config(cfg, batch_size, compile_model)
+    probe = rows.sample(batch_size, average)
+    ours = TrainerLoop(build_method(name, cfg, ds, probe).to(device), rows, train_cfg, average)
+    flops = step_flops(ours.method, DeviceData(probe, device).batch(torch.arange(batch_size)),
+                       TrainState(epoch=1, epochs=1, step=0, steps_per_epoch=1))
+    method = build_method(name, cfg, ds, probe)
+    replaced = reference_structure(method)
+    # the reference's DataLoader also feeds batch_assembly_ms's three fetches
+    ref = ReferenceLoop(method, rows.sample((warmup + rounds * steps + 3) * batch_size, average), train_cfg, device,
+                        batch_size)
+    ours.run(warmup)
+    ref.run(warmup)
+    times = _alternate(ours, ref, steps, rounds)
+    samples, full = steps * batch_size, rows.full_epoch_rows(average)
+    val = validation_s(ours.method, ref, rows.validation(probe, VAL_ROWS), cfg, device, rounds)
+    epochs, steps_per_epoch = int(cfg["train"]["epochs"]), math.ceil(full / batch_size)
     out = {"method": name, "train_average": average, "batch_size": batch_size, "warmup_steps": warmup,
-           "measured_steps": steps, "rounds": rounds, "epoch_rows": full}
+           "measured_steps": steps, "rounds": rounds, "epoch_rows": full, "epochs": epochs,
+           "reference_structure": replaced > 0, "step_gflop": flops / 1e9, "validation": val}
     for key, loop in (("ours", ours), ("reference", ref)):
         rate = samples / statistics.median(times[key])
-        out[key] = {"samples_per_s": rate, "step_s": batch_size / rate, "epoch_s": full / rate,
-                    "round_samples_per_s": [round(samples / t, 2) for t in times[key]], "precision": loop.precision}
+        epoch_s = steps_per_epoch * batch_size / rate + val[key]
+        out[key] = {"samples_per_s": rate, "step_s": batch_size / rate, "epoch_s": epoch_s,
+                    "trained_s": epochs * epoch_s, "round_samples_per_s": [round(samples / t, 2) for t in times[key]],
+                    "precision": loop.precision, **limit_figures(flops / batch_size, rate, loop.precision, peaks)}
     out["round_ratios"] = [round(r / o, 3) for o, r in zip(times["ours"], times["reference"])]
     out["ratio"] = statistics.median(out["round_ratios"])
+    out["epoch_ratio"] = out["reference"]["epoch_s"] / out["ours"]["epoch_s"]
     out["batch_ms"] = batch_assembly_ms(rows, ref, average, batch_size, device)
-    out["eval"] = evaluation_time(method, ds, rows.subject, cfg, device)
+    out["eval"] = evaluation_time(ours.method, ds, rows.subject, cfg, device)
     return out
