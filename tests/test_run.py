@@ -1,6 +1,5 @@
 """`bench run` on a real local Ray (2 CPUs): grids, skipping, failures, kill -9 and resume, DDP (two-node clusters:
 tests/test_cluster.py)."""
-import json
 import os
 import signal
 import subprocess
