@@ -395,6 +395,7 @@ def _tuner(todo: list[RunSpec], results_dir: Path, opts: RayOptions, forced: set
     from ray import tune
     import ray
 
+    from bench.checkpoint import tune_storage
     from bench.provenance import command_line
     from bench.registry import loaded_plugins
 
@@ -416,6 +417,7 @@ def _tuner(todo: list[RunSpec], results_dir: Path, opts: RayOptions, forced: set
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=opts.reuse_workers),
         run_config=tune.RunConfig(
             name=f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}", storage_path=str(results_dir / "ray"),
+            storage_filesystem=tune_storage(),  # Tune's per-epoch checkpoint copy is a hard link
             verbose=0, failure_config=tune.FailureConfig(max_failures=opts.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[progress_callback(len(todo), {s.spec_hash: s.label for s in todo}, concurrency, printer)]),

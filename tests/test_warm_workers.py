@@ -55,3 +55,27 @@ def test_averaged_eeg_is_opened_once_per_process_and_read_only(tiny_root):
     assert other is not first and np.array_equal(other, first[:, [ds.ch_names.index(c) for c in occipital.ch_names]])
     MEANS.clear()
     assert ThingsEEG.open(tiny_root).load_train(1) is not first  # cleared: read again, equal values
+
+
+def test_tunes_copy_of_an_epoch_checkpoint_is_a_hard_link_that_outlives_the_original(tmp_path):
+    """Tune persists each reported checkpoint into its storage (bench.checkpoint.tune_storage): a hard link to the
+    results folder's immutable file, not a copy; the trial's resume still works when the original is gone."""
+    import pickle
+
+    from ray.train._internal.storage import _pyarrow_fs_copy_files  # what Tune's persist_current_checkpoint calls
+
+    from bench.checkpoint import FILE_NAME, adopt, tune_checkpoint, tune_storage, write_checkpoint
+
+    original = tmp_path / "runs" / ".checkpoints" / "abc.pt"
+    original.parent.mkdir(parents=True)
+    write_checkpoint(original, {"format": "thingsbench-checkpoint/1", "epoch": 3, "weights": [1.0, 2.0]})
+    storage = pickle.loads(pickle.dumps(tune_storage()))  # as the trial receives it from the driver
+    persisted = tmp_path / "ray" / "trial" / "checkpoint_000002"
+    with tune_checkpoint(original) as reported:
+        storage.create_dir(str(persisted))
+        _pyarrow_fs_copy_files(reported.path, str(persisted), source_filesystem=reported.filesystem,
+                               destination_filesystem=storage)
+    assert (persisted / FILE_NAME).stat().st_ino == original.stat().st_ino
+    assert not [p for p in original.parent.iterdir() if p.name.startswith(".tune-")]  # the staging folder is gone
+    original.unlink()  # the results folder lost its checkpoint: Tune's link still holds it
+    assert adopt(persisted, original) and original.read_bytes() == (persisted / FILE_NAME).read_bytes()
