@@ -217,110 +217,28 @@ class RunCheckpoint:
 
 
 # --- Ray Tune --------------------------------------------------------------------------------------------------------
-def _link_or_copy(source: str | Path, target: str | Path) -> None:
+def link_or_copy(source: str | Path, target: str | Path) -> None:
     try:
         os.link(source, target)  # a hard link: a checkpoint file is immutable once renamed into place
     except OSError:  # another file system, or one without hard links
         shutil.copy2(source, target)
 
 
-def tune_storage():
-    """The file system Ray Tune keeps its experiment and trial checkpoints on (``RunConfig.storage_filesystem``): the
-    local one, except that Tune's "copy" of a reported checkpoint into its storage is a hard link. Tune persists every
-    epoch's checkpoint (tens of MB) and the results folder already holds the same immutable file: a copy each epoch
-    was a few percent of a trial's time. Both live in the results folder, so the link costs no space either."""
-    import pyarrow.fs as pafs
-
-    return pafs.PyFileSystem(_linking_handler())
-
-
-def _linking_handler():
-    """A pyarrow ``FileSystemHandler``: the local file system, with ``copy_file`` as a hard link (see tune_storage).
-    pyarrow's ``copy_files`` between two equal file systems calls ``copy_file`` per file. Built on demand, so that
-    importing this module does not import pyarrow."""
-    import pyarrow.fs as pafs
-
-    global _LinkingLocalFS
-    if _LinkingLocalFS is not None:
-        return _LinkingLocalFS()
-
-    class Handler(pafs.FileSystemHandler):
-        local = pafs.LocalFileSystem()
-
-        def __eq__(self, other):
-            return isinstance(other, Handler)
-
-        def __ne__(self, other):
-            return not self == other
-
-        def __reduce__(self):  # workers rebuild it by name
-            return _linking_handler, ()
-
-        def get_type_name(self):
-            return "thingsbench-local-link"
-
-        def normalize_path(self, path):
-            return self.local.normalize_path(path)
-
-        def get_file_info(self, paths):
-            return self.local.get_file_info(paths)
-
-        def get_file_info_selector(self, selector):
-            return self.local.get_file_info(selector)
-
-        def create_dir(self, path, recursive):
-            self.local.create_dir(path, recursive=recursive)
-
-        def delete_dir(self, path):
-            self.local.delete_dir(path)
-
-        def delete_dir_contents(self, path, missing_dir_ok=False):
-            self.local.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
-
-        def delete_root_dir_contents(self):
-            raise OSError("thingsbench: refusing to empty the root folder")
-
-        def delete_file(self, path):
-            self.local.delete_file(path)
-
-        def move(self, src, dest):
-            self.local.move(src, dest)
-
-        def copy_file(self, src, dest):
-            _link_or_copy(src, dest)
-
-        def open_input_stream(self, path):
-            return self.local.open_input_stream(path)
-
-        def open_input_file(self, path):
-            return self.local.open_input_file(path)
-
-        def open_output_stream(self, path, metadata):
-            return self.local.open_output_stream(path, metadata=metadata)
-
-        def open_append_stream(self, path, metadata):
-            return self.local.open_append_stream(path, metadata=metadata)
-
-    _LinkingLocalFS = Handler
-    return Handler()
-
-
-_LinkingLocalFS = None
-
-
 @contextlib.contextmanager
 def tune_checkpoint(path: Path | None) -> Iterator[object | None]:
     """A Ray Tune Checkpoint of a directory holding the checkpoint file ``path`` (None: none), for ``tune.report``;
-    Tune persists it into its storage during the report (a hard link, :func:`tune_storage`), after which the directory
+    Tune persists it into its storage during the report (a hard link, :func:`bench.tune_storage.tune_storage`), after which the directory
     is removed. The directory is made beside the file, so that both links stay on one file system."""
     if path is None:
         yield None
         return
     from ray.tune import Checkpoint
 
+    from bench.tune_storage import tune_storage
+
     folder = Path(tempfile.mkdtemp(prefix=".tune-", dir=path.parent))
     try:
-        _link_or_copy(path, folder / FILE_NAME)
+        link_or_copy(path, folder / FILE_NAME)
         yield Checkpoint(str(folder), filesystem=tune_storage())
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -395,7 +395,7 @@ def _tuner(todo: list[RunSpec], results_dir: Path, opts: RayOptions, forced: set
     from ray import tune
     import ray
 
-    from bench.checkpoint import tune_storage
+    from bench.tune_storage import tune_storage
     from bench.provenance import command_line
     from bench.registry import loaded_plugins
 

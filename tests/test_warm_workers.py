@@ -58,13 +58,14 @@ def test_averaged_eeg_is_opened_once_per_process_and_read_only(tiny_root):
 
 
 def test_tunes_copy_of_an_epoch_checkpoint_is_a_hard_link_that_outlives_the_original(tmp_path):
-    """Tune persists each reported checkpoint into its storage (bench.checkpoint.tune_storage): a hard link to the
+    """Tune persists each reported checkpoint into its storage (bench.tune_storage): a hard link to the
     results folder's immutable file, not a copy; the trial's resume still works when the original is gone."""
     import pickle
 
     from ray.train._internal.storage import _pyarrow_fs_copy_files  # what Tune's persist_current_checkpoint calls
 
-    from bench.checkpoint import FILE_NAME, adopt, tune_checkpoint, tune_storage, write_checkpoint
+    from bench.checkpoint import FILE_NAME, adopt, tune_checkpoint, write_checkpoint
+    from bench.tune_storage import tune_storage
 
     original = tmp_path / "runs" / ".checkpoints" / "abc.pt"
     original.parent.mkdir(parents=True)
