@@ -134,7 +134,8 @@ def test_a_node_that_cannot_see_the_results_folder_is_named_before_any_trial(tin
     path, other contents, as on a machine that lacks the shared mount. `bench run` must refuse, naming that node."""
     results = tmp_path / "results"
     (results / "runs").mkdir(parents=True)
-    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True)
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "mount", "-t", "tmpfs", "tmpfs",
+                            str(results)], capture_output=True)  # the mount lives and dies with that namespace
     if probe.returncode != 0:
         pytest.skip(f"unprivileged mount namespaces are not allowed here: {probe.stderr.decode().strip()}")
     with ray_nodes("head") as head:
