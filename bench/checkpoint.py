@@ -217,23 +217,29 @@ class RunCheckpoint:
 
 
 # --- Ray Tune --------------------------------------------------------------------------------------------------------
+def link_or_copy(source: str | Path, target: str | Path) -> None:
+    try:
+        os.link(source, target)  # a hard link: a checkpoint file is immutable once renamed into place
+    except OSError:  # another file system, or one without hard links
+        shutil.copy2(source, target)
+
+
 @contextlib.contextmanager
 def tune_checkpoint(path: Path | None) -> Iterator[object | None]:
     """A Ray Tune Checkpoint of a directory holding the checkpoint file ``path`` (None: none), for ``tune.report``;
-    Tune copies it into its storage during the report, after which the directory is removed."""
+    Tune persists it into its storage during the report (a hard link, :func:`bench.tune_storage.tune_storage`), after which the directory
+    is removed. The directory is made beside the file, so that both links stay on one file system."""
     if path is None:
         yield None
         return
     from ray.tune import Checkpoint
 
-    folder = Path(tempfile.mkdtemp(prefix="bench-checkpoint-"))
+    from bench.tune_storage import tune_storage
+
+    folder = Path(tempfile.mkdtemp(prefix=".tune-", dir=path.parent))
     try:
-        target = folder / FILE_NAME
-        try:
-            os.link(path, target)  # a hard link: the file is immutable once renamed into place
-        except OSError:
-            shutil.copy2(path, target)
-        yield Checkpoint.from_directory(str(folder))
+        link_or_copy(path, folder / FILE_NAME)
+        yield Checkpoint(str(folder), filesystem=tune_storage())
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

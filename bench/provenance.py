@@ -79,7 +79,21 @@ def collect(device: str, data_fingerprint: str, num_processes: int = 1, mixed_pr
             "python": platform.python_version(), "host": socket.gethostname(),
             "command": command or _driver_command or command_line(),
             "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "preprocessing": preprocessing,
-            "data": data_block(dataset)}
+            "data": data_block(dataset), "node": ray_node()}
+
+
+def ray_node() -> dict | None:
+    """The Ray node this process runs on (``ray_node_id``, ``ip``) and the worker's ``pid`` (warm workers serve several
+    trials): on a cluster the hostname alone may not tell two nodes apart (several raylets on one machine,
+    containers). None outside Ray; Ray is never imported here."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    try:
+        return {"ray_node_id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address(),
+                "pid": os.getpid()}
+    except Exception:  # a driver whose cluster went away: the record is still written, without its node
+        return None
 
 
 def data_block(dataset) -> dict | None:

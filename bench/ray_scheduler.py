@@ -56,6 +56,8 @@ class RayOptions:
     live: bool = False                  # a live table (a terminal) instead of progress lines (bench/progress.py)
     trackers: tuple = ()                # experiment trackers fed by Tune's logger callbacks (bench/tracking.py)
     experiment: str = "thingsbench"     # the trackers' experiment (MLflow) / project (W&B) / folder (TensorBoard)
+    #: trials reuse warm Ray worker processes (Tune's actor reuse); False: a fresh process per trial
+    reuse_workers: bool = True
 
     def ddp_workers(self) -> int:
         if self.workers_per_trial > 1:
@@ -216,7 +218,8 @@ def check_shared_storage(results_dir: Path) -> None:
         for node in nodes:
             strategy = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
             if not ray.get(sees.options(scheduling_strategy=strategy).remote(str(token))):
-                missing.append(node.get("NodeManagerAddress", node["NodeID"]))
+                # nodes on one machine share an address: the node id tells them apart
+                missing.append(f"{node.get('NodeManagerAddress', '?')} (node id {node['NodeID'][:12]})")
         if missing:
             raise OrchestrationError(f"results folder {results_dir} is not visible on node(s) {', '.join(missing)}; "
                                      f"on a cluster --results-dir must be on storage every node mounts (e.g. NFS)")
@@ -337,6 +340,7 @@ def _tuner(todo: list[RunSpec], results_dir: Path, opts: RayOptions, forced: set
     import ray
 
     from bench.progress import progress_callback
+    from bench.tune_storage import tune_storage
     from bench.provenance import command_line
     from bench.registry import loaded_plugins
     from bench.tracking import tracker_callbacks
@@ -354,9 +358,12 @@ def _tuner(todo: list[RunSpec], results_dir: Path, opts: RayOptions, forced: set
     return tune.Tuner(
         tune.with_resources(run_trial, per_trial),
         param_space={"trial": tune.grid_search(trial_configs)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
+        # warm workers: a trial's process (torch, the harness, the opened data: bench/data/cache.py) serves the next
+        # trial of the same resources; each run still seeds and builds everything itself (bench/execute.py)
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=opts.reuse_workers),
         run_config=tune.RunConfig(
             name=f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}", storage_path=str(results_dir / "ray"),
+            storage_filesystem=tune_storage(),  # Tune's per-epoch checkpoint copy is a hard link
             verbose=tune_verbosity(opts.verbose), failure_config=tune.FailureConfig(max_failures=opts.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[progress_callback(todo, concurrency, printer, opts.live),

@@ -177,7 +177,9 @@ def death_record(spec: RunSpec, death: Death, code_digest: str | None) -> RunRec
     record.error.update(traceback=death.ray_error, exit_code=death.exit_code, signal=death.signal,
                         log_tail=death.log_tail)
     record.code_fingerprint = code_digest
-    record.provenance = {**provenance.collect("cpu", spec.data_fingerprint), "finished_at": provenance.now()}
+    # written by the driver: its node is not where the trial died (Ray's error text, the traceback, names that one)
+    record.provenance = {**provenance.collect("cpu", spec.data_fingerprint), "finished_at": provenance.now(),
+                         "node": None}
     return record
 
 

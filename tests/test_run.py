@@ -1,10 +1,8 @@
-"""`bench run` on a real local Ray (2 CPUs): grids, skipping, failures, kill -9 and resume, a two-node cluster, DDP."""
-import json
+"""`bench run` on a real local Ray (2 CPUs): grids, skipping, failures, kill -9 and resume, DDP (two-node clusters:
+tests/test_cluster.py)."""
 import os
 import signal
 import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -79,29 +77,6 @@ def test_kill_minus_9_then_rerun_completes_only_the_missing(ray_session, tiny_ro
     for spec_hash, mtime in before.items():  # nothing completed before the kill was recomputed
         assert store.record_path(spec_hash).stat().st_mtime_ns == mtime
     assert f"{len(before)} of 4 runs already completed" in out.stdout
-
-
-def test_two_node_cluster_through_address(tiny_root, tmp_path):
-    """A head and a worker node (ray.cluster_utils.Cluster), joined with --address, in a separate process."""
-    script = textwrap.dedent(f'''
-        import json, subprocess, sys
-        from ray.cluster_utils import Cluster
-        cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 1, "include_dashboard": False,
-                          "object_store_memory": 100 * 1024 ** 2}})
-        cluster.add_node(num_cpus=1, object_store_memory=100 * 1024 ** 2)
-        cluster.wait_for_nodes()
-        out = subprocess.run([{BENCH!r}, "run", "--method", "ridge", "--subjects", "1,2", "--seeds", "0",
-                              "--data-root", {str(tiny_root)!r}, "--results-dir", {str(tmp_path)!r},
-                              "--address", cluster.address, "--set", "protocol.val_concepts=4"],
-                             capture_output=True, text=True, timeout=400)
-        print(out.stdout[-3000:], out.stderr[-3000:])
-        cluster.shutdown()
-        sys.exit(out.returncode)
-    ''')
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=500)
-    assert out.returncode == 0, out.stdout + out.stderr
-    records = RunStore(tmp_path).records()
-    assert len(records) == 2 and all(r.status == "completed" for r in records)
 
 
 def test_ddp_trial_through_ray_train_on_cpu(ray_session, tiny_root, tmp_path, plugin):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,33 @@ PREFIX_BYTES = 1 << 20
 FLOAT16_MAX = 65504.0
 
 _fingerprints: dict[tuple[str, int, int], str] = {}
+
+
+class MeanMemo:
+    """Averaged arrays of this process, keyed by the source file's fingerprint and the selection, least recently used
+    dropped beyond ``max_bytes``. A replaced file has another fingerprint, so it is never served stale."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.arrays = max_bytes, OrderedDict()
+
+    def get(self, key: tuple, compute) -> np.ndarray:
+        if key in self.arrays:
+            self.arrays.move_to_end(key)
+            return self.arrays[key]
+        array = compute()
+        array.setflags(write=False)
+        if array.nbytes <= self.max_bytes:
+            self.arrays[key] = array
+            while sum(a.nbytes for a in self.arrays.values()) > self.max_bytes:
+                self.arrays.popitem(last=False)
+        return array
+
+    def clear(self) -> None:
+        self.arrays.clear()
+
+
+#: 2 GiB: both partitions of one published subject (1 GB averaged training rows), or every synthetic subject
+MEANS = MeanMemo(2 * 1024 ** 3)
 
 
 def file_fingerprint(path: str | Path) -> str:
@@ -90,11 +118,20 @@ class CachedEEG:
         """(images, channels, samples): the mean of the first ``n_reps`` repetitions (all by default), summed in
         float32 block by block. ``dtype=np.float16`` stores each block's float32 mean rounded to float16 (the same
         values as rounding a float32 result afterwards) at half the memory, and no float32 copy of the whole;
-        data far from unit scale (``scale != 1``) come back as float32 either way."""
-        n, reps = self.shape[0], self.shape[1]
+        data far from unit scale (``scale != 1``) come back as float32 either way.
+
+        Read-only, and kept in this process (:class:`MeanMemo`): a warm Ray worker or a serial sweep opens each
+        subject once; a run that tried to change the array in place would raise instead of changing the next run's."""
+        reps = self.shape[1]
         use = reps if n_reps is None else int(n_reps)
         if not 1 <= use <= reps:
             raise ValueError(f"n_reps must be between 1 and {reps}, got {n_reps}")
+        key = (self.fingerprint, None if channels is None else tuple(int(c) for c in channels),
+               samples.indices(self.shape[3]), use, np.dtype(dtype).name)
+        return MEANS.get(key, lambda: self._average(channels, samples, use, dtype))
+
+    def _average(self, channels: np.ndarray | None, samples: slice, use: int, dtype: type) -> np.ndarray:
+        n = self.shape[0]
         n_ch = self.shape[2] if channels is None else len(channels)
         n_t = len(range(*samples.indices(self.shape[3])))
         half = np.dtype(dtype) == np.float16 and self.scale == 1.0
