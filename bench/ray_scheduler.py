@@ -173,7 +173,9 @@ def init_ray(opts: RayOptions) -> None:
             ray.init(address=opts.address, log_to_driver=opts.verbose, logging_level=ray_log_level(opts.verbose))
         else:
             start_reaper()
-            context = ray.init(num_cpus=opts.num_cpus or os.cpu_count(), include_dashboard=False,
+            # address="local": always a Ray of our own; without it ray.init joins any cluster a `ray start` left on
+            # this machine, and then refuses num_cpus
+            context = ray.init(address="local", num_cpus=opts.num_cpus or os.cpu_count(), include_dashboard=False,
                                log_to_driver=opts.verbose, logging_level=ray_log_level(opts.verbose),
                                object_store_memory=opts.object_store_mb * 1024 ** 2)
             announce_session(context.address_info.get("session_dir"))

@@ -32,6 +32,6 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=150 * 1024 ** 2)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=150 * 1024 ** 2)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()

@@ -151,3 +151,17 @@ def test_a_node_that_cannot_see_the_results_folder_is_named_before_any_trial(tin
     assert f"results folder {results} is not visible on node(s) " in said, said
     assert f"(node id {island_id[:12]})" in said and f"(node id {head.nodes['head']['node_id'][:12]})" not in said
     assert not list((results / "runs").glob("*.json")) and not (results / "ray").exists()  # refused before any trial
+
+
+def test_without_address_a_sweep_starts_a_ray_of_its_own_beside_a_running_cluster(tiny_root, tmp_path):
+    """A cluster someone left running on this machine (Ray records it in /tmp/ray/ray_current_cluster): a plain
+    `bench run` must not join it (ray.init would, and then refuse num_cpus) but start its own local Ray."""
+    with ray_nodes("head") as nodes:
+        cluster_ids = {n["node_id"] for n in nodes.nodes.values()}
+        out = subprocess.run([BENCH, "run", "--method", "ridge", "--subjects", "1", "--data-root", str(tiny_root),
+                              "--results-dir", str(tmp_path), "--set", "protocol.val_concepts=4"],
+                             capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    (record,) = records(tmp_path).values()
+    assert record["status"] == "completed"
+    assert record["provenance"]["node"]["ray_node_id"] not in cluster_ids
