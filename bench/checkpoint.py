@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from bench.errors import UserError
-from bench.io import atomic_path
+from bench.io import atomic_path, link_or_copy
 
 log = logging.getLogger(__name__)
 
@@ -217,13 +217,6 @@ class RunCheckpoint:
 
 
 # --- Ray Tune --------------------------------------------------------------------------------------------------------
-def link_or_copy(source: str | Path, target: str | Path) -> None:
-    try:
-        os.link(source, target)  # a hard link: a checkpoint file is immutable once renamed into place
-    except OSError:  # another file system, or one without hard links
-        shutil.copy2(source, target)
-
-
 @contextlib.contextmanager
 def tune_checkpoint(path: Path | None) -> Iterator[object | None]:
     """A Ray Tune Checkpoint of a directory holding the checkpoint file ``path`` (None: none), for ``tune.report``;

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
@@ -137,3 +138,12 @@ def current_umask() -> int:
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def link_or_copy(source: str | Path, target: str | Path) -> None:
+    """Put ``source`` at ``target`` without copying bytes where the file system allows: only for files that are
+    never rewritten in place (checkpoints are renamed into place whole)."""
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or one without hard links
+        shutil.copy2(source, target)

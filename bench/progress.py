@@ -40,9 +40,9 @@ def ray_log_level(verbose: bool) -> int:
 
 def tune_verbosity(verbose: bool) -> int:
     """Tune's own reporter: off unless --verbose. Its new output engine prints the experiment banner, "View detailed
-    results here" and the TensorBoard hint even at verbose=0; the legacy reporter at 0 prints nothing."""
-    if not verbose:
-        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    results here" and the TensorBoard hint even at verbose=0; the legacy reporter at 0 prints nothing. Set both ways:
+    an earlier quiet sweep in the same process (or the environment it handed down) must not silence a verbose one."""
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
     return 1 if verbose else 0
 
 

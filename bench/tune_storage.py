@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pyarrow.fs as pafs
 
-from bench.checkpoint import link_or_copy
+from bench.io import link_or_copy
 
 
 class LinkingLocalFS(pafs.FileSystemHandler):

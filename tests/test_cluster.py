@@ -75,6 +75,20 @@ def lock_pid(results: Path, spec_hash: str) -> int | None:
     return int(first) if first.strip().isdigit() else None
 
 
+def wait_gone(pid: int, timeout: float = 60.0) -> None:
+    """Until process ``pid`` has stopped (gone or a zombie): a worker outlives its raylet's SIGKILL by a moment, and
+    may write one more checkpoint in it."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX":
+                return
+        except (OSError, IndexError):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"trial process {pid} still runs {timeout:.0f} s after its node was killed")
+
+
 def running_on(nodes: Nodes, results: Path, name: str, min_epoch: int) -> str | None:
     """A spec without a record whose trial runs on node ``name`` and has checkpointed ``min_epoch`` epochs."""
     done = records(results)
@@ -104,7 +118,9 @@ def test_a_sweep_lands_on_both_nodes_and_survives_losing_one(tiny_root, tmp_path
                     "ray_node_id") == ids["worker"]]
                 victim = running_on(nodes, tmp_path, "worker", 2) if on_worker else None
                 time.sleep(0.05)
+            pid = lock_pid(tmp_path, victim)
             nodes.remove("worker")
+            wait_gone(pid)
             saved = peek_epoch(tmp_path / "runs" / ".checkpoints" / f"{victim}.pt")
             before = {h: (tmp_path / "runs" / f"{h}.json").stat().st_mtime_ns for h in records(tmp_path)}
             assert run.wait(timeout=300) == 0

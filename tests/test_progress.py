@@ -203,6 +203,6 @@ def test_verbose_shows_rays_own_output(ray_session, tiny_root, tmp_path):
     args = [BENCH, "run", "--method", "ridge", "--subjects", "1", "--data-root", str(tiny_root), "--results-dir",
             str(tmp_path), "--address", ray_session, *TINY, "--verbose"]
     out = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
-                         env=sweep_env(CI="true"))
+                         env=sweep_env(CI="true", RAY_AIR_NEW_OUTPUT="0"))  # as a quiet sweep before it leaves it
     assert out.returncode == 0, out.stdout[-3000:]
     assert "View detailed results here" in out.stdout and "Connecting to existing Ray" in out.stdout, out.stdout

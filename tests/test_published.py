@@ -5,8 +5,8 @@
   centres; ATM: the best *test* epoch; UBP/EEGProject: stop on the training loss, or on the other subjects' test EEG).
 * A run whose validation reads a test partition is recorded ``test_selected``; the harness, not the method, opens that
   partition, before the sealed phase, and every other test read is still refused.
-* The honest protocols are unchanged: NICE and EEGProject under intra and inter give, bit for bit, the metrics the code
-  before issue 17 gave.
+* The honest protocols are unchanged: NICE and EEGProject under intra and inter give the metrics the code before
+  issue 17 gave, bit for bit except NICE's training loss (to 1e-5: issue 21's GEMM trunk sums in another order).
 """
 import json
 import math
@@ -384,8 +384,17 @@ HONEST_CASES = [("nice", "intra", ()), ("nice", "inter", ()), ("eegproject", "in
                 ("eegproject", "inter", ("train.lr=1e-4",))]
 
 
+def loss_within_float_order(golden: dict) -> dict:
+    """``golden`` with each epoch's training loss compared to 1e-5 relative, every other value exactly. Issue 21
+    computes the TSConv trunk as three GEMMs: the same function summed in another order moves NICE's loss in the
+    sixth digit; accuracies, validation scores and the selected epoch must not move at all."""
+    val = dict(golden["val"], curve=[dict(row, train_loss=pytest.approx(row["train_loss"], rel=1e-5))
+                                     for row in golden["val"]["curve"]])
+    return dict(golden, val=val)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the golden metrics were computed on the CPU")
-def test_honest_protocols_give_the_metrics_of_the_code_before_issue_17_bit_for_bit(tmp_path):
+def test_honest_protocols_give_the_metrics_of_the_code_before_issue_17(tmp_path):
     from bench.execute import execute_spec
     from bench.records import RunStore
     from bench.specs import make_spec, resolve_config
@@ -399,6 +408,6 @@ def test_honest_protocols_give_the_metrics_of_the_code_before_issue_17_bit_for_b
                                            *sets])
         rec = execute_spec(make_spec(method, cfg, 1, 0, ds), ds, RunStore(tmp_path), progress=False)
         metrics = json.loads(json.dumps(rec.metrics))
-        assert {k: v for k, v in metrics.items() if k not in HONEST} == golden[f"{method} {protocol}"], (method,
-                                                                                                       protocol)
+        assert {k: v for k, v in metrics.items() if k not in HONEST} == loss_within_float_order(
+            golden[f"{method} {protocol}"]), (method, protocol)
         assert {k: metrics[k] for k in HONEST} == HONEST
