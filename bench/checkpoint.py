@@ -220,8 +220,8 @@ class RunCheckpoint:
 @contextlib.contextmanager
 def tune_checkpoint(path: Path | None) -> Iterator[object | None]:
     """A Ray Tune Checkpoint of a directory holding the checkpoint file ``path`` (None: none), for ``tune.report``;
-    Tune persists it into its storage during the report (a hard link, :func:`bench.tune_storage.tune_storage`), after which the directory
-    is removed. The directory is made beside the file, so that both links stay on one file system."""
+    Tune persists it into its storage during the report (a hard link, :func:`bench.tune_storage.tune_storage`), after
+    which the directory is removed. The directory is made beside the file, so that both links stay on one file system."""
     if path is None:
         yield None
         return

@@ -84,7 +84,8 @@ class Noisy(Method):
         self.epochs_seen = state["epochs_seen"]
 
 
-BASE = ["protocol.val_concepts=4", "train.epochs=6", "train.checkpoint_every=1", "train.batch_size=16", "train.lr=0.01", "eval.kway=[2, 4]"]
+BASE = ["protocol.val_concepts=4", "train.epochs=6", "train.checkpoint_every=1", "train.batch_size=16", "train.lr=0.01",
+        "eval.kway=[2, 4]"]
 
 
 def spec_of(ds, method="test-noisy", *sets):
