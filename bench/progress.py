@@ -173,10 +173,13 @@ class SweepState:
 
 
 class LineDisplay:
-    """Piped output: every event as one line; progress lines rate-limited per trial."""
+    """Piped output: every event as one line; at most one progress line per ``every_s`` for the whole sweep, given to
+    the running trial that has gone longest without a line (so each trial gets at most one per ``every_s`` too, and a
+    sweep's line count grows with its wall time, not with its concurrency)."""
 
     def __init__(self, state: SweepState, printer: Callable[[str], None], every_s: float = PROGRESS_EVERY_S):
         self.state, self.printer, self.every_s = state, printer, every_s
+        self.last_line = -math.inf
 
     def open(self) -> None:
         pass
@@ -189,11 +192,15 @@ class LineDisplay:
 
     def progress(self, run: Running) -> None:
         now = self.state.clock()
-        if run.info.epochs and run.epoch >= run.info.epochs:  # its end line follows at once
+        if now - self.last_line < self.every_s:
             return
-        if now - run.last_line >= self.every_s:
-            run.last_line = now
-            self.event(self.state.progress_text(run))
+        # a trial at its last epoch prints its end line at once
+        waiting = [r for r in self.state.running.values()
+                   if r.epoch and not (r.info.epochs and r.epoch >= r.info.epochs)]
+        stalest = min(waiting, key=lambda r: r.last_line, default=None)
+        if stalest is not None and now - stalest.last_line >= self.every_s:
+            stalest.last_line = self.last_line = now
+            self.event(self.state.progress_text(stalest))
 
 
 class LiveDisplay:

@@ -61,25 +61,30 @@ def simulate(specs, concurrency, seconds_per_epoch, clock, printer, live=False):
     return callback
 
 
-def test_piped_progress_prints_at_most_one_line_per_trial_per_30_s():
+def progress_lines(said):
+    return [(t, line) for t, line in said if "] start " not in line and "] done " not in line]
+
+
+def test_piped_progress_prints_at_most_one_line_per_30_s_for_the_whole_sweep():
     clock, said = Clock(), []
     simulate([spec(1), spec(2)], 2, 2.5, clock, lambda line: said.append((clock.now, line)))  # 75 s per trial
-    for subject in ("sub-01", "sub-02"):
-        mine = [(t, line) for t, line in said if subject in line]
-        assert [line.split("] ")[1].split()[0] for _, line in mine] == ["start", "nice", "nice", "done"], mine
-        times = [t for t, _ in mine]
-        assert all(b - a >= PROGRESS_EVERY_S for a, b in zip(times[:-1], times[1:-1])), times
-        assert "epoch 12/30, loss 2, val top-1 22.0%" in mine[1][1]  # 30 s after its start: epoch 12 of 30
+    times = [t for t, _ in progress_lines(said)]
+    assert len(times) == 2 and all(b - a >= PROGRESS_EVERY_S for a, b in zip(times, times[1:])), said
+    for subject in ("sub-01", "sub-02"):  # the stalest trial gets the next line: each is heard of
+        mine = [line for _, line in said if subject in line]
+        assert [line.split("] ")[1].split()[0] for line in mine] == ["start", "nice", "done"], mine
+    assert "sub-01 seed 0 epoch 12/30, loss 2, val top-1 22.0%" in progress_lines(said)[0][1]  # 30 s: epoch 12
+    assert "sub-02 seed 0 epoch 23/30" in progress_lines(said)[1][1]  # 60 s: the other one, as it last reported
     assert said[-1][1].startswith("[2 done, 0 failed, 0 running, 0 pending")
 
 
 def test_a_make_run_sized_sweep_prints_few_lines_when_piped():
-    """make run: 10 trials, two at a time; at a minute per trial the piped progress is 2 lines per trial plus at most
-    one per 30 s, so with the ~17 lines of summary the whole output stays under 60 lines."""
+    """make run: 10 trials, two at a time, 90 s each: a start and an end line per trial, and one progress line per
+    30 s of the sweep (15), not two per trial (20); with the ~17 lines of summary the output stays under 60 lines."""
     clock, said = Clock(), []
-    simulate([spec(s) for s in range(1, 11)], 2, 2.0, clock, said.append)
-    assert len(said) == 10 * 2 + 10 * 1, said  # 60 s per trial: one progress line at 30 s
-    assert sum("start" in line for line in said) == 10 and sum("] done" in line for line in said) == 10
+    simulate([spec(s) for s in range(1, 11)], 2, 3.0, clock, lambda line: said.append((clock.now, line)))
+    assert sum("] start" in line for _, line in said) == 10 and sum("] done" in line for _, line in said) == 10
+    assert len(progress_lines(said)) == 5 * 90 // 30, said  # a line every 30 s of the sweep
 
 
 def test_the_etas_follow_the_trials_pace_not_their_start_up():
