@@ -31,6 +31,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from bench.allocator import keep_freed_memory
 from bench.checkpoint import CheckpointError, RunCheckpoint, capture_rng, read_checkpoint, restore_rng
 from bench.evaluate import EvaluationError, ZeroShotEvaluator
 from bench.gather import StepGather
@@ -283,6 +284,7 @@ class Trainer:
         Lets a caller advance several runs in lockstep (``bench tune`` over several subjects) or stop early.
         """
         cfg = self.cfg
+        keep_freed_memory()  # the steps' large activations reuse pages instead of faulting them in again
         if cfg.get("num_threads"):
             torch.set_num_threads(int(cfg["num_threads"]))
         seed_everything(self.seed)

@@ -80,10 +80,15 @@ def test_data_in_volts_is_scaled_into_float16_range(tmp_path):
     assert entry.mean(dtype=np.float16).dtype == np.float32  # volts would underflow float16: kept float32
 
 
-def test_block_boundaries(tmp_path, monkeypatch):
-    """Averaging block by block gives the same result as averaging everything at once, whatever the block size."""
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_block_boundaries(tmp_path, monkeypatch, threads):
+    """Averaging block by block gives the same result as averaging everything at once, whatever the block size and
+    however many threads share the blocks (3 threads, 3 blocks: each its own buffers, written to its own rows)."""
     fake = make_root(tmp_path / "root", "nice-pickle")
+    monkeypatch.setenv("OMP_NUM_THREADS", threads)
     monkeypatch.setattr(diskarray, "BLOCK_BYTES", 5 * 4 * 63 * 250 * 2)  # five images per block: blocks of 5, 5, 2
+    monkeypatch.setattr(cache, "AVERAGE_BLOCK_BYTES", 5 * 4 * 63 * 250 * 2)
+    cache.MEANS.clear()
     entry = cached_eeg(fake.eeg_dir / "sub-01" / "preprocessed_eeg_training.npy")
     assert [b for b in entry.array.row_blocks()] == [(0, 5), (5, 10), (10, 12)]
     channels, samples = np.array([62, 0, 30]), slice(3, 200)

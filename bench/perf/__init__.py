@@ -134,6 +134,11 @@ def run_perf(opts: PerfOptions, say=print) -> dict:
                 report["data"] = measure_data(Path(root), 1, profile.load_repeats, scratch / "cache")
                 sections["data"] = time.perf_counter() - t0
             if "train" not in opts.skip:
+                from bench.allocator import keep_freed_memory
+
+                # as in every run (bench.train); on for the reference loop too, which in its own process would
+                # run on glibc's defaults and be slower: the ratio errs in the reference's favour
+                report["malloc_keeps_freed_memory"] = keep_freed_memory()
                 t0 = time.perf_counter()
                 report["peak"] = _peak(device, profile.peak_s, say)
                 report["training"] = _training(Path(root), methods, device, profile, opts, report["peak"], say)

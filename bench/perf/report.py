@@ -27,6 +27,8 @@ def tables(report: dict) -> list[Table]:
                 "load_average_end"):
         if key in m:
             head.add_row(key, str(m[key]))
+    if "malloc_keeps_freed_memory" in report:
+        head.add_row("glibc keeps freed memory (bench.allocator)", str(report["malloc_keeps_freed_memory"]))
     if "generate_s" in report:
         head.add_row("synthetic subject written in", f"{_f(report['generate_s'], 1)} s")
     out.append(head)
@@ -34,7 +36,7 @@ def tables(report: dict) -> list[Table]:
     if "data" in report:
         d = report["data"]
         t = Table(title=f"data: one subject ({_f(d['source_gb'])} GB source, {_f(d['cache_gb'])} GB cache)")
-        for col in ("step", "shape", "wall s", "runs", "peak RSS MB"):
+        for col in ("step", "shape", "wall s", "runs", "peak RSS MiB"):
             t.add_column(col)
         for key, label in (("train_first", "train: first conversion + load + average"),
                            ("train_cached", "train: cached open + load + average"),
