@@ -1,6 +1,7 @@
 """`bench perf --preset tiny` end to end: every section is there with positive figures (no speed thresholds: those
 belong to the benchmark, never to timed tests), and requests that cannot run fail with one clear line."""
 import json
+import platform
 import statistics
 import subprocess
 
@@ -52,6 +53,16 @@ def test_tiny_preset_reports_every_section(tmp_path):
         assert r["round_ratios"] == pytest.approx([o / f for o, f in zip(ours, ref)], rel=0.01)
         assert r["ratio"] == pytest.approx(statistics.median(r["round_ratios"]))  # the documented summary
         positive(r["eval"], "score_s", "test_open_s")
+        # the reference again in its own process, on glibc's defaults (this process ran on bench.allocator's)
+        assert report["malloc_keeps_freed_memory"] is (platform.libc_ver()[0] == "glibc")
+        if report["malloc_keeps_freed_memory"]:
+            own = r["reference_own_process"]
+            positive(own, "samples_per_s", "validation_s", "epoch_s")
+            assert own["kept_freed_memory"] is False
+            assert own["step_ratio"] == pytest.approx(r["ours"]["samples_per_s"] / own["samples_per_s"])
+            assert own["epoch_ratio"] == pytest.approx(own["epoch_s"] / r["ours"]["epoch_s"])
+            assert own["trained_s"] == pytest.approx(r["epochs"] * own["epoch_s"])
+    assert "glibc's default allocator" in out.stdout
     nice, atm = report["training"]
     assert nice["epoch_rows"] == 120 and atm["epoch_rows"] == 240  # averaged vs single trials, as each recipe
 

@@ -6,6 +6,7 @@ measures each section, removes the scratch folder and returns the report (see :m
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import tempfile
@@ -141,7 +142,8 @@ def run_perf(opts: PerfOptions, say=print) -> dict:
                 report["malloc_keeps_freed_memory"] = keep_freed_memory()
                 t0 = time.perf_counter()
                 report["peak"] = _peak(device, profile.peak_s, say)
-                report["training"] = _training(Path(root), methods, device, profile, opts, report["peak"], say)
+                report["training"] = _training(Path(root), methods, device, profile, opts, report["peak"], say,
+                                               kept_memory=report["malloc_keeps_freed_memory"])
                 sections["training"] = time.perf_counter() - t0
             if "ray" not in opts.skip:
                 t0 = time.perf_counter()
@@ -177,8 +179,11 @@ def _peak(device, min_s: float, say) -> dict:
 
 
 def _training(root: Path, methods: list[str], device, profile: Profile, opts: PerfOptions, peaks: dict,
-              say) -> list[dict]:
+              say, kept_memory: bool) -> list[dict]:
+    """``kept_memory``: this process runs on :mod:`bench.allocator`'s setting, so the reference is timed once more
+    in a process of its own, on glibc's defaults, as its code runs (:mod:`bench.perf.reference_child`)."""
     from bench.data.dataset import ThingsEEG
+    from bench.perf.reference_child import reference_in_own_process
     from bench.perf.throughput import TrainingRows, measure_method
     from bench.specs import resolve_config
 
@@ -193,7 +198,20 @@ def _training(root: Path, methods: list[str], device, profile: Profile, opts: Pe
             f"the reference alternating")
         cfg = resolve_config(name, overrides={"data.root": str(root)})
         out.append(measure_method(name, cfg, ds, rows, device, batch, warmup, steps, rounds, opts.compile, peaks))
+        if kept_memory:
+            say(f"training: {name}, the reference loop again in a process of its own (glibc's default allocator)")
+            own = reference_in_own_process(root, name, str(device), batch, warmup, steps, rounds)
+            out[-1]["reference_own_process"] = as_run(out[-1], own)
     return out
+
+
+def as_run(measured: dict, own: dict) -> dict:
+    """The reference's step and epoch as it runs in its own process, and ours against them (what a user gains)."""
+    rate, ours = own["samples_per_s"], measured["ours"]
+    batch = measured["batch_size"]
+    epoch_s = math.ceil(measured["epoch_rows"] / batch) * batch / rate + own["validation_s"]
+    return {**own, "epoch_s": epoch_s, "trained_s": measured["epochs"] * epoch_s,
+            "step_ratio": ours["samples_per_s"] / rate, "epoch_ratio": epoch_s / ours["epoch_s"]}
 
 
 def _ray(root: Path | None, scratch: Path, profile: Profile, opts: PerfOptions, say) -> dict:

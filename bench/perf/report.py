@@ -100,7 +100,20 @@ def _training_tables(rows: list[dict]) -> list[Table]:
                        f"{_f(v['ours'])} / {_f(v['reference'])}", _f(o["epoch_s"], 1), _f(ref["epoch_s"], 1),
                        f"{r['epoch_ratio']:.2f}×", str(r["epochs"]), _duration(o["trained_s"]),
                        _duration(ref["trained_s"]), _f(r["eval"]["score_s"]))
-    return [steps, epochs]
+    own = [r for r in rows if "reference_own_process" in r]
+    if not own:
+        return [steps, epochs]
+    as_run = Table(title="ours against the reference loop in a process of its own, on glibc's default allocator (as "
+                         "the reference code runs; above, both ran on bench.allocator's setting)")
+    for col in ("method", "ref samples/s (rounds)", "step speed-up", "ref val s", "ref epoch s", "epoch speed-up",
+                "ref trained"):
+        as_run.add_column(col)
+    for r in own:
+        a = r["reference_own_process"]
+        as_run.add_row(r["method"], f"{_f(a['samples_per_s'], 0)} ({' '.join(map(str, a['round_samples_per_s']))})",
+                       f"{a['step_ratio']:.2f}×", _f(a["validation_s"]), _f(a["epoch_s"], 1),
+                       f"{a['epoch_ratio']:.2f}×", _duration(a["trained_s"]))
+    return [steps, epochs, as_run]
 
 
 def _duration(seconds: float) -> str:
