@@ -4,9 +4,13 @@ glibc serves large allocations with fresh ``mmap``s (above 128 KiB, a threshold 
 gives freed memory at the top of its heap back to the kernel. A training step allocates and frees the same large
 activations every step (a NICE batch of 1000 holds several 360 MB tensors), so every step page-faults them in again
 and the kernel zeroes each page: on the 2-core machine system time was ~40 % of a NICE step's CPU time, and a NICE
-step at batch 1000 ran 2× faster with both turned off (docs/performance.md). Without them the heap keeps its high-water
-mark and the second step finds its pages already mapped. The process's peak memory is the same; it is just not handed
-back between steps.
+step at batch 1000 ran 2× faster with both turned off (docs/performance.md). Without them the heap keeps its pages
+and the next step finds them mapped.
+
+The price is memory: the heap keeps its high-water mark between steps, and blocks freed in one order and requested
+in another do not always fit each other's holes. NICE at batch 1000 on the CPU peaked at 4.5 GB instead of 2.6 GB
+(the step's live tensors) and stayed there; an MCDB run of `make run` (batch 64) peaked at 786 MiB against 754. On a GPU
+the activations are not in this heap at all.
 
 Only glibc has these knobs (``mallopt``); elsewhere (macOS, musl) this does nothing. ``BENCH_KEEP_MALLOC_DEFAULTS=1``
 leaves glibc's defaults alone (for a process that must return memory, e.g. a long-lived notebook).
