@@ -37,6 +37,11 @@ def keep_freed_memory() -> bool:
     return _applied
 
 
+def is_on() -> bool:
+    """Whether this process runs on the setting (False before the first :func:`keep_freed_memory`)."""
+    return bool(_applied)
+
+
 def _set_mallopt() -> bool:
     if os.environ.get("BENCH_KEEP_MALLOC_DEFAULTS") == "1" or platform.libc_ver()[0] != "glibc":
         return False

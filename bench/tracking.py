@@ -233,6 +233,18 @@ class WandbTracker(TrackedRuns, WandbLoggerCallback):
                                      dir=os.environ.get("WANDB_DIR", str(results_dir)))
         self._start_tracking(results_dir, experiment)
 
+    def setup(self, *args, **kwargs) -> None:
+        """Ray asks for an API key unless ``$WANDB_MODE`` is offline or disabled; our offline default is a keyword,
+        so the variable says it for the length of the check (an offline sweep needs no account)."""
+        unset = "WANDB_MODE" not in os.environ
+        if unset:
+            os.environ["WANDB_MODE"] = self.kwargs["mode"]
+        try:
+            WandbLoggerCallback.setup(self, *args, **kwargs)
+        finally:
+            if unset:
+                os.environ.pop("WANDB_MODE", None)
+
     def _open(self, trial, name, params, tags, config_yaml) -> None:
         config = {**params, **tags}
         self._start_logging_actor(trial, [], id=None, name=name, resume=False, reinit=True, allow_val_change=True,

@@ -87,3 +87,55 @@ def test_mlflow_and_tensorboard_hold_each_runs_curves_test_metrics_and_config(ra
     assert nice["train_loss"] == [(e["epoch"], pytest.approx(e["train_loss"])) for e in curve]
     assert nice["val_top1"] == [(e["epoch"], pytest.approx(e["val_top1"])) for e in curve]
     assert nice["test_top1"] == [(3, pytest.approx(records["nice"].metrics["top1"]))]
+
+
+def wandb_records(path: Path):
+    """The records of an offline run's ``run-<id>.wandb``: W&B's LevelDB-style log (a 7-byte ':W&B' header, then
+    32 KiB blocks of chunks: crc32 (4), length (2), type (1: full, 2: first, 3: middle, 4: last)) holding
+    ``wandb_internal_pb2.Record`` protobufs. wandb ≥ 0.19 ships no Python reader for its own file."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, at, pending = path.read_bytes(), 7, b""
+    assert data[:4] == b":W&B"
+    while at + 7 <= len(data):
+        if 32768 - at % 32768 < 7:  # a block's tail too short for a chunk header is padding
+            at += 32768 - at % 32768
+            continue
+        _, length, kind = struct.unpack("<IHB", data[at:at + 7])
+        chunk, at = data[at + 7:at + 7 + length], at + 7 + length
+        if kind == 0:
+            break
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            yield record
+
+
+@pytest.mark.ray
+def test_wandb_offline_run_holds_each_epochs_curve_and_the_test_metrics(ray_session, tiny_root, tmp_path,
+                                                                        monkeypatch):
+    """Offline by default and without an account: Ray's callback asks for an API key unless $WANDB_MODE says
+    offline, which the adversary here leaves unset (and no key anywhere)."""
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR", "WANDB_PROJECT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc or wandb settings with a key
+    args = [BENCH, "run", "--method", "nice", "--subjects", "1", "--data-root", str(tiny_root), "--results-dir",
+            str(tmp_path), "--address", ray_session, *TINY, "--tracker", "wandb", "--experiment", "probe"]
+    out = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:]
+    (record,) = RunStore(tmp_path).records()
+    (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")  # <results-dir>/wandb, offline
+    records = list(wandb_records(run_file))
+    (run,) = [r.run for r in records if r.HasField("run")]
+    assert run.display_name == record.spec.label and run.project == "probe" and list(run.tags) == ["nice", "intra"]
+    history = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+               for r in records if r.HasField("history")]
+    curve = record.metrics["val"]["curve"]
+    assert [h["_step"] for h in history] == [e["epoch"] for e in curve] == [1, 2, 3]
+    for h, e in zip(history, curve):
+        assert h["train_loss"] == pytest.approx(e["train_loss"]) and h["val_top1"] == pytest.approx(e["val_top1"])
+    assert history[-1]["test_top1"] == pytest.approx(record.metrics["top1"])
+    assert history[-1]["selected_epoch"] == record.metrics["val"]["selected_epoch"]
+    (exit_,) = [r.exit for r in records if r.HasField("exit")]
+    assert exit_.exit_code == 0

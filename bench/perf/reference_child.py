@@ -18,6 +18,7 @@ from pathlib import Path
 def measure_reference(root: Path, name: str, device: str, batch: int, warmup: int, steps: int, rounds: int) -> dict:
     import torch
 
+    from bench import allocator
     from bench.data.dataset import ThingsEEG
     from bench.perf.reference import ReferenceLoop, reference_structure
     from bench.perf.throughput import VAL_ROWS, TrainingRows, build_method, trainer_config
@@ -35,17 +36,16 @@ def measure_reference(root: Path, name: str, device: str, batch: int, warmup: in
     ref.run(warmup)
     times = [ref.run(steps) for _ in range(rounds)]
     val = rows.validation(probe, VAL_ROWS)
-    from bench import allocator
-
     return {"samples_per_s": steps * batch / statistics.median(times),
-            "kept_freed_memory": bool(allocator._applied),  # must stay False: glibc's defaults
+            "kept_freed_memory": allocator.is_on(),  # must stay False: glibc's defaults
             "round_samples_per_s": [round(steps * batch / t, 2) for t in times],
             "validation_s": statistics.median(ref.validate(val) for _ in range(max(2, rounds)))}
 
 
 def reference_in_own_process(root: Path, name: str, device: str, batch: int, warmup: int, steps: int,
                              rounds: int) -> dict:
-    env = {**os.environ, "BENCH_KEEP_MALLOC_DEFAULTS": "1"}  # nothing here calls it; this makes sure
+    # the loop calls no Trainer, so nothing turns the setting on; the opt-out keeps it so if that ever changes
+    env = {**os.environ, "BENCH_KEEP_MALLOC_DEFAULTS": "1"}
     args = [str(a) for a in (root, name, device, batch, warmup, steps, rounds)]
     out = subprocess.run([sys.executable, "-m", "bench.perf.reference_child", *args], capture_output=True, text=True,
                          env=env)
