@@ -192,9 +192,8 @@ def run(
 
     check_writable(results_dir or default_results_dir())  # before Ray starts and the data is read or generated
     from bench.grid import SweepRequest, print_summary, run_sweep
-    from bench.tracking import parse_trackers
 
-    trackers = parse_trackers(tracker)  # a missing package is named before any work
+    trackers = _parse_trackers(tracker)  # a missing package is named before any work
 
     req = SweepRequest(methods=[m.strip() for m in method.split(",") if m.strip()], subjects=subjects, seeds=seeds,
                        protocol=protocol, data_root=data_root, results_dir=results_dir or default_results_dir(),
@@ -681,6 +680,15 @@ def preprocess(
                           f"(or pass --image-metadata) so `bench data check --data-root {out}` can pair rows with "
                           f"images", highlight=False)
     console.print(f"done; check it with bench data check --data-root {out}")
+
+
+def _parse_trackers(tracker: str | None) -> tuple[str, ...]:
+    """``--tracker``; bench.tracking imports MLflow's and W&B's Ray integrations (seconds), so only when asked."""
+    if not (tracker or "").strip(" ,"):
+        return ()
+    from bench.tracking import parse_trackers
+
+    return parse_trackers(tracker)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

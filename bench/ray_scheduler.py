@@ -337,6 +337,14 @@ def _launch_ddp(spec: RunSpec, store: RunStore, config: dict) -> RunRecord:
 
 
 # --- the grid --------------------------------------------------------------------------------------------------------
+def _trackers(opts: RayOptions, results_dir: Path) -> list:
+    if not opts.trackers:
+        return []  # bench.tracking imports MLflow's and W&B's Ray integrations: seconds a sweep without them skips
+    from bench.tracking import tracker_callbacks
+
+    return tracker_callbacks(opts.trackers, results_dir, opts.experiment)
+
+
 def _tuner(todo: list[RunSpec], results_dir: Path, opts: RayOptions, forced: set[str], printer):
     from ray import tune
     import ray
@@ -345,7 +353,6 @@ def _tuner(todo: list[RunSpec], results_dir: Path, opts: RayOptions, forced: set
     from bench.tune_storage import tune_storage
     from bench.provenance import command_line
     from bench.registry import loaded_plugins
-    from bench.tracking import tracker_callbacks
 
     workers = opts.ddp_workers()
     per_trial = ({"cpu": DDP_DRIVER_CPU} if workers > 1 else
@@ -369,7 +376,7 @@ def _tuner(todo: list[RunSpec], results_dir: Path, opts: RayOptions, forced: set
             verbose=tune_verbosity(opts.verbose), failure_config=tune.FailureConfig(max_failures=opts.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[progress_callback(todo, concurrency, printer, opts.live),
-                       *tracker_callbacks(opts.trackers, results_dir, opts.experiment)]),
+                       *_trackers(opts, results_dir)]),
     )
 
 

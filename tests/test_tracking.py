@@ -31,6 +31,16 @@ def test_an_unknown_or_missing_tracker_is_refused_before_any_work(tmp_path, monk
     assert not (tmp_path / "results" / "runs").exists()  # refused before Ray, the data or any record
 
 
+def test_a_sweep_without_trackers_never_imports_them():
+    """bench.tracking pulls in MLflow's and W&B's Ray integrations (seconds per `bench run`): only on request."""
+    code = ("import sys; from bench.cli import _parse_trackers; from bench.ray_scheduler import RayOptions, _trackers\n"
+            "assert _parse_trackers(None) == _parse_trackers(' , ') == () and _trackers(RayOptions(), None) == []\n"
+            "print(sorted(m for m in ('bench.tracking', 'mlflow', 'wandb') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
+
+
 def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     """tag → [(step, value)] from the TFRecord event files under ``folder`` (length, crc, Event proto, crc)."""
     from tensorboardX.proto.event_pb2 import Event
