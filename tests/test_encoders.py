@@ -517,3 +517,60 @@ def test_gemm_trunk_keeps_the_state_dict_of_nice_modules():
     assert keys["temporal.0.weight"] == (40, 1, 1, 25) and keys["spatial.0.weight"] == (40, 40, 63, 1)
     assert keys["pointwise.weight"] == (40, 40, 1, 1) and "spatial.1.num_batches_tracked" in keys
     assert len(keys) == 16
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.3])
+def test_trunk_elu_by_exp_is_torch_elu(alpha):
+    """The trunk's ELU (``exp − 1`` for ``expm1``) against ``F.elu``: outputs within float32 rounding of ``exp − 1``
+    near 0, the same gradient (torch's own ``elu_backward``), exact in float64 up to rounding, and gradcheck."""
+    from bench.encoders.trunk import _ELUByExp
+
+    x = torch.cat([torch.randn(5000) * 4, torch.tensor([0.0, -1e-8, 1e-8, -30.0, 30.0])]).requires_grad_()
+    y = _ELUByExp.apply(x, alpha)
+    probe = torch.randn_like(y)
+    ref = F.elu(x, alpha)
+    torch.testing.assert_close(y, ref, rtol=0, atol=1.2e-7 * max(alpha, 1.0))
+    g, = torch.autograd.grad((y * probe).sum(), x)
+    g_ref, = torch.autograd.grad((ref * probe).sum(), x)
+    torch.testing.assert_close(g, g_ref, rtol=1e-6, atol=1e-6)
+    x64 = torch.randn(16, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(_ELUByExp.apply(x64, alpha), F.elu(x64, alpha), rtol=1e-15, atol=1e-15)
+    assert torch.autograd.gradcheck(lambda t: _ELUByExp.apply(t, alpha), (x64,))
+
+
+@pytest.mark.parametrize("block_rows", [1, 3 * 36 * 5, 10**9])  # one sample a block; 3 (7 = 3 + 3 + 1); all in one
+def test_blocked_temporal_gemm_is_the_single_gemm(monkeypatch, block_rows):
+    """The block-by-block temporal GEMM gives the single GEMM's output and kernel/bias gradients, whatever the blocks
+    (a partial last block included)."""
+    from bench.encoders import trunk as T
+
+    monkeypatch.setattr(T, "WINDOW_BLOCK_ROWS", block_rows)
+    torch.manual_seed(0)
+    x = torch.randn(7, 5, 250)
+    kernel = torch.randn(40, 75, requires_grad=True)
+    bias = torch.randn(40, requires_grad=True)
+    out = T._BlockedTemporalGEMM.apply(x, kernel, bias)
+    windows = x.unfold(-1, 75, T.POOL_STRIDE).transpose(1, 2).reshape(-1, 75)
+    ref = torch.addmm(bias, windows, kernel.t())
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-5)
+    probe = torch.randn_like(ref)
+    grads = torch.autograd.grad((out * probe).sum(), (kernel, bias))
+    ref_grads = torch.autograd.grad((ref * probe).sum(), (kernel, bias))
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-4)
+
+
+def test_trunk_keeps_no_window_matrix_for_the_backward_pass():
+    """The promise of the blocked GEMM: nothing the size of the windows matrix (B·T'·C × 75) is saved for backward on
+    raw EEG; a trunk input that needs its gradient (ATM-S's tokens) still gets one, through the windows view."""
+    from bench.encoders.trunk import TSConvTrunk
+
+    trunk, x = TSConvTrunk(63, 250), torch.randn(16, 63, 250)
+    window_elements = 16 * 36 * 63 * 75
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        trunk(x).sum().backward()
+    assert saved and max(saved) < window_elements, max(saved)  # the largest is the 40-filter output, 40/75 of it
+    tokens = x.clone().requires_grad_()
+    trunk(tokens).sum().backward()
+    assert tokens.grad is not None and tokens.grad.abs().sum() > 0
