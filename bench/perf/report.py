@@ -69,10 +69,15 @@ def _gflops(x: float | None) -> str:
 
 
 def _peak_table(peak: dict) -> Table:
-    t = Table(title=f"peak: {peak['gemm_n']}×{peak['gemm_n']} GEMM in this process, GFLOP/s")
+    timings = peak.get("float32_timings")
+    t = Table(title=f"peak: {peak['gemm_n']}×{peak['gemm_n']} GEMM in this process, GFLOP/s"
+                    + (" (best of before and after the training steps)" if timings else ""))
     t.add_column("float32")
     t.add_column("bfloat16")
-    t.add_row(_gflops(peak["float32"]), _gflops(peak["bfloat16"]))
+    if timings:
+        t.add_column("float32 before / after")
+    t.add_row(_gflops(peak["float32"]), _gflops(peak["bfloat16"]),
+              *([" / ".join(_gflops(x) for x in timings)] if timings else []))
     return t
 
 
