@@ -96,7 +96,7 @@ def ridge_top1(method_class, root) -> float:
     scores = []
     for subject in ds.subjects:
         method = method_class(info)  # the registered defaults (alpha 1)
-        method.fit_closed_form(torch.from_numpy(ds.load_train(subject)), torch.from_numpy(train.image), None)
+        method.fit_closed_form(torch.from_numpy(np.array(ds.load_train(subject))), torch.from_numpy(train.image), None)
         n = ds.n_test_images
         data = EvalSet(eeg=ds.load_test(subject), gallery=test.image, fold=np.zeros(n, np.int64), subject=None,
                        concept=np.arange(n), text=test.text, centroid=test.centroid)
