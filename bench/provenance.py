@@ -45,6 +45,7 @@ def device_description(device: str) -> str:
     return f"{device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``; elsewhere what :mod:`platform` says)."""
     try:

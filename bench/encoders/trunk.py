@@ -9,6 +9,8 @@ hard-coded ``(63, 1)``, so the trunk also runs on the 17 occipital/parietal chan
 """
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -111,8 +113,7 @@ def _temporal_gemm(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor) ->
     if x.device.type == "cpu" and not x.requires_grad and not torch.is_autocast_enabled("cpu") \
             and not torch.compiler.is_compiling():
         return _BlockedTemporalGEMM.apply(x, kernel, bias)
-    windows = x.unfold(-1, kernel.shape[1], POOL_STRIDE).transpose(1, 2)  # (B, T', C, K), a view
-    return torch.addmm(bias, windows.reshape(-1, kernel.shape[1]), kernel.t())
+    return torch.addmm(bias, _windows(x, kernel.shape[1]).reshape(-1, kernel.shape[1]), kernel.t())
 
 
 class _BlockedTemporalGEMM(torch.autograd.Function):
@@ -125,33 +126,37 @@ class _BlockedTemporalGEMM(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        windows, per_block = _window_blocks(x, kernel.shape[1])
-        rows = windows.shape[1] * windows.shape[2]  # per sample
-        out = x.new_empty(x.shape[0] * rows, kernel.shape[0])
-        for i in range(0, x.shape[0], per_block):
-            j = min(x.shape[0], i + per_block)
-            torch.addmm(bias, windows[i:j].reshape(-1, kernel.shape[1]), kernel.t(), out=out[i * rows:j * rows])
+        windows = _windows(x, kernel.shape[1])
+        out = x.new_empty(windows.shape[:3].numel(), kernel.shape[0])
+        for block, rows in _window_blocks(windows):
+            torch.addmm(bias, block, kernel.t(), out=out[rows])
         ctx.save_for_backward(x, kernel)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, kernel = ctx.saved_tensors
-        windows, per_block = _window_blocks(x, kernel.shape[1])
-        rows = windows.shape[1] * windows.shape[2]
         grad_kernel_t = kernel.new_zeros(kernel.shape[1], kernel.shape[0])
-        for i in range(0, x.shape[0], per_block):
-            j = min(x.shape[0], i + per_block)
-            block = windows[i:j].reshape(-1, kernel.shape[1]).t()  # the out= form, as FLOP counters know it
-            torch.addmm(grad_kernel_t, block, grad[i * rows:j * rows], out=grad_kernel_t)
+        for block, rows in _window_blocks(_windows(x, kernel.shape[1])):
+            # the out= form, as FLOP counters know it (they miss addmm_)
+            torch.addmm(grad_kernel_t, block.t(), grad[rows], out=grad_kernel_t)
         grad_bias = grad.sum(0) if ctx.needs_input_grad[2] else None
         return None, grad_kernel_t.t(), grad_bias
 
 
-def _window_blocks(x: torch.Tensor, width: int) -> tuple[torch.Tensor, int]:
-    """The ``(B, T', C, width)`` window view of ``x`` and how many samples make a block of ~``WINDOW_BLOCK_ROWS`` rows."""
-    windows = x.unfold(-1, width, POOL_STRIDE).transpose(1, 2)
-    return windows, max(1, WINDOW_BLOCK_ROWS // (windows.shape[1] * windows.shape[2]))
+def _windows(x: torch.Tensor, width: int) -> torch.Tensor:
+    """The ``(B, T', C, width)`` stride-5 windows of ``(B, C, T)`` ``x``: a view, nothing copied."""
+    return x.unfold(-1, width, POOL_STRIDE).transpose(1, 2)
+
+
+def _window_blocks(windows: torch.Tensor) -> Iterator[tuple[torch.Tensor, slice]]:
+    """Blocks of whole samples of ~``WINDOW_BLOCK_ROWS`` rows: each block's windows as a ``(rows, width)`` matrix (the
+    one copy) and the slice of output rows it fills."""
+    per_sample = windows.shape[1] * windows.shape[2]
+    per_block = max(1, WINDOW_BLOCK_ROWS // per_sample)
+    for i in range(0, windows.shape[0], per_block):
+        j = min(windows.shape[0], i + per_block)
+        yield windows[i:j].reshape(-1, windows.shape[3]), slice(i * per_sample, j * per_sample)
 
 
 class _ELUByExp(torch.autograd.Function):

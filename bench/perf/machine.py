@@ -30,7 +30,8 @@ def load_average() -> list[float] | None:
 
 def describe_machine(device: torch.device) -> dict:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    info = {"cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cores": cores, "ram_gib": _ram_gib(), "python": platform.python_version(),
+    info = {"cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cores": cores,
+            "ram_gib": _ram_gib(), "python": platform.python_version(),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": str(device),
             "load_average_start": load_average()}
     if device.type == "cuda":
