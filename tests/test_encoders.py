@@ -519,7 +519,7 @@ def test_gemm_trunk_keeps_the_state_dict_of_nice_modules():
     assert len(keys) == 16
 
 
-@pytest.mark.parametrize("alpha", [1.0, 0.3])
+@pytest.mark.parametrize("alpha", [1.0, 0.3, 0.0, 2.0])  # 2.0: above 1 the max form is wrong, the sum form runs
 def test_trunk_elu_by_exp_is_torch_elu(alpha):
     """The trunk's ELU (``exp − 1`` for ``expm1``) against ``F.elu``: outputs within float32 rounding of ``exp − 1``
     near 0, the same gradient (torch's own ``elu_backward``), exact in float64 up to rounding, and gradcheck."""
