@@ -326,16 +326,34 @@ def test_reference_model_equals_our_tsconv_with_its_weights(script, monkeypatch)
         torch.testing.assert_close(ours(x), a, atol=1e-4, rtol=1e-4)
 
 
+def nice_reference_step(modules, optimizer, eeg, img):
+    """One training step as nice_stand.py's ``IE.train`` writes it (lines 279-305), on its three modules."""
+    import torch
+    import torch.nn.functional as F
+
+    enc, proj, proj_img = modules
+    eeg_features = proj(enc(eeg.unsqueeze(1)))
+    img_features = proj_img(img)
+    eeg_features = eeg_features / eeg_features.norm(dim=1, keepdim=True)
+    img_features = img_features / img_features.norm(dim=1, keepdim=True)
+    logits_per_eeg = torch.ones([]).mul(np.log(1 / 0.07)).exp() * eeg_features @ img_features.t()
+    labels = torch.arange(eeg.shape[0])
+    loss = (F.cross_entropy(logits_per_eeg, labels) + F.cross_entropy(logits_per_eeg.t(), labels)) / 2
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 @pytest.mark.skipif(not os.environ.get("NICE_CLONE"), reason="set NICE_CLONE to a clone of eeyhsong/NICE-EEG")
 def test_reference_training_steps_equal_ours(script, monkeypatch):
     """Twelve optimiser steps from the same weights on the same batches and dropout draws: NICE's Adam over its three
-    modules and its loss (nice_stand.py ``IE.train``, transcribed below) against our ``nice`` method as the published
-    protocol resolves it, built and stepped by the harness. Weights and BatchNorm running statistics agree, so the
-    training procedure (loss, scale, optimiser, BN momentum) is the same and a fidelity gap is in random streams."""
+    modules and its loss (:func:`nice_reference_step`) against our ``nice`` method as the published protocol resolves
+    it, built and stepped by the harness. Losses, weights and BatchNorm running statistics agree (but for the conv
+    biases before a BatchNorm, see below), so loss, scale, optimiser and BN momentum are the same."""
     import itertools
 
     import torch
-    import torch.nn.functional as F
 
     from bench.execute import build_method
     from bench.method import Batch, DataInfo, TrainState
@@ -348,34 +366,24 @@ def test_reference_training_steps_equal_ours(script, monkeypatch):
     monkeypatch.delitem(sys.modules, "nice_stand")
     dim = 64
     torch.manual_seed(0)
-    enc, proj, proj_img = ref.Enc_eeg(), ref.Proj_eeg(proj_dim=dim), ref.Proj_img(embedding_dim=dim, proj_dim=dim)
-    for module in (enc, proj, proj_img):
+    theirs = ref.Enc_eeg(), ref.Proj_eeg(proj_dim=dim), ref.Proj_img(embedding_dim=dim, proj_dim=dim)
+    for module in theirs:
         module.apply(ref.weights_init_normal)
-    theirs_opt = torch.optim.Adam(itertools.chain(enc.parameters(), proj.parameters(), proj_img.parameters()),
-                                  lr=0.0002, betas=(0.5, 0.999))  # IE.lr, IE.b1, IE.b2
+    theirs_opt = torch.optim.Adam(itertools.chain(*(m.parameters() for m in theirs)), lr=0.0002,
+                                  betas=(0.5, 0.999))  # IE.lr, IE.b1, IE.b2
     cfg = resolve_config("nice", sets=["protocol.name=published", "train.batch_size=32"])
     info = DataInfo(n_chans=63, n_times=250, sfreq=250.0, ch_names=tuple(f"c{i}" for i in range(63)),
                     feature_dim=dim, n_subjects=1, n_train_concepts=50, has_text=False)
     ours = build_method("nice", cfg, info, seed=1)
-    theirs_state = [*enc.state_dict().values(), *proj.state_dict().values()]
-    ours.encoder.load_state_dict(dict(zip(ours.encoder.state_dict(), theirs_state)))
-    ours_opt = build_optimizer(ours, cfg["train"])
-    state = TrainState(epoch=1, epochs=1, step=0, steps_per_epoch=12)
+    ours.encoder.load_state_dict(dict(zip(ours.encoder.state_dict(), reference_state(theirs))))
+    ours_opt, state = build_optimizer(ours, cfg["train"]), TrainState(epoch=1, epochs=1, step=0, steps_per_epoch=12)
     gen = torch.Generator().manual_seed(2)
     for step in range(12):
         eeg, img = torch.randn(32, 63, 250, generator=gen), torch.randn(32, dim, generator=gen) + 0.5
-        enc.train(), proj.train(), proj_img.train(), ours.train()
+        for module in (*theirs, ours):
+            module.train()
         torch.manual_seed(100 + step)
-        eeg_features = proj(enc(eeg.unsqueeze(1)))  # IE.train, nice_stand.py lines 281-305
-        img_features = proj_img(img)
-        eeg_features = eeg_features / eeg_features.norm(dim=1, keepdim=True)
-        img_features = img_features / img_features.norm(dim=1, keepdim=True)
-        logits_per_eeg = torch.ones([]).mul(np.log(1 / 0.07)).exp() * eeg_features @ img_features.t()
-        labels = torch.arange(eeg.shape[0])
-        loss = (F.cross_entropy(logits_per_eeg, labels) + F.cross_entropy(logits_per_eeg.t(), labels)) / 2
-        theirs_opt.zero_grad()
-        loss.backward()
-        theirs_opt.step()
+        loss = nice_reference_step(theirs, theirs_opt, eeg, img)
         torch.manual_seed(100 + step)
         out = ours.training_loss(Batch(eeg=eeg, image=img, concept=torch.arange(32), subject=None), state)
         ours_opt.zero_grad()
@@ -388,14 +396,20 @@ def test_reference_training_steps_equal_ours(script, monkeypatch):
     # (bias − running mean, which lags the bias by the momentum's ~10 steps): the outputs agree to ~2e-3.
     before_bn = ("trunk.temporal.0.bias", "trunk.temporal.2.running_mean", "trunk.spatial.0.bias",
                  "trunk.spatial.1.running_mean")
-    theirs_state = [*enc.state_dict().values(), *proj.state_dict().values()]
-    for (name, a), b in zip(ours.encoder.state_dict().items(), theirs_state):
+    for (name, a), b in zip(ours.encoder.state_dict().items(), reference_state(theirs)):
         if name not in before_bn:
             torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
-    enc.eval(), proj.eval(), ours.eval()
+    for module in (*theirs, ours):
+        module.eval()
     eeg = torch.randn(16, 63, 250, generator=gen)
     with torch.no_grad():
-        torch.testing.assert_close(ours.encode_eeg(eeg, None), proj(enc(eeg.unsqueeze(1))), atol=1e-2, rtol=1e-2)
+        torch.testing.assert_close(ours.encode_eeg(eeg, None), theirs[1](theirs[0](eeg.unsqueeze(1))), atol=1e-2,
+                                   rtol=1e-2)
+
+
+def reference_state(modules) -> list:
+    """``Enc_eeg``'s and ``Proj_eeg``'s tensors in order: our ``tsconv`` encoder's state dict, value for value."""
+    return [*modules[0].state_dict().values(), *modules[1].state_dict().values()]
 
 
 def test_fidelity_table_pairs_runs_and_judges_the_mean(tmp_path, capsys):
