@@ -299,24 +299,42 @@ def test_real_reference_one_epoch_on_the_tiny_root(tiny_root, tmp_path):
     assert 0 <= record["top1"] <= record["top5"] <= 100 and 0 <= record["top1_image"] <= record["top5_image"] <= 100
 
 
+@pytest.fixture
+def nice_module(script, monkeypatch):
+    """NICE-EEG's ``nice_stand.py`` from ``$NICE_CLONE``, patched in memory as the runner does; the environment and
+    ``sys.path`` it changes are restored afterwards."""
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # the module level writes CUDA_VISIBLE_DEVICES
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    ref = script.load_reference_module(Path(os.environ["NICE_CLONE"]), plan(script, n_test=200, n_val=740))
+    monkeypatch.delitem(sys.modules, "nice_stand")
+    return ref
+
+
+def reference_tensors(enc, proj) -> list:
+    """``Enc_eeg``'s and ``Proj_eeg``'s tensors in order: our ``tsconv`` encoder's state dict, value for value."""
+    return [*enc.state_dict().values(), *proj.state_dict().values()]
+
+
+def load_reference_weights(ours, enc, proj) -> None:
+    """NICE's weights into our ``tsconv`` encoder (the same shapes, checked)."""
+    theirs = reference_tensors(enc, proj)
+    assert [v.shape for v in theirs] == [v.shape for v in ours.state_dict().values()]
+    ours.load_state_dict(dict(zip(ours.state_dict(), theirs)))
+
+
 @pytest.mark.skipif(not os.environ.get("NICE_CLONE"), reason="set NICE_CLONE to a clone of eeyhsong/NICE-EEG")
-def test_reference_model_equals_our_tsconv_with_its_weights(script, monkeypatch):
+def test_reference_model_equals_our_tsconv_with_its_weights(nice_module):
     """NICE's Enc_eeg + Proj_eeg and our `tsconv` encoder: same parameters in the same order, same outputs (eval and
     train mode: even the dropout draws line up), so a fidelity gap cannot come from the model."""
     import torch
     from bench.encoders.tsconv import TSConvEncoder
 
-    monkeypatch.setattr(os, "environ", dict(os.environ))  # the module level writes CUDA_VISIBLE_DEVICES
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    ref = script.load_reference_module(Path(os.environ["NICE_CLONE"]), plan(script, n_test=200, n_val=740))
-    monkeypatch.delitem(sys.modules, "nice_stand")
+    ref = nice_module
     torch.manual_seed(0)
     enc, proj = ref.Enc_eeg(), ref.Proj_eeg(proj_dim=1024)
     enc.apply(ref.weights_init_normal), proj.apply(ref.weights_init_normal)
     ours = TSConvEncoder(63, 250, 1024)
-    theirs = [*enc.state_dict().values(), *proj.state_dict().values()]
-    assert [v.shape for v in theirs] == [v.shape for v in ours.state_dict().values()]
-    ours.load_state_dict(dict(zip(ours.state_dict(), theirs)))
+    load_reference_weights(ours, enc, proj)
     x = torch.randn(8, 63, 250)
     for train in (False, True):
         enc.train(train), proj.train(train), ours.train(train)
@@ -346,7 +364,7 @@ def nice_reference_step(modules, optimizer, eeg, img):
 
 
 @pytest.mark.skipif(not os.environ.get("NICE_CLONE"), reason="set NICE_CLONE to a clone of eeyhsong/NICE-EEG")
-def test_reference_training_steps_equal_ours(script, monkeypatch):
+def test_reference_training_steps_equal_ours(nice_module):
     """Twelve optimiser steps from the same weights on the same batches and dropout draws: NICE's Adam over its three
     modules and its loss (:func:`nice_reference_step`) against our ``nice`` method as the published protocol resolves
     it, built and stepped by the harness. Losses, weights and BatchNorm running statistics agree (but for the conv
@@ -360,11 +378,7 @@ def test_reference_training_steps_equal_ours(script, monkeypatch):
     from bench.specs import resolve_config
     from bench.train import build_optimizer
 
-    monkeypatch.setattr(os, "environ", dict(os.environ))
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    ref = script.load_reference_module(Path(os.environ["NICE_CLONE"]), plan(script, n_test=200, n_val=740))
-    monkeypatch.delitem(sys.modules, "nice_stand")
-    dim = 64
+    ref, dim = nice_module, 64
     torch.manual_seed(0)
     theirs = ref.Enc_eeg(), ref.Proj_eeg(proj_dim=dim), ref.Proj_img(embedding_dim=dim, proj_dim=dim)
     for module in theirs:
@@ -375,7 +389,7 @@ def test_reference_training_steps_equal_ours(script, monkeypatch):
     info = DataInfo(n_chans=63, n_times=250, sfreq=250.0, ch_names=tuple(f"c{i}" for i in range(63)),
                     feature_dim=dim, n_subjects=1, n_train_concepts=50, has_text=False)
     ours = build_method("nice", cfg, info, seed=1)
-    ours.encoder.load_state_dict(dict(zip(ours.encoder.state_dict(), reference_state(theirs))))
+    load_reference_weights(ours.encoder, *theirs[:2])
     ours_opt, state = build_optimizer(ours, cfg["train"]), TrainState(epoch=1, epochs=1, step=0, steps_per_epoch=12)
     gen = torch.Generator().manual_seed(2)
     for step in range(12):
@@ -396,7 +410,7 @@ def test_reference_training_steps_equal_ours(script, monkeypatch):
     # (bias − running mean, which lags the bias by the momentum's ~10 steps): the outputs agree to ~2e-3.
     before_bn = ("trunk.temporal.0.bias", "trunk.temporal.2.running_mean", "trunk.spatial.0.bias",
                  "trunk.spatial.1.running_mean")
-    for (name, a), b in zip(ours.encoder.state_dict().items(), reference_state(theirs)):
+    for (name, a), b in zip(ours.encoder.state_dict().items(), reference_tensors(*theirs[:2])):
         if name not in before_bn:
             torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
     for module in (*theirs, ours):
@@ -405,11 +419,6 @@ def test_reference_training_steps_equal_ours(script, monkeypatch):
     with torch.no_grad():
         torch.testing.assert_close(ours.encode_eeg(eeg, None), theirs[1](theirs[0](eeg.unsqueeze(1))), atol=1e-2,
                                    rtol=1e-2)
-
-
-def reference_state(modules) -> list:
-    """``Enc_eeg``'s and ``Proj_eeg``'s tensors in order: our ``tsconv`` encoder's state dict, value for value."""
-    return [*modules[0].state_dict().values(), *modules[1].state_dict().values()]
 
 
 def test_fidelity_table_pairs_runs_and_judges_the_mean(tmp_path, capsys):
