@@ -7,6 +7,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("BENCH_CACHE_DIR", tempfile.mkdtemp(prefix="bench-test-cache-"))
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -35,3 +36,11 @@ def ray_session():
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=150 * 1024 ** 2)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
+
+
+def tune_reports(results_dir: Path, spec_hash: str) -> list[dict]:
+    """What the trial of ``spec_hash`` reported to Ray Tune, in order: Tune's own log of its results (the trial's
+    ``result.json`` under ``<results_dir>/ray``, a line per report, a restarted trial's appended)."""
+    (trial,) = [p for p in (Path(results_dir) / "ray").glob("run-*/*/result.json")
+                if json.loads(p.read_text().splitlines()[-1]).get("spec_hash") == spec_hash]
+    return [json.loads(line) for line in trial.read_text().splitlines()]

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bench.ray_scheduler import REPORT_EVERY_S
 from bench.records import RunStore
+from conftest import tune_reports
 
 BENCH = str(Path(sys.executable).with_name("bench"))
 TINY = ["--set", "protocol.val_concepts=4", "--set", "train.epochs=3", "--set", "train.batch_size=64"]
@@ -31,14 +33,34 @@ def test_an_unknown_or_missing_tracker_is_refused_before_any_work(tmp_path, monk
     assert not (tmp_path / "results" / "runs").exists()  # refused before Ray, the data or any record
 
 
-def test_a_sweep_without_trackers_never_imports_them():
-    """bench.tracking pulls in MLflow's and W&B's Ray integrations (seconds per `bench run`): only on request."""
-    code = ("import sys; from bench.cli import _parse_trackers; from bench.ray_scheduler import RayOptions, _trackers\n"
-            "assert _parse_trackers(None) == _parse_trackers(' , ') == () and _trackers(RayOptions(), None) == []\n"
-            "print(sorted(m for m in ('bench.tracking', 'mlflow', 'wandb') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "[]"
+@pytest.mark.ray
+def test_a_sweep_without_trackers_never_imports_them(ray_session, tiny_root, tmp_path):
+    """bench.tracking pulls in MLflow's and W&B's Ray integrations (seconds per `bench run`): only on request. The
+    adversary is a whole sweep, since Ray Tune's own callback telemetry imported them too (until
+    bench.ray_scheduler._skip_callback_telemetry)."""
+    code = ("import sys; from bench.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+            "print(sorted(m for m in ('bench.tracking', 'mlflow', 'wandb', 'ray.air.integrations.mlflow') "
+            "if m in sys.modules))")
+    args = ["run", "--method", "ridge", "--subjects", "1", "--data-root", str(tiny_root), "--results-dir",
+            str(tmp_path), "--address", ray_session, "--set", "protocol.val_concepts=4"]
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert len(RunStore(tmp_path).records()) == 1  # the sweep did run
+
+
+def test_a_trial_reports_its_first_epoch_a_resume_and_then_one_epoch_per_interval():
+    from bench.ray_scheduler import EpochReports
+
+    now, sent = [0.0], []
+    reports = EpochReports(every_s=5.0, report=lambda entry, checkpoint, resumed: sent.append(entry["epoch"]),
+                           clock=lambda: now[0])
+    for epoch, at, resumed in ((1, 0.0, None), (2, 1.0, None), (3, 4.9, None), (4, 5.0, None), (5, 6.0, "resumed"),
+                               (6, 7.0, None), (7, 10.9, None), (8, 11.0, None)):
+        now[0] = at
+        reports({"epoch": epoch}, Path(f"epoch-{epoch}.pt"), resumed)
+    assert sent == [1, 4, 5, 8]
 
 
 def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
@@ -82,6 +104,9 @@ def test_mlflow_and_tensorboard_hold_each_runs_curves_test_metrics_and_config(ra
             want = [(e["epoch"], pytest.approx(e[key])) for e in curve if e.get(key) is not None]
             assert history == want, (method, key)  # one entry per epoch, the record's numbers
         assert len(curve) == (3 if method == "nice" else 1)
+        if method == "nice":  # every epoch above, though the trial reported to Tune at most one per REPORT_EVERY_S
+            running = [r["epoch"] for r in tune_reports(tmp_path, record.spec_hash) if r["status"] == "running"]
+            assert running[0] == 1 and len(running) <= 1 + record.timings["train_s"] // REPORT_EVERY_S, running
         metrics = run.data.metrics
         assert metrics["test_top1"] == pytest.approx(record.metrics["top1"])
         assert metrics["test_top5"] == pytest.approx(record.metrics["top5"])
