@@ -69,8 +69,13 @@ def test_tiny_preset_reports_every_section(tmp_path):
     ray = report["ray"]
     positive(ray, "serial_s", "ideal_s", "ray_init_s", "ray_grid_s", "trial_s", "epochs_per_trial")
     assert ray["overhead_pct"] == pytest.approx(100 * (ray["ray_wall_s"] - ray["ideal_s"]) / ray["ideal_s"])
+    positive(ray, "driver_cpu_s", "serial_train_s", "ray_train_s", "serial_outside_train_s", "grid_outside_train_s")
+    assert ray["train_slowdown_pct"] == pytest.approx(100 * (ray["ray_train_s"] / ray["serial_train_s"] - 1))
+    per_slot = ray["ray_train_s"] / ray["concurrency"] + ray["grid_outside_train_s"]
+    assert per_slot == pytest.approx(ray["ray_grid_s"])  # the breakdown adds up to the grid's wall time
 
-    for title in ("data: one subject", "peak:", "training step:", "time to a trained model", "ray:"):
+    for title in ("data: one subject", "peak:", "training step:", "time to a trained model", "ray:",
+                  "ray: where the overhead goes"):
         assert title in out.stdout
     assert not list((tmp_path / "scratch").iterdir())  # data, cache and Ray runs are removed
 

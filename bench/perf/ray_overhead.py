@@ -71,18 +71,19 @@ def measure_ray(root: Path, trials: int, trial_s: float, concurrency: int, scrat
     threads = max(1, int(cpus_per_trial))
     epochs = calibrate_epochs(root, trial_s, scratch, threads)
     specs, ds = _specs(root, epochs, range(trials))
+    serial_store = RunStore(scratch / "serial")
     with torch_threads(threads):
-        serial = _serial(specs, ds, RunStore(scratch / "serial"))
+        serial = _serial(specs, ds, serial_store)
 
     opts = RayOptions(cpus_per_trial=cpus_per_trial, max_concurrent=concurrency)
     started_here = not ray.is_initialized()
     t0 = time.perf_counter()
     init_ray(opts)
-    t1 = time.perf_counter()
+    t1, cpu1 = time.perf_counter(), time.process_time()
     try:
         grid = run_grid(specs, scratch / "ray", opts, force=True, printer=lambda _msg: None)
     finally:
-        t2 = time.perf_counter()
+        t2, cpu2 = time.perf_counter(), time.process_time()
         if started_here:
             ray.shutdown()
     failed = [r.spec.label for r in grid.records if r.status != COMPLETED]
@@ -93,4 +94,19 @@ def measure_ray(root: Path, trials: int, trial_s: float, concurrency: int, scrat
             "epochs_per_trial": epochs, "trial_s": serial / trials, "serial_s": serial, "ideal_s": ideal,
             "ray_init_s": t1 - t0, "ray_grid_s": t2 - t1, "ray_wall_s": t2 - t0,
             "overhead_pct": 100 * ((t2 - t0) - ideal) / ideal,
-            "overhead_excl_init_pct": 100 * ((t2 - t1) - ideal) / ideal}
+            "overhead_excl_init_pct": 100 * ((t2 - t1) - ideal) / ideal,
+            **_breakdown([serial_store.read(s.spec_hash) for s in specs], grid.records, serial, t2 - t1,
+                         cpu2 - cpu1, concurrency)}
+
+
+def _breakdown(serial_runs, ray_runs, serial_s: float, grid_s: float, driver_cpu_s: float, concurrency: int) -> dict:
+    """Where the overhead goes: the driver's CPU during the grid (Tune's loop, on the trials' cores when there are no
+    others), how much slower the runs trained in the grid than alone (trials sharing the cores, the driver and Ray's
+    daemons taking turns on them), and the grid's time outside training against the serial runs' (worker start-up,
+    imports, scheduling gaps; evaluation and records on both sides), per trial slot."""
+    serial_train = sum(r.timings["train_s"] for r in serial_runs)
+    ray_train = sum(r.timings["train_s"] for r in ray_runs)
+    return {"driver_cpu_s": driver_cpu_s, "serial_train_s": serial_train, "ray_train_s": ray_train,
+            "train_slowdown_pct": 100 * (ray_train / serial_train - 1),
+            "serial_outside_train_s": (serial_s - serial_train) / concurrency,
+            "grid_outside_train_s": grid_s - ray_train / concurrency}

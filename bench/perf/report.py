@@ -61,7 +61,18 @@ def tables(report: dict) -> list[Table]:
         t.add_row(_f(r["serial_s"], 1), _f(r["ideal_s"], 1), _f(r["ray_init_s"], 1), _f(r["ray_grid_s"], 1),
                   _f(r["overhead_pct"], 1), _f(r["overhead_excl_init_pct"], 1))
         out.append(t)
+        out.append(_ray_breakdown_table(r))
     return out
+
+
+def _ray_breakdown_table(r: dict) -> Table:
+    t = Table(title="ray: where the overhead goes (outside training: per trial slot)")
+    for col in ("driver CPU s", "training, serial s", "training, Ray s", "slowdown %", "outside training, serial s",
+                "outside training, Ray s"):
+        t.add_column(col)
+    t.add_row(_f(r["driver_cpu_s"], 1), _f(r["serial_train_s"], 1), _f(r["ray_train_s"], 1),
+              _f(r["train_slowdown_pct"], 1), _f(r["serial_outside_train_s"], 1), _f(r["grid_outside_train_s"], 1))
+    return t
 
 
 def _gflops(x: float | None) -> str:
