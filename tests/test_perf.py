@@ -73,6 +73,7 @@ def test_tiny_preset_reports_every_section(tmp_path):
     assert ray["train_slowdown_pct"] == pytest.approx(100 * (ray["ray_train_s"] / ray["serial_train_s"] - 1))
     per_slot = ray["ray_train_s"] / ray["concurrency"] + ray["grid_outside_train_s"]
     assert per_slot == pytest.approx(ray["ray_grid_s"])  # the breakdown adds up to the grid's wall time
+    assert ray["side_by_side_train_s"] == ray["serial_train_s"] and ray["machine_ideal_s"] == ray["ideal_s"]  # conc. 1
 
     for title in ("data: one subject", "peak:", "training step:", "time to a trained model", "ray:",
                   "ray: where the overhead goes"):
@@ -97,7 +98,11 @@ def test_ray_only_writes_no_preset_subject(tmp_path):
     from bench.perf import PerfOptions, run_perf
 
     messages = []
-    report = run_perf(PerfOptions(preset="tiny", skip=("data", "train"), ray_trials=1, workdir=tmp_path),
-                      say=messages.append)
-    assert "generate_s" not in report and report["ray"]["trials"] == 1
+    report = run_perf(PerfOptions(preset="tiny", skip=("data", "train"), ray_trials=2, ray_concurrency=2,
+                                  workdir=tmp_path), say=messages.append)
+    assert "generate_s" not in report and report["ray"]["trials"] == 2
     assert sum("writing one subject" in m for m in messages) == 1  # the Ray section's own tiny data only
+    ray = report["ray"]  # at concurrency 2 the machine's own ideal comes from the runs as plain processes side by side
+    assert ray["side_by_side_train_s"] > 0 and ray["side_by_side_train_s"] != ray["serial_train_s"]
+    side = ray["side_by_side_train_s"] - ray["serial_train_s"]
+    assert ray["machine_ideal_s"] == pytest.approx((ray["serial_s"] + side) / 2)

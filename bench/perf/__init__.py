@@ -231,5 +231,6 @@ def _ray(root: Path | None, scratch: Path, profile: Profile, opts: PerfOptions, 
     reusable = root is not None and opts.preset == "tiny"
     ray_root = root if reusable else _generate(scratch / "ray-data", "tiny", {}, say)
     trials, trial_s = opts.ray_trials or profile.ray_trials, opts.ray_trial_s or profile.ray_trial_s
-    say(f"ray: {trials} runs of ~{trial_s:g} s, serially and as a Ray Tune grid (concurrency {opts.ray_concurrency})")
+    say(f"ray: {trials} runs of ~{trial_s:g} s, serially, as a Ray Tune grid (concurrency {opts.ray_concurrency}) "
+        "and, above concurrency 1, as plain processes side by side")
     return {**measure_ray(ray_root, trials, trial_s, opts.ray_concurrency, scratch / "ray-runs"), "data": "tiny"}

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -33,9 +36,12 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
+def _sets(epochs: int) -> list[str]:
+    return [f"train.epochs={epochs}", "protocol.val_concepts=4", "train.batch_size=64"]
+
+
 def _specs(root: Path, epochs: int, seeds: range):
-    sets = [f"train.epochs={epochs}", "protocol.val_concepts=4", "train.batch_size=64"]
-    cfg = resolve_config(METHOD, sets=sets, overrides={"data.root": str(root)})
+    cfg = resolve_config(METHOD, sets=_sets(epochs), overrides={"data.root": str(root)})
     ds = open_dataset(cfg)
     return [make_spec(METHOD, cfg, 1, seed, ds) for seed in seeds], ds
 
@@ -47,6 +53,31 @@ def _serial(specs, ds, store: RunStore) -> float:
         if record.status != COMPLETED:
             raise RuntimeError(f"serial perf run {spec.label} failed: {record.error['message']}")
     return time.perf_counter() - t0
+
+
+def _side_by_side(specs, root: Path, epochs: int, scratch: Path, concurrency: int, threads: int) -> float:
+    """The runs' summed training time as plain `bench train` processes, ``concurrency`` at a time and no Ray: what
+    the machine itself gives runs side by side (shared memory bandwidth and caches), which no scheduler can beat."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # the serial runs' and each trial's thread count
+    sets = [arg for s in _sets(epochs) for arg in ("--set", s)]
+    folder, running = scratch / "side-by-side", []
+    folder.mkdir(parents=True, exist_ok=True)
+    for spec in specs:
+        while len(running) >= concurrency:
+            time.sleep(0.05)
+            running = [p for p in running if p.poll() is None]
+        with open(folder / f"seed-{spec.seed}.log", "w") as log:
+            running.append(subprocess.Popen(
+                [sys.executable, "-m", "bench", "train", "--method", METHOD, "--subject", str(spec.subject),
+                 "--seed", str(spec.seed), "--data-root", str(root), "--results-dir", str(folder), "--quiet", *sets],
+                env=env, stdout=log, stderr=subprocess.STDOUT))
+    for proc in running:
+        proc.wait()
+    records = RunStore(folder).records()
+    if len(records) != len(specs) or any(r.status != COMPLETED for r in records):
+        logs = "".join(p.read_text()[-1500:] for p in sorted(folder.glob("*.log")))
+        raise RuntimeError(f"side-by-side perf runs did not all complete:\n{logs}")
+    return sum(r.timings["train_s"] for r in records)
 
 
 def calibrate_epochs(root: Path, trial_s: float, scratch: Path, threads: int) -> int:
@@ -90,13 +121,24 @@ def measure_ray(root: Path, trials: int, trial_s: float, concurrency: int, scrat
     if failed or len(grid.records) != trials:
         raise RuntimeError(f"Ray perf trials did not all complete: {failed or grid.busy}")
     ideal = serial / concurrency
-    return {"method": METHOD, "trials": trials, "concurrency": concurrency, "cpus_per_trial": cpus_per_trial,
-            "epochs_per_trial": epochs, "trial_s": serial / trials, "serial_s": serial, "ideal_s": ideal,
-            "ray_init_s": t1 - t0, "ray_grid_s": t2 - t1, "ray_wall_s": t2 - t0,
-            "overhead_pct": 100 * ((t2 - t0) - ideal) / ideal,
-            "overhead_excl_init_pct": 100 * ((t2 - t1) - ideal) / ideal,
-            **_breakdown([serial_store.read(s.spec_hash) for s in specs], grid.records, serial, t2 - t1,
-                         cpu2 - cpu1, concurrency)}
+    out = {"method": METHOD, "trials": trials, "concurrency": concurrency, "cpus_per_trial": cpus_per_trial,
+           "epochs_per_trial": epochs, "trial_s": serial / trials, "serial_s": serial, "ideal_s": ideal,
+           "ray_init_s": t1 - t0, "ray_grid_s": t2 - t1, "ray_wall_s": t2 - t0,
+           "overhead_pct": 100 * ((t2 - t0) - ideal) / ideal,
+           "overhead_excl_init_pct": 100 * ((t2 - t1) - ideal) / ideal,
+           **_breakdown([serial_store.read(s.spec_hash) for s in specs], grid.records, serial, t2 - t1,
+                        cpu2 - cpu1, concurrency)}
+    side = _side_by_side(specs, root, epochs, scratch, concurrency, threads) if concurrency > 1 else None
+    return {**out, **_against_machine(out, side)}
+
+
+def _against_machine(out: dict, side_by_side_train_s: float | None) -> dict:
+    """Ray against what the machine allows: the ideal with the runs' training time as measured side by side
+    (:func:`_side_by_side`; at concurrency 1, serially), so that the overhead left is Ray's own."""
+    side = out["serial_train_s"] if side_by_side_train_s is None else side_by_side_train_s
+    ideal = (out["serial_s"] + side - out["serial_train_s"]) / out["concurrency"]
+    return {"side_by_side_train_s": side, "side_by_side_slowdown_pct": 100 * (side / out["serial_train_s"] - 1),
+            "machine_ideal_s": ideal, "overhead_vs_machine_pct": 100 * (out["ray_grid_s"] - ideal) / ideal}
 
 
 def _breakdown(serial_runs, ray_runs, serial_s: float, grid_s: float, driver_cpu_s: float, concurrency: int) -> dict:

@@ -66,12 +66,14 @@ def tables(report: dict) -> list[Table]:
 
 
 def _ray_breakdown_table(r: dict) -> Table:
-    t = Table(title="ray: where the overhead goes (outside training: per trial slot)")
-    for col in ("driver CPU s", "training, serial s", "training, Ray s", "slowdown %", "outside training, serial s",
-                "outside training, Ray s"):
+    t = Table(title="ray: where the overhead goes (training summed over the runs; outside training per trial slot)")
+    for col in ("driver CPU s", "training: serial s", "side by side s (%)", "Ray s (%)", "outside training: serial s",
+                "Ray s", "ideal on this machine s", "overhead vs it %"):
         t.add_column(col)
-    t.add_row(_f(r["driver_cpu_s"], 1), _f(r["serial_train_s"], 1), _f(r["ray_train_s"], 1),
-              _f(r["train_slowdown_pct"], 1), _f(r["serial_outside_train_s"], 1), _f(r["grid_outside_train_s"], 1))
+    t.add_row(_f(r["driver_cpu_s"], 1), _f(r["serial_train_s"], 1),
+              f"{_f(r['side_by_side_train_s'], 1)} ({_f(r['side_by_side_slowdown_pct'], 1)})",
+              f"{_f(r['ray_train_s'], 1)} ({_f(r['train_slowdown_pct'], 1)})", _f(r["serial_outside_train_s"], 1),
+              _f(r["grid_outside_train_s"], 1), _f(r["machine_ideal_s"], 1), _f(r["overhead_vs_machine_pct"], 1))
     return t
 
 
