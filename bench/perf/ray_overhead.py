@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -60,19 +61,17 @@ def _side_by_side(specs, root: Path, epochs: int, scratch: Path, concurrency: in
     the machine itself gives runs side by side (shared memory bandwidth and caches), which no scheduler can beat."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # the serial runs' and each trial's thread count
     sets = [arg for s in _sets(epochs) for arg in ("--set", s)]
-    folder, running = scratch / "side-by-side", []
+    folder = scratch / "side-by-side"
     folder.mkdir(parents=True, exist_ok=True)
-    for spec in specs:
-        while len(running) >= concurrency:
-            time.sleep(0.05)
-            running = [p for p in running if p.poll() is None]
+
+    def train(spec) -> None:
         with open(folder / f"seed-{spec.seed}.log", "w") as log:
-            running.append(subprocess.Popen(
-                [sys.executable, "-m", "bench", "train", "--method", METHOD, "--subject", str(spec.subject),
-                 "--seed", str(spec.seed), "--data-root", str(root), "--results-dir", str(folder), "--quiet", *sets],
-                env=env, stdout=log, stderr=subprocess.STDOUT))
-    for proc in running:
-        proc.wait()
+            subprocess.run([sys.executable, "-m", "bench", "train", "--method", METHOD, "--subject", str(spec.subject),
+                            "--seed", str(spec.seed), "--data-root", str(root), "--results-dir", str(folder),
+                            "--quiet", *sets], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(train, specs))
     records = RunStore(folder).records()
     if len(records) != len(specs) or any(r.status != COMPLETED for r in records):
         logs = "".join(p.read_text()[-1500:] for p in sorted(folder.glob("*.log")))
