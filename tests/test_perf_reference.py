@@ -93,6 +93,7 @@ def test_reference_loop_trains_and_validates_as_nice_does():
                      text=rng.standard_normal((n, 32)).astype(np.float32))
     cfg = {"optimizer": "adam", "lr": 2e-4, "betas": [0.5, 0.999], "weight_decay": 0.0}
     loop = ReferenceLoop(theirs, train, cfg, torch.device("cpu"), batch_size=4)
+    assert not loop.optimizer.defaults["fused"]  # the reference's torch.optim.Adam(...): torch's default form
     before = theirs.encoder.trunk.tsconv[4].weight.detach().clone()
     assert loop.run(2) > 0 and loop.state.step == 2
     assert not torch.equal(before, theirs.encoder.trunk.tsconv[4].weight)  # the reference structure was trained

@@ -100,7 +100,7 @@ class ReferenceLoop:
         self.loader = DataLoader(PerSampleDataset(train), batch_size=batch_size, shuffle=True, num_workers=0,
                                  drop_last=True)
         self.method, self.device, self.batch_size = method.to(device).train(), device, batch_size
-        self.optimizer = build_optimizer(method, train_cfg)
+        self.optimizer = build_optimizer(method, train_cfg, fused=False)  # the reference's torch.optim.Adam(...)
         self.state = TrainState(epoch=1, epochs=1, step=0, steps_per_epoch=len(self.loader))
         self.has_text = train.text is not None
         self.batches = iter(self.loader)
