@@ -1,9 +1,12 @@
 """`bench perf --preset tiny` end to end: every section is there with positive figures (no speed thresholds: those
 belong to the benchmark, never to timed tests), and requests that cannot run fail with one clear line."""
 import json
+import os
 import platform
 import statistics
 import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -69,14 +72,14 @@ def test_tiny_preset_reports_every_section(tmp_path):
     ray = report["ray"]
     positive(ray, "serial_s", "ideal_s", "ray_init_s", "ray_grid_s", "trial_s", "epochs_per_trial")
     assert ray["overhead_pct"] == pytest.approx(100 * (ray["ray_wall_s"] - ray["ideal_s"]) / ray["ideal_s"])
-    positive(ray, "driver_cpu_s", "serial_train_s", "ray_train_s", "serial_outside_train_s", "grid_outside_train_s")
+    positive(ray, "cpu_driver_s", "serial_train_s", "ray_train_s", "serial_outside_train_s", "grid_outside_train_s")
     assert ray["train_slowdown_pct"] == pytest.approx(100 * (ray["ray_train_s"] / ray["serial_train_s"] - 1))
     per_slot = ray["ray_train_s"] / ray["concurrency"] + ray["grid_outside_train_s"]
     assert per_slot == pytest.approx(ray["ray_grid_s"])  # the breakdown adds up to the grid's wall time
     assert ray["side_by_side_train_s"] == ray["serial_train_s"] and ray["machine_ideal_s"] == ray["ideal_s"]  # conc. 1
 
     for title in ("data: one subject", "peak:", "training step:", "time to a trained model", "ray:",
-                  "ray: where the overhead goes"):
+                  "ray: where the overhead goes", "ray: the grid's CPU-seconds"):
         assert title in out.stdout
     assert not list((tmp_path / "scratch").iterdir())  # data, cache and Ray runs are removed
 
@@ -106,3 +109,25 @@ def test_ray_only_writes_no_preset_subject(tmp_path):
     assert ray["side_by_side_train_s"] > 0 and ray["side_by_side_train_s"] != ray["serial_train_s"]
     side = ray["side_by_side_train_s"] - ray["serial_train_s"]
     assert ray["machine_ideal_s"] == pytest.approx((ray["serial_s"] + side) / 2)
+    # the CPU budget: the trials' processes (found by the pids their records name) trained most of their time, Ray's
+    # own processes are counted apart from them, and the parts add up to the cores × the grid's wall time
+    assert ray["cpu_trials_s"] > 0.5 * ray["ray_train_s"] and ray["cpu_ray_processes_s"] > 0
+    parts = sum(ray[k] for k in ("cpu_trials_s", "cpu_driver_s", "cpu_ray_processes_s", "cpu_others_s", "cpu_idle_s"))
+    assert parts == pytest.approx(ray["cpu_available_s"], rel=0.1)
+
+
+def test_cpu_budget_counts_a_child_that_ended_before_the_grid_did(monkeypatch):
+    """A trial worker that exits mid-grid (a fresh process per trial, a crash) takes its CPU-seconds with it: the
+    sampler must have read them while it ran. A child burns ~1.5 s of CPU and is reaped inside the window."""
+    from bench.perf import cpu_budget
+
+    monkeypatch.setattr(cpu_budget, "SAMPLE_EVERY_S", 0.2)
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.5: pass"
+    with cpu_budget.CPUBudget() as cpu:
+        child = subprocess.Popen([sys.executable, "-c", burn])
+        child.wait()
+        time.sleep(0.5)  # the child is reaped and gone before the window closes
+    as_trial, as_other = cpu.split({child.pid}), cpu.split(set())
+    assert as_trial["cpu_trials_s"] > 1.2 and as_trial["cpu_ray_processes_s"] < 0.3
+    assert as_other["cpu_ray_processes_s"] > 1.2 and as_other["cpu_trials_s"] == 0
+    assert as_trial["cpu_available_s"] == pytest.approx(cpu.wall_s * os.cpu_count())

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from bench.perf.cpu_budget import CPUBudget
 from bench.ray_scheduler import RayOptions, init_ray, run_grid
 from bench.records import COMPLETED, RunStore
 from bench.execute import run_spec
@@ -109,11 +110,12 @@ def measure_ray(root: Path, trials: int, trial_s: float, concurrency: int, scrat
     started_here = not ray.is_initialized()
     t0 = time.perf_counter()
     init_ray(opts)
-    t1, cpu1 = time.perf_counter(), time.process_time()
+    t1 = time.perf_counter()
     try:
-        grid = run_grid(specs, scratch / "ray", opts, force=True, printer=lambda _msg: None)
+        with CPUBudget() as cpu:
+            grid = run_grid(specs, scratch / "ray", opts, force=True, printer=lambda _msg: None)
     finally:
-        t2, cpu2 = time.perf_counter(), time.process_time()
+        t2 = time.perf_counter()
         if started_here:
             ray.shutdown()
     failed = [r.spec.label for r in grid.records if r.status != COMPLETED]
@@ -125,8 +127,8 @@ def measure_ray(root: Path, trials: int, trial_s: float, concurrency: int, scrat
            "ray_init_s": t1 - t0, "ray_grid_s": t2 - t1, "ray_wall_s": t2 - t0,
            "overhead_pct": 100 * ((t2 - t0) - ideal) / ideal,
            "overhead_excl_init_pct": 100 * ((t2 - t1) - ideal) / ideal,
-           **_breakdown([serial_store.read(s.spec_hash) for s in specs], grid.records, serial, t2 - t1,
-                        cpu2 - cpu1, concurrency)}
+           **_breakdown([serial_store.read(s.spec_hash) for s in specs], grid.records, serial, t2 - t1, concurrency),
+           **cpu.split({(r.provenance.get("node") or {}).get("pid") for r in grid.records})}
     side = _side_by_side(specs, root, epochs, scratch, concurrency, threads) if concurrency > 1 else None
     return {**out, **_against_machine(out, side)}
 
@@ -140,14 +142,14 @@ def _against_machine(out: dict, side_by_side_train_s: float | None) -> dict:
             "machine_ideal_s": ideal, "overhead_vs_machine_pct": 100 * (out["ray_grid_s"] - ideal) / ideal}
 
 
-def _breakdown(serial_runs, ray_runs, serial_s: float, grid_s: float, driver_cpu_s: float, concurrency: int) -> dict:
-    """Where the overhead goes: the driver's CPU during the grid (Tune's loop, on the trials' cores when there are no
-    others), how much slower the runs trained in the grid than alone (trials sharing the cores, the driver and Ray's
-    daemons taking turns on them), and the grid's time outside training against the serial runs' (worker start-up,
-    imports, scheduling gaps; evaluation and records on both sides), per trial slot."""
+def _breakdown(serial_runs, ray_runs, serial_s: float, grid_s: float, concurrency: int) -> dict:
+    """Where the overhead goes: how much slower the runs trained in the grid than alone (trials sharing the cores,
+    the driver and Ray's daemons taking turns on them: :class:`CPUBudget`), and the grid's time outside training
+    against the serial runs' (worker start-up, imports, scheduling gaps; evaluation and records on both sides), per
+    trial slot."""
     serial_train = sum(r.timings["train_s"] for r in serial_runs)
     ray_train = sum(r.timings["train_s"] for r in ray_runs)
-    return {"driver_cpu_s": driver_cpu_s, "serial_train_s": serial_train, "ray_train_s": ray_train,
+    return {"serial_train_s": serial_train, "ray_train_s": ray_train,
             "train_slowdown_pct": 100 * (ray_train / serial_train - 1),
             "serial_outside_train_s": (serial_s - serial_train) / concurrency,
             "grid_outside_train_s": grid_s - ray_train / concurrency}
