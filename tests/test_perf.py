@@ -70,7 +70,7 @@ def test_tiny_preset_reports_every_section(tmp_path):
     assert nice["epoch_rows"] == 120 and atm["epoch_rows"] == 240  # averaged vs single trials, as each recipe
 
     ray = report["ray"]
-    positive(ray, "serial_s", "ideal_s", "ray_init_s", "ray_grid_s", "trial_s", "epochs_per_trial")
+    positive(ray, "serial_s", "ideal_s", "ray_init_s", "ray_grid_s", "trial_s", "epochs_per_trial", "checkpoint_every")
     assert ray["overhead_pct"] == pytest.approx(100 * (ray["ray_wall_s"] - ray["ideal_s"]) / ray["ideal_s"])
     positive(ray, "cpu_driver_s", "serial_train_s", "ray_train_s", "serial_outside_train_s", "grid_outside_train_s")
     assert ray["train_slowdown_pct"] == pytest.approx(100 * (ray["ray_train_s"] / ray["serial_train_s"] - 1))
@@ -114,6 +114,7 @@ def test_ray_only_writes_no_preset_subject(tmp_path):
     assert ray["cpu_trials_s"] > 0.5 * ray["ray_train_s"] and ray["cpu_ray_processes_s"] > 0
     parts = sum(ray[k] for k in ("cpu_trials_s", "cpu_driver_s", "cpu_ray_processes_s", "cpu_others_s", "cpu_idle_s"))
     assert parts == pytest.approx(ray["cpu_available_s"], rel=0.1)
+    assert 0 <= ray["cpu_iowait_s"] <= ray["cpu_idle_s"] + 1.0  # I/O wait is idle time (Linux counts it apart)
 
 
 def test_cpu_budget_counts_a_child_that_ended_before_the_grid_did(monkeypatch):

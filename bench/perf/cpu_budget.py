@@ -27,7 +27,8 @@ class CPUBudget:
 
     def __enter__(self) -> "CPUBudget":
         self._before = self._read()
-        self._machine0, self._driver0, self._t0 = _machine_busy(), time.process_time(), time.perf_counter()
+        self._machine0, self._iowait0 = _machine_busy(), _iowait()
+        self._driver0, self._t0 = time.process_time(), time.perf_counter()
         self._thread.start()
         return self
 
@@ -38,6 +39,7 @@ class CPUBudget:
         self.wall_s = time.perf_counter() - self._t0
         self.driver_s = time.process_time() - self._driver0
         self.machine_busy_s = _machine_busy() - self._machine0
+        self.iowait_s = _iowait() - self._iowait0
 
     def _loop(self) -> None:
         while not self._stop.wait(SAMPLE_EVERY_S):
@@ -65,7 +67,7 @@ class CPUBudget:
         return {"cpu_available_s": available, "cpu_trials_s": trials, "cpu_driver_s": self.driver_s,
                 "cpu_ray_processes_s": ray_own,
                 "cpu_others_s": max(0.0, self.machine_busy_s - trials - ray_own - self.driver_s),
-                "cpu_idle_s": max(0.0, available - self.machine_busy_s),
+                "cpu_idle_s": max(0.0, available - self.machine_busy_s), "cpu_iowait_s": self.iowait_s,
                 "cpu_outside_trials_pct": 100 * (self.driver_s + ray_own) / available}
 
 
@@ -73,3 +75,8 @@ def _machine_busy() -> float:
     t = psutil.cpu_times()
     # nice: Ray runs its workers at nice 15, and Linux counts their time there, not under user
     return t.user + getattr(t, "nice", 0.0) + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+
+
+def _iowait() -> float:
+    """Idle time with a process of this CPU waiting for the disk (Linux only; 0 elsewhere)."""
+    return getattr(psutil.cpu_times(), "iowait", 0.0)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from bench.perf.cpu_budget import CPUBudget
-from bench.ray_scheduler import RayOptions, init_ray, run_grid
+from bench.ray_scheduler import REPORT_EVERY_S, RayOptions, init_ray, run_grid
 from bench.records import COMPLETED, RunStore
 from bench.execute import run_spec
 from bench.specs import make_spec, open_dataset, resolve_config
@@ -38,12 +38,19 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-def _sets(epochs: int) -> list[str]:
-    return [f"train.epochs={epochs}", "protocol.val_concepts=4", "train.batch_size=64"]
+#: the runs checkpoint about this often, as often as a trial reports to Tune. The tiny data's epochs last under a
+#: second, and a 42 MB checkpoint after each (a quarter of a run's time) would have this section time two runs
+#: writing to one disk instead of 30 s NICE trials, whose real epochs last 15-45 s.
+CHECKPOINT_EVERY_S = REPORT_EVERY_S
 
 
-def _specs(root: Path, epochs: int, seeds: range):
-    cfg = resolve_config(METHOD, sets=_sets(epochs), overrides={"data.root": str(root)})
+def _sets(epochs: int, checkpoint_every: int) -> list[str]:
+    return [f"train.epochs={epochs}", f"train.checkpoint_every={checkpoint_every}", "protocol.val_concepts=4",
+            "train.batch_size=64"]
+
+
+def _specs(root: Path, epochs: int, checkpoint_every: int, seeds: range):
+    cfg = resolve_config(METHOD, sets=_sets(epochs, checkpoint_every), overrides={"data.root": str(root)})
     ds = open_dataset(cfg)
     return [make_spec(METHOD, cfg, 1, seed, ds) for seed in seeds], ds
 
@@ -57,11 +64,11 @@ def _serial(specs, ds, store: RunStore) -> float:
     return time.perf_counter() - t0
 
 
-def _side_by_side(specs, root: Path, epochs: int, scratch: Path, concurrency: int, threads: int) -> float:
+def _side_by_side(specs, root: Path, sets: list[str], scratch: Path, concurrency: int, threads: int) -> float:
     """The runs' summed training time as plain `bench train` processes, ``concurrency`` at a time and no Ray: what
     the machine itself gives runs side by side (shared memory bandwidth and caches), which no scheduler can beat."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # the serial runs' and each trial's thread count
-    sets = [arg for s in _sets(epochs) for arg in ("--set", s)]
+    sets = [arg for s in sets for arg in ("--set", s)]
     folder = scratch / "side-by-side"
     folder.mkdir(parents=True, exist_ok=True)
 
@@ -80,19 +87,20 @@ def _side_by_side(specs, root: Path, epochs: int, scratch: Path, concurrency: in
     return sum(r.timings["train_s"] for r in records)
 
 
-def calibrate_epochs(root: Path, trial_s: float, scratch: Path, threads: int) -> int:
-    """Epochs for a run of at least ``trial_s`` seconds, from a 3-epoch run after an unmeasured 1-epoch one.
+def calibrate_epochs(root: Path, trial_s: float, scratch: Path, threads: int) -> tuple[int, int]:
+    """Epochs for a run of at least ``trial_s`` seconds and epochs between its checkpoints
+    (:data:`CHECKPOINT_EVERY_S`), from a 3-epoch run after an unmeasured 1-epoch one.
 
     The first run in a process pays one-off costs (imports, allocator and kernel warm-up) that would otherwise be
     read as epoch time; the 1.1 margin covers the drift of a shared machine's load."""
     for epochs in (1, 3):
-        specs, ds = _specs(root, epochs, range(1))
+        specs, ds = _specs(root, epochs, 3, range(1))  # one checkpoint, the last epoch's
         store = RunStore(scratch / f"calibrate-{epochs}")
         with torch_threads(threads):
             wall = _serial(specs, ds, store)
     train_s = store.read(specs[0].spec_hash).timings["train_s"]
     per_epoch, fixed = max(train_s / 3, 1e-3), max(0.0, wall - train_s)
-    return max(1, math.ceil(1.1 * (trial_s - fixed) / per_epoch))
+    return max(1, math.ceil(1.1 * (trial_s - fixed) / per_epoch)), max(1, math.ceil(CHECKPOINT_EVERY_S / per_epoch))
 
 
 def measure_ray(root: Path, trials: int, trial_s: float, concurrency: int, scratch: Path,
@@ -100,8 +108,8 @@ def measure_ray(root: Path, trials: int, trial_s: float, concurrency: int, scrat
     import ray
 
     threads = max(1, int(cpus_per_trial))
-    epochs = calibrate_epochs(root, trial_s, scratch, threads)
-    specs, ds = _specs(root, epochs, range(trials))
+    epochs, checkpoint_every = calibrate_epochs(root, trial_s, scratch, threads)
+    specs, ds = _specs(root, epochs, checkpoint_every, range(trials))
     serial_store = RunStore(scratch / "serial")
     with torch_threads(threads):
         serial = _serial(specs, ds, serial_store)
@@ -123,13 +131,14 @@ def measure_ray(root: Path, trials: int, trial_s: float, concurrency: int, scrat
         raise RuntimeError(f"Ray perf trials did not all complete: {failed or grid.busy}")
     ideal = serial / concurrency
     out = {"method": METHOD, "trials": trials, "concurrency": concurrency, "cpus_per_trial": cpus_per_trial,
-           "epochs_per_trial": epochs, "trial_s": serial / trials, "serial_s": serial, "ideal_s": ideal,
+           "epochs_per_trial": epochs, "checkpoint_every": checkpoint_every, "trial_s": serial / trials, "serial_s": serial, "ideal_s": ideal,
            "ray_init_s": t1 - t0, "ray_grid_s": t2 - t1, "ray_wall_s": t2 - t0,
            "overhead_pct": 100 * ((t2 - t0) - ideal) / ideal,
            "overhead_excl_init_pct": 100 * ((t2 - t1) - ideal) / ideal,
            **_breakdown([serial_store.read(s.spec_hash) for s in specs], grid.records, serial, t2 - t1, concurrency),
            **cpu.split({(r.provenance.get("node") or {}).get("pid") for r in grid.records})}
-    side = _side_by_side(specs, root, epochs, scratch, concurrency, threads) if concurrency > 1 else None
+    side = (_side_by_side(specs, root, _sets(epochs, checkpoint_every), scratch, concurrency, threads)
+            if concurrency > 1 else None)
     return {**out, **_against_machine(out, side)}
 
 

@@ -80,10 +80,11 @@ def _ray_breakdown_table(r: dict) -> Table:
 
 def _ray_cpu_table(r: dict) -> Table:
     t = Table(title="ray: the grid's CPU-seconds (cores × wall), by who used them")
-    for col in ("available", "trials", "driver", "Ray's processes", "other processes", "idle", "outside trials %"):
+    for col in ("available", "trials", "driver", "Ray's processes", "other processes", "idle", "of it I/O wait",
+                "outside trials %"):
         t.add_column(col)
     t.add_row(*(_f(r[k], 1) for k in ("cpu_available_s", "cpu_trials_s", "cpu_driver_s", "cpu_ray_processes_s",
-                                      "cpu_others_s", "cpu_idle_s", "cpu_outside_trials_pct")))
+                                      "cpu_others_s", "cpu_idle_s", "cpu_iowait_s", "cpu_outside_trials_pct")))
     return t
 
 
