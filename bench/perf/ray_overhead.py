@@ -131,7 +131,8 @@ def measure_ray(root: Path, trials: int, trial_s: float, concurrency: int, scrat
         raise RuntimeError(f"Ray perf trials did not all complete: {failed or grid.busy}")
     ideal = serial / concurrency
     out = {"method": METHOD, "trials": trials, "concurrency": concurrency, "cpus_per_trial": cpus_per_trial,
-           "epochs_per_trial": epochs, "checkpoint_every": checkpoint_every, "trial_s": serial / trials, "serial_s": serial, "ideal_s": ideal,
+           "epochs_per_trial": epochs, "checkpoint_every": checkpoint_every, "trial_s": serial / trials,
+           "serial_s": serial, "ideal_s": ideal,
            "ray_init_s": t1 - t0, "ray_grid_s": t2 - t1, "ray_wall_s": t2 - t0,
            "overhead_pct": 100 * ((t2 - t0) - ideal) / ideal,
            "overhead_excl_init_pct": 100 * ((t2 - t1) - ideal) / ideal,
