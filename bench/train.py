@@ -91,7 +91,7 @@ def build_optimizer(method: Method, cfg: dict, fused: bool = True) -> torch.opti
     ``fused=False`` keeps torch's default, as code that calls ``torch.optim.Adam(params, lr, betas)`` gets it."""
     params = method.param_groups() or [p for p in method.parameters() if p.requires_grad]
     name, lr, wd = cfg["optimizer"], cfg["lr"], cfg["weight_decay"]
-    kernel = {"fused": True} if fused and _fusable(params) else {}
+    kernel = {"fused": True} if fused and _fusable(method) else {}
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, betas=tuple(cfg["betas"]), weight_decay=wd, **kernel)
     if name == "adamw":
@@ -101,10 +101,11 @@ def build_optimizer(method: Method, cfg: dict, fused: bool = True) -> torch.opti
     raise ValueError(f"train.optimizer must be adam, adamw or sgd, not {name!r}")
 
 
-def _fusable(params: list) -> bool:
-    """torch's fused Adam takes floating-point tensors on the CPU and the GPUs the harness runs on."""
-    tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
-    return all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in tensors)
+def _fusable(method: Method) -> bool:
+    """torch's fused Adam takes floating-point tensors on the CPU and the GPUs the harness runs on (the trained
+    parameters: every param group's are among them)."""
+    trained = (p for p in method.parameters() if p.requires_grad)
+    return all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in trained)
 
 
 @contextlib.contextmanager

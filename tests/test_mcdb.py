@@ -294,7 +294,7 @@ def test_the_harness_runs_adam_fused_and_it_updates_as_torchs_default_form(optim
     assert build_optimizer(model, cfg).defaults["fused"] is True
     assert not build_optimizer(model, cfg, fused=False).defaults["fused"]
     fused, _ = step_update(optimizer, 0.5, 1.0, monkeypatch)
-    monkeypatch.setattr("bench.train._fusable", lambda params: False)
+    monkeypatch.setattr("bench.train._fusable", lambda method: False)
     for_loop, _ = step_update(optimizer, 0.5, 1.0, monkeypatch)
     for name, update in fused.items():
         torch.testing.assert_close(update, for_loop[name], rtol=1e-5, atol=1e-8, msg=name)

@@ -27,7 +27,7 @@ class CPUBudget:
 
     def __enter__(self) -> "CPUBudget":
         self._before = self._read()
-        self._machine0, self._iowait0 = _machine_busy(), _iowait()
+        self._machine0, self._iowait0 = _machine_times()
         self._driver0, self._t0 = time.process_time(), time.perf_counter()
         self._thread.start()
         return self
@@ -38,8 +38,8 @@ class CPUBudget:
         self._sample()
         self.wall_s = time.perf_counter() - self._t0
         self.driver_s = time.process_time() - self._driver0
-        self.machine_busy_s = _machine_busy() - self._machine0
-        self.iowait_s = _iowait() - self._iowait0
+        busy, iowait = _machine_times()
+        self.machine_busy_s, self.iowait_s = busy - self._machine0, iowait - self._iowait0
 
     def _loop(self) -> None:
         while not self._stop.wait(SAMPLE_EVERY_S):
@@ -71,12 +71,10 @@ class CPUBudget:
                 "cpu_outside_trials_pct": 100 * (self.driver_s + ray_own) / available}
 
 
-def _machine_busy() -> float:
+def _machine_times() -> tuple[float, float]:
+    """The whole machine's busy CPU-seconds since boot, and its idle seconds spent waiting for the disk (Linux only;
+    0 elsewhere), from one reading."""
     t = psutil.cpu_times()
     # nice: Ray runs its workers at nice 15, and Linux counts their time there, not under user
-    return t.user + getattr(t, "nice", 0.0) + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
-
-
-def _iowait() -> float:
-    """Idle time with a process of this CPU waiting for the disk (Linux only; 0 elsewhere)."""
-    return getattr(psutil.cpu_times(), "iowait", 0.0)
+    busy = t.user + getattr(t, "nice", 0.0) + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+    return busy, getattr(t, "iowait", 0.0)

@@ -68,7 +68,7 @@ def _side_by_side(specs, root: Path, sets: list[str], scratch: Path, concurrency
     """The runs' summed training time as plain `bench train` processes, ``concurrency`` at a time and no Ray: what
     the machine itself gives runs side by side (shared memory bandwidth and caches), which no scheduler can beat."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # the serial runs' and each trial's thread count
-    sets = [arg for s in sets for arg in ("--set", s)]
+    set_args = [arg for s in sets for arg in ("--set", s)]
     folder = scratch / "side-by-side"
     folder.mkdir(parents=True, exist_ok=True)
 
@@ -76,7 +76,7 @@ def _side_by_side(specs, root: Path, sets: list[str], scratch: Path, concurrency
         with open(folder / f"seed-{spec.seed}.log", "w") as log:
             subprocess.run([sys.executable, "-m", "bench", "train", "--method", METHOD, "--subject", str(spec.subject),
                             "--seed", str(spec.seed), "--data-root", str(root), "--results-dir", str(folder),
-                            "--quiet", *sets], env=env, stdout=log, stderr=subprocess.STDOUT)
+                            "--quiet", *set_args], env=env, stdout=log, stderr=subprocess.STDOUT)
 
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(train, specs))
