@@ -102,6 +102,90 @@ def test_block_boundaries(tmp_path, monkeypatch, threads):
     np.testing.assert_array_equal(half, entry.mean(channels, samples, n_reps=3).astype(np.float16))
 
 
+def _stored_means(path):
+    return sorted((eeg_cache_root() / file_fingerprint(path) / "means").glob("*.npy"))
+
+
+def test_a_mean_is_stored_once_and_read_by_the_next_process(tmp_path, monkeypatch):
+    """The next process (this one, its in-memory means dropped) reads the stored average instead of averaging; another
+    selection of the same file is averaged and stored apart, never served the first one's array."""
+    fake = make_root(tmp_path / "root", "nice-pickle")
+    path = fake.eeg_dir / "sub-01" / "preprocessed_eeg_training.npy"
+    first = ThingsEEG.open(fake.root).load_train(1)
+    assert len(_stored_means(path)) == 1
+    cache.MEANS.clear()
+
+    def no_averaging(*_):
+        raise AssertionError("averaged again")
+
+    with monkeypatch.context() as m:
+        m.setattr(cache.CachedEEG, "_average", no_averaging)
+        again = ThingsEEG.open(fake.root).load_train(1)
+    np.testing.assert_array_equal(again, first)
+    assert again.dtype == np.float16 and not again.flags.writeable
+    narrow = ThingsEEG.open(fake.root, channels="occipital17", tmax=0.5)
+    occipital = narrow.load_train(1)
+    assert len(_stored_means(path)) == 2 and occipital.shape[1] == 17 and occipital.shape[2] < first.shape[2]
+    channels, samples = narrow._selection(cached_eeg(path).header)
+    np.testing.assert_allclose(occipital, fake.train[1][:, :, channels][..., samples].mean(1), atol=2e-3)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "another shape", "not numpy"])
+def test_a_damaged_stored_mean_is_averaged_again(tmp_path, damage):
+    fake = make_root(tmp_path / "root", "nice-pickle")
+    path = fake.eeg_dir / "sub-01" / "preprocessed_eeg_training.npy"
+    first = ThingsEEG.open(fake.root).load_train(1).copy()
+    stored, = _stored_means(path)
+    if damage == "truncated":
+        stored.write_bytes(stored.read_bytes()[:-100])
+    elif damage == "another shape":
+        np.save(stored, np.zeros((3, 63, 250), np.float16))
+    else:
+        stored.write_bytes(b"garbage")
+    cache.MEANS.clear()
+    np.testing.assert_array_equal(ThingsEEG.open(fake.root).load_train(1), first)
+    assert np.load(stored).shape == first.shape  # stored anew
+
+
+def test_a_change_of_the_averaging_code_is_not_served_an_old_mean(tmp_path, monkeypatch):
+    """A stored mean belongs to the module source that averaged it: edited code averages (and stores) anew."""
+    fake = make_root(tmp_path / "root", "nice-pickle")
+    path = fake.eeg_dir / "sub-01" / "preprocessed_eeg_training.npy"
+    ThingsEEG.open(fake.root).load_train(1)
+    cache.MEANS.clear()
+    monkeypatch.setattr(cache, "_module_source", lambda: b"edited averaging code")
+    calls = []
+    real = cache.CachedEEG._average
+    monkeypatch.setattr(cache.CachedEEG, "_average", lambda *a: calls.append(1) or real(*a))
+    ThingsEEG.open(fake.root).load_train(1)
+    assert calls and len(_stored_means(path)) == 2
+
+
+def test_an_unwritable_cache_costs_a_warning_not_the_load(tmp_path, monkeypatch):
+    fake = make_root(tmp_path / "root", "nice-pickle")
+    path = fake.eeg_dir / "sub-01" / "preprocessed_eeg_training.npy"
+    entry = cached_eeg(path)
+    means = eeg_cache_root() / file_fingerprint(path) / "means"
+    means.write_text("a file where the folder should be")
+    with pytest.warns(UserWarning, match="could not store the averaged EEG"):
+        mean = entry.mean(dtype=np.float16)
+    np.testing.assert_allclose(mean, fake.train[1].mean(1), atol=2e-3)
+
+
+def test_a_killed_store_leaves_no_mean_behind(tmp_path, monkeypatch):
+    fake = make_root(tmp_path / "root", "nice-pickle")
+    path = fake.eeg_dir / "sub-01" / "preprocessed_eeg_training.npy"
+
+    def killed(fh, array, **_):
+        fh.write(b"\x93NUMPY half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache.np, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        ThingsEEG.open(fake.root).load_train(1)
+    assert list((eeg_cache_root() / file_fingerprint(path) / "means").iterdir()) == []
+
+
 def test_a_failed_conversion_leaves_nothing(tmp_path, monkeypatch):
     fake = make_root(tmp_path / "root", "nice-pickle")
     real = cache._validate_blocks

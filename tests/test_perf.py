@@ -34,9 +34,10 @@ def test_tiny_preset_reports_every_section(tmp_path):
     assert m["device"] == "cpu" and m["cores"] > 0 and m["torch"] == torch.__version__ and m["torch_threads"] > 0
 
     data = report["data"]
-    for key in ("train_first", "train_cached", "test_first", "test_cached"):
+    for key in ("train_first", "train_averaged", "train_cached", "test_first", "test_cached"):
         positive(data[key], "wall_s", "peak_rss_mb")
-    assert data["train_cached"]["shape"] == [120, 63, 250] and data["test_cached"]["shape"] == [40, 63, 250]
+    assert data["train_cached"]["shape"] == data["train_averaged"]["shape"] == [120, 63, 250]
+    assert data["test_cached"]["shape"] == [40, 63, 250]
     positive(data, "source_gb", "cache_gb")
 
     positive(report["peak"], "float32", "gemm_n")
