@@ -161,7 +161,7 @@ def test_a_change_of_the_averaging_code_is_not_served_an_old_mean(tmp_path, monk
     assert calls and len(_stored_means(path)) == 2
 
 
-def test_an_unwritable_cache_costs_a_warning_not_the_load(tmp_path, monkeypatch):
+def test_an_unwritable_cache_costs_a_warning_not_the_load(tmp_path):
     fake = make_root(tmp_path / "root", "nice-pickle")
     path = fake.eeg_dir / "sub-01" / "preprocessed_eeg_training.npy"
     entry = cached_eeg(path)
