@@ -14,6 +14,7 @@ from typing import Iterator
 
 import torch
 
+from bench import native
 from bench.package import CHECKOUT, __version__
 from bench.doctor import package_versions
 
@@ -62,8 +63,9 @@ def cpu_block() -> dict:
     """The CPU and the instruction set torch's kernels dispatch to (``AVX2``, ``AVX512``, …). Runs of the same spec
     and seed on CPUs of different instruction sets sum in other orders (MKL's and torch's vectorised kernels), and
     training amplifies the last-bit differences: ``make run``'s MCDB row was 35.3 ± 15.7 on an AVX-512 VM and
-    36.6 ± 14.8 on an AVX2 one, same code (docs/reproducibility.md)."""
-    return {"model": cpu_model(), "capability": torch.backends.cpu.get_cpu_capability()}
+    36.6 ± 14.8 on an AVX2 one, same code (docs/reproducibility.md). ``native``: the C kernels this process ran
+    (:mod:`bench.native`: name → compiler and flags); a kernel's PyTorch fallback rounds differently."""
+    return {"model": cpu_model(), "capability": torch.backends.cpu.get_cpu_capability(), "native": native.loaded()}
 
 
 def now() -> str:

@@ -523,7 +523,7 @@ def test_gemm_trunk_keeps_the_state_dict_of_nice_modules():
 def test_trunk_elu_by_exp_is_torch_elu(alpha):
     """The trunk's ELU (``exp − 1`` for ``expm1``) against ``F.elu``: outputs within float32 rounding of ``exp − 1``
     near 0, the same gradient (torch's own ``elu_backward``), exact in float64 up to rounding, and gradcheck."""
-    from bench.encoders.trunk import _ELUByExp
+    from bench.encoders.batchnorm_elu import _ELUByExp
 
     x = torch.cat([torch.randn(5000) * 4, torch.tensor([0.0, -1e-8, 1e-8, -30.0, 30.0])]).requires_grad_()
     y = _ELUByExp.apply(x, alpha)

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from bench import provenance
+from bench import native, provenance
 from bench.ray_scheduler import RayOptions
 from bench.execute import train_one
 from bench.grid import SweepRequest, run_sweep
@@ -32,7 +32,8 @@ def test_bench_train_records_its_own_command_threads_and_no_preprocessing(tiny_r
     assert prov["command"] == " ".join(argv)
     assert prov["torch_threads"] == torch.get_num_threads() and prov["cpu_count"] == os.cpu_count()
     # where it ran: the same spec and seed sum in another order on another instruction set (docs/reproducibility.md)
-    assert prov["cpu"] == {"model": prov["cpu"]["model"], "capability": torch.backends.cpu.get_cpu_capability()}
+    assert prov["cpu"] == {"model": prov["cpu"]["model"], "capability": torch.backends.cpu.get_cpu_capability(),
+                           "native": native.loaded()}
     assert prov["cpu"]["model"] and prov["cpu"]["capability"]
     assert prov["preprocessing"] is None  # the synthetic data root was not made by `bench preprocess`
     assert prov["data"] == {"synthetic": True, "n_test_images": rec.metrics["n_test"]}  # a `bench synth` root

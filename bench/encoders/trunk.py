@@ -16,6 +16,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from bench.encoders.base import check_probability, positive_int, require_min_times
+from bench.encoders.batchnorm_elu import batch_norm_elu
 
 N_FILTERS = 40
 TEMPORAL_KERNEL = 25
@@ -82,20 +83,14 @@ class TSConvTrunk(nn.Module):
         kernel = self.pooled_kernel()
         n_out = (n_times - kernel.shape[1]) // POOL_STRIDE + 1
         h = _temporal_gemm(x, kernel, self.temporal[0].bias)  # (B·T'·C, 40)
-        h = _elu(self.temporal[3], _channels_last_norm(self.temporal[2], h))  # BN, ELU
+        h = batch_norm_elu(self.temporal[2], self.temporal[3], h)
         conv = self.spatial[0]
         weight = conv.weight.squeeze(3).transpose(1, 2).reshape(N_FILTERS, n_chans * N_FILTERS)  # [out, c · 40 + in]
         h = torch.addmm(conv.bias, h.view(batch * n_out, n_chans * N_FILTERS), weight.t())  # (B·T', 40)
-        h = _elu(self.spatial[2], _channels_last_norm(self.spatial[1], h))  # BN, ELU
+        h = batch_norm_elu(self.spatial[1], self.spatial[2], h)
         h = _dropout_as_conv_layout(self.spatial[3], h.view(batch, n_out, N_FILTERS))
         h = torch.addmm(self.pointwise.bias, h.reshape(-1, N_FILTERS), self.pointwise.weight.flatten(1).t())
         return h.view(batch, n_out * N_FILTERS)
-
-
-def _channels_last_norm(norm: nn.BatchNorm2d, h: torch.Tensor) -> torch.Tensor:
-    """The BatchNorm2d module (its running statistics, momentum and batch counter) on rows × filters: the same
-    statistics over the same values as on (batch, filters, H, W), the filters already last in memory."""
-    return norm(h.view(*h.shape, 1, 1)).view(h.shape)
 
 
 #: rows of the temporal GEMM per block in :class:`_BlockedTemporalGEMM`: a block's windows (32768 × 75 float32, 9.4 MiB)
@@ -157,42 +152,6 @@ def _window_blocks(windows: torch.Tensor) -> Iterator[tuple[torch.Tensor, slice]
     for i in range(0, windows.shape[0], per_block):
         j = min(windows.shape[0], i + per_block)
         yield windows[i:j].reshape(-1, windows.shape[3]), slice(i * per_sample, j * per_sample)
-
-
-class _ELUByExp(torch.autograd.Function):
-    """ELU with ``exp(min(x, 0)) − 1`` for its negative part instead of ``expm1``: torch's CPU ``expm1`` is not
-    vectorised (``F.elu`` took 33 ms on the 64-sample temporal output, this 21 ms, on one AVX2 core), and the two differ
-    by at most 1.2e-7 (float32 rounding of ``exp − 1`` near 0). The backward is torch's own ``elu_backward`` from the
-    output, as ``nn.ELU`` does it."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, alpha: float) -> torch.Tensor:
-        out = x.clamp(max=0).exp_().sub_(1)
-        if alpha != 1.0:
-            out.mul_(alpha)
-        if 0.0 <= alpha <= 1.0:
-            # α(eˣ − 1) ≥ x for x ≤ 0 and is 0 for x > 0, so the max is the ELU: one pass and no temporary where
-            # adding max(x, 0) took two (the ELU of 256 samples' temporal output on one AVX2 core: 100-123 → 88-99 ms;
-            # a whole step's difference is below that VM's noise)
-            torch.maximum(out, x, out=out)
-        else:
-            out.add_(x.clamp(min=0))
-        ctx.alpha = alpha
-        ctx.save_for_backward(out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (out,) = ctx.saved_tensors
-        return torch.ops.aten.elu_backward(grad, ctx.alpha, 1.0, 1.0, True, out), None
-
-
-def _elu(module: nn.ELU, h: torch.Tensor) -> torch.Tensor:
-    """``module`` (the ELU of NICE's structure, kept for its ``alpha``) applied by :class:`_ELUByExp`; on a GPU, or
-    under ``torch.compile``'s tracing, ``F.elu`` itself (its kernels there have no slow ``expm1``)."""
-    if h.device.type != "cpu" or torch.compiler.is_compiling():
-        return module(h)
-    return _ELUByExp.apply(h, float(module.alpha))
 
 
 def _dropout_as_conv_layout(dropout: nn.Dropout, h: torch.Tensor) -> torch.Tensor:
