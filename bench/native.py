@@ -45,12 +45,17 @@ def enabled() -> bool:
     return os.environ.get(ENV_SWITCH, "1") != "0"
 
 
-def load(name: str, source: str) -> ctypes.CDLL | None:
+def load(name: str, source: str, signatures: dict[str, list] | None = None) -> ctypes.CDLL | None:
     """The library built from C ``source`` (cached per source, compiler, flags and CPU), or None: switched off, no
-    compiler, or the build failed (warned once per name)."""
+    compiler, or the build failed (warned once per name). ``signatures``: function name → ctypes argument types (the
+    functions return nothing)."""
     if not enabled():
         return None
-    return _load_cached(name, source)
+    library = _load_cached(name, source)
+    for function, argtypes in (signatures or {}).items():
+        if library is not None and getattr(library, function).argtypes is None:
+            getattr(library, function).argtypes, getattr(library, function).restype = argtypes, None
+    return library
 
 
 @functools.lru_cache(maxsize=None)
@@ -144,10 +149,12 @@ _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 
 
-def run_in_row_chunks(rows: int, n_threads: int, call: Callable[[int, int, int], None]) -> int:
-    """``call(chunk, start, stop)`` over contiguous row ranges covering ``[0, rows)``, on up to ``n_threads`` threads;
-    returns the number of chunks (a caller's per-chunk partial sums are indexed by ``chunk``)."""
-    n = max(1, min(n_threads, rows // MIN_ROWS_PER_THREAD))
+def run_in_row_chunks(rows: int, n_threads: int, call: Callable[[int, int, int], None],
+                      min_rows: int = MIN_ROWS_PER_THREAD) -> int:
+    """``call(chunk, start, stop)`` over contiguous row ranges covering ``[0, rows)``, on up to ``n_threads`` threads
+    with at least ``min_rows`` rows each; returns the number of chunks (a caller's per-chunk partial sums are indexed
+    by ``chunk``)."""
+    n = max(1, min(n_threads, rows // min_rows))
     step = -(-rows // n) if rows else 0
     bounds = [(k, k * step, min(rows, (k + 1) * step)) for k in range(n)]
     if n == 1:

@@ -542,15 +542,15 @@ def test_trunk_elu_by_exp_is_torch_elu(alpha):
 def test_blocked_temporal_gemm_is_the_single_gemm(monkeypatch, block_rows):
     """The block-by-block temporal GEMM gives the single GEMM's output and kernel/bias gradients, whatever the blocks
     (a partial last block included)."""
-    from bench.encoders import trunk as T
+    from bench.encoders import temporal_filter as T
 
     monkeypatch.setattr(T, "WINDOW_BLOCK_ROWS", block_rows)
     torch.manual_seed(0)
     x = torch.randn(7, 5, 250)
     kernel = torch.randn(40, 75, requires_grad=True)
     bias = torch.randn(40, requires_grad=True)
-    out = T._BlockedTemporalGEMM.apply(x, kernel, bias)
-    windows = x.unfold(-1, 75, T.POOL_STRIDE).transpose(1, 2).reshape(-1, 75)
+    out = T._BlockedTemporalGEMM.apply(x, kernel, bias, 5)
+    windows = x.unfold(-1, 75, 5).transpose(1, 2).reshape(-1, 75)
     ref = torch.addmm(bias, windows, kernel.t())
     torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-5)
     probe = torch.randn_like(ref)

@@ -17,10 +17,11 @@ import ctypes
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from bench import native
 
-_C_SOURCE = r"""
+C_SOURCE = r"""
 #include <stdint.h>
 #include <string.h>
 
@@ -136,7 +137,7 @@ void bn_elu_backward_input(const float *g, const float *z, const float *y, int64
 """
 
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
-_SIGNATURES = {
+SIGNATURES = {
     "bn_stats": [_P, _I, _I, _P, _P, _P],
     "bn_elu_forward": [_P, _I, _I, _P, _P, _F, _P],
     "bn_elu_backward_sums": [_P, _P, _P, _I, _I, _P, _F, _P, _P],
@@ -145,52 +146,60 @@ _SIGNATURES = {
 
 
 def _library() -> ctypes.CDLL | None:
-    lib = native.load("bn_elu", _C_SOURCE)
-    if lib is not None and lib.bn_stats.argtypes is None:
-        for name, argtypes in _SIGNATURES.items():
-            getattr(lib, name).argtypes, getattr(lib, name).restype = argtypes, None
-    return lib
+    return native.load("bn_elu", C_SOURCE, SIGNATURES)
 
 
 def batch_norm_elu(norm: nn.BatchNorm2d, elu: nn.ELU, h: torch.Tensor) -> torch.Tensor:
     """``elu(norm(h))`` for ``h`` of rows × channels, the modules' state (running statistics, momentum, batch counter,
     training flag) used and updated as the modules do."""
-    lib = _library() if _native_applies(norm, elu, h) else None
+    lib = _library() if native_applies(norm, elu, h.shape[0]) and h.dim() == 2 and h.is_contiguous() \
+        and h.dtype == torch.float32 and h.device.type == "cpu" and h.shape[1] == norm.num_features else None
     if lib is None:
         return _norm_then_elu(norm, elu, h)
-    batch_stats = norm.training or norm.running_mean is None
-    if batch_stats:
-        mean, var = _batch_statistics(lib, h)
-        if norm.training and norm.track_running_stats:
-            _update_running_stats(norm, mean, var, h.shape[0])
-    else:
-        mean, var = norm.running_mean.double(), norm.running_var.double()
-    invstd = (var + norm.eps).rsqrt()
+    mean, invstd, batch_stats = statistics(norm, h.shape[0], lambda: _batch_statistics(lib, h))
     return _BatchNormELU.apply(h, norm.weight, norm.bias, mean, invstd, float(elu.alpha), batch_stats)
 
 
-def _native_applies(norm: nn.BatchNorm2d, elu: nn.ELU, h: torch.Tensor) -> bool:
-    """Float32 rows on the CPU, eager mode, ELU with α > 0 (its derivative is then read from its output); one row in
-    training is left to the module, which refuses it as PyTorch does."""
-    return (h.device.type == "cpu" and h.dtype == torch.float32 and h.dim() == 2 and h.is_contiguous()
-            and not torch.compiler.is_compiling() and float(elu.alpha) > 0.0
-            and (h.shape[0] > 1 or not norm.training) and h.shape[1] == norm.num_features
-            and (norm.weight is None or norm.weight.dtype == torch.float32))
+def native_applies(norm: nn.BatchNorm2d, elu: nn.ELU, rows: int) -> bool:
+    """Eager mode without a dispatch mode (FLOP counters and fake tensors must see the modules' ops), ELU with α > 0
+    (its derivative is then read from its output), float32 parameters; one row in training is left to the module,
+    which refuses it as PyTorch does. The caller checks its tensor (float32, on the CPU)."""
+    return (not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None and float(elu.alpha) > 0.0
+            and (rows > 1 or not norm.training) and (norm.weight is None or norm.weight.dtype == torch.float32))
 
 
-def _row_pointer(t: torch.Tensor, row: int) -> int:
+def statistics(norm: nn.BatchNorm2d, rows: int, batch_mean_var) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """The mean and 1/std the module normalises with (float64) and whether they are the batch's own; the batch's are
+    ``batch_mean_var()`` (mean, biased variance), and in training they update the module's running statistics."""
+    batch_stats = norm.training or norm.running_mean is None
+    if batch_stats:
+        mean, var = batch_mean_var()
+        if norm.training and norm.track_running_stats:
+            _update_running_stats(norm, mean, var, rows)
+    else:
+        mean, var = norm.running_mean.double(), norm.running_var.double()
+    return mean, (var + norm.eps).rsqrt(), batch_stats
+
+
+def row_pointer(t: torch.Tensor, row: int) -> int:
     return t.data_ptr() + row * t.stride(0) * t.element_size()
 
 
 def _batch_statistics(lib: ctypes.CDLL, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and biased variance of ``h``'s rows, float64: sums of ``h − h[0]`` (shifted by the first row,
-    so a large mean does not cancel the variance away) over row chunks on torch's thread count."""
+    """Per-channel mean and biased variance of ``h``'s rows: sums of ``h − h[0]`` over row chunks on torch's thread
+    count (:func:`mean_var`)."""
     rows, chans = h.shape
     shift = h[0].clone()
     sums = torch.zeros(native_threads(), 2, chans, dtype=torch.float64)
     n = native.run_in_row_chunks(rows, sums.shape[0], lambda k, i, j: lib.bn_stats(
-        _row_pointer(h, i), j - i, chans, shift.data_ptr(), sums[k, 0].data_ptr(), sums[k, 1].data_ptr()))
-    s1, s2 = sums[:n].sum(0) / rows
+        row_pointer(h, i), j - i, chans, shift.data_ptr(), sums[k, 0].data_ptr(), sums[k, 1].data_ptr()))
+    return mean_var(sums[:n].sum(0), shift, rows)
+
+
+def mean_var(sums: torch.Tensor, shift: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and biased variance (float64) from ``sums`` = (Σ (h − shift), Σ (h − shift)²): shifted by a row of the
+    data, so that a mean far from 0 does not cancel the variance away."""
+    s1, s2 = sums / rows
     return shift.double() + s1, (s2 - s1 * s1).clamp_(min=0.0)
 
 
@@ -211,22 +220,53 @@ def _update_running_stats(norm: nn.BatchNorm2d, mean: torch.Tensor, var: torch.T
         norm.running_var.mul_(1 - factor).add_(unbiased.to(norm.running_var.dtype), alpha=factor)
 
 
+def gamma_of(weight: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return weight.detach().double() if weight is not None else torch.ones_like(like)
+
+
+def normalise_elu(lib: ctypes.CDLL, h: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor | None,
+                  mean: torch.Tensor, invstd: torch.Tensor, alpha: float) -> torch.Tensor:
+    """ELU(γ (h − mean) · invstd + β) of ``h``'s rows, on torch's thread count."""
+    rows, chans = h.shape
+    scale = gamma * invstd
+    shift = (beta.detach().double() if beta is not None else torch.zeros_like(invstd)) - mean * scale
+    scale32, shift32 = scale.float(), shift.float()
+    out = torch.empty_like(h)
+    native.run_in_row_chunks(rows, native_threads(), lambda k, i, j: lib.bn_elu_forward(
+        row_pointer(h, i), j - i, chans, scale32.data_ptr(), shift32.data_ptr(), alpha, row_pointer(out, i)))
+    return out
+
+
+def backward_sums(lib: ctypes.CDLL, grad: torch.Tensor, out: torch.Tensor, h: torch.Tensor, mean32: torch.Tensor,
+                  alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ du and Σ du (h − mean) over the rows (du: the gradient through the ELU): β's and, times invstd, γ's."""
+    rows, chans = h.shape
+    sums = torch.zeros(native_threads(), 2, chans, dtype=torch.float64)
+    n = native.run_in_row_chunks(rows, sums.shape[0], lambda k, i, j: lib.bn_elu_backward_sums(
+        row_pointer(grad, i), row_pointer(out, i), row_pointer(h, i), j - i, chans, mean32.data_ptr(), alpha,
+        sums[k, 0].data_ptr(), sums[k, 1].data_ptr()))
+    s_du, s_duy = sums[:n].sum(0)
+    return s_du, s_duy
+
+
+def input_coefficients(gamma, invstd, s_du, s_duy, rows: int, batch_stats: bool) -> tuple[torch.Tensor, ...]:
+    """k1, k2, k3 (float32) of the input gradient ``du k1 + (h − mean) k2 + k3``; with the batch's own statistics k2
+    and k3 carry their dependence on the input (batch norm's training-mode backward), else they are 0."""
+    k1 = gamma * invstd
+    k2 = -k1 * invstd * invstd * s_duy / rows if batch_stats else torch.zeros_like(k1)
+    k3 = -k1 * s_du / rows if batch_stats else torch.zeros_like(k1)
+    return k1.float(), k2.float(), k3.float()
+
+
 class _BatchNormELU(torch.autograd.Function):
     """ELU(γ (h − mean) · invstd + β) with mean and invstd given. With ``batch_stats`` they are the batch's own, and the
-    input gradient includes their dependence on ``h`` (batch norm's training-mode backward); otherwise they are
-    constants (the running statistics). Saved for backward: ``h`` and the output, nothing else of that size."""
+    input gradient includes their dependence on ``h``; otherwise they are constants (the running statistics). Saved
+    for backward: ``h`` and the output, nothing else of that size."""
 
     @staticmethod
     def forward(ctx, h, weight, bias, mean, invstd, alpha, batch_stats):
-        lib = _library()
-        rows, chans = h.shape
-        gamma = weight.double() if weight is not None else torch.ones_like(invstd)
-        scale = gamma * invstd
-        shift = (bias.double() if bias is not None else torch.zeros_like(invstd)) - mean * scale
-        scale32, shift32 = scale.float(), shift.float()
-        out = torch.empty_like(h)
-        native.run_in_row_chunks(rows, native_threads(), lambda k, i, j: lib.bn_elu_forward(
-            _row_pointer(h, i), j - i, chans, scale32.data_ptr(), shift32.data_ptr(), alpha, _row_pointer(out, i)))
+        gamma = gamma_of(weight, invstd)
+        out = normalise_elu(_library(), h, gamma, bias, mean, invstd, alpha)
         ctx.save_for_backward(h, out, gamma, mean, invstd)
         ctx.alpha, ctx.batch_stats = alpha, batch_stats
         return out
@@ -237,21 +277,14 @@ class _BatchNormELU(torch.autograd.Function):
         lib, grad = _library(), grad.contiguous()
         rows, chans = h.shape
         mean32 = mean.float()
-        sums = torch.zeros(native_threads(), 2, chans, dtype=torch.float64)
-        n = native.run_in_row_chunks(rows, sums.shape[0], lambda k, i, j: lib.bn_elu_backward_sums(
-            _row_pointer(grad, i), _row_pointer(out, i), _row_pointer(h, i), j - i, chans, mean32.data_ptr(),
-            ctx.alpha, sums[k, 0].data_ptr(), sums[k, 1].data_ptr()))
-        s_du, s_duy = sums[:n].sum(0)
+        s_du, s_duy = backward_sums(lib, grad, out, h, mean32, ctx.alpha)
         grad_h = None
         if ctx.needs_input_grad[0]:
-            k1 = gamma * invstd
-            k2 = -k1 * invstd * invstd * s_duy / rows if ctx.batch_stats else torch.zeros_like(k1)
-            k3 = -k1 * s_du / rows if ctx.batch_stats else torch.zeros_like(k1)
-            k1, k2, k3 = k1.float(), k2.float(), k3.float()
+            k1, k2, k3 = input_coefficients(gamma, invstd, s_du, s_duy, rows, ctx.batch_stats)
             grad_h = torch.empty_like(h)
             native.run_in_row_chunks(rows, native_threads(), lambda k, i, j: lib.bn_elu_backward_input(
-                _row_pointer(grad, i), _row_pointer(out, i), _row_pointer(h, i), j - i, chans, mean32.data_ptr(),
-                k1.data_ptr(), k2.data_ptr(), k3.data_ptr(), ctx.alpha, _row_pointer(grad_h, i)))
+                row_pointer(grad, i), row_pointer(out, i), row_pointer(h, i), j - i, chans, mean32.data_ptr(),
+                k1.data_ptr(), k2.data_ptr(), k3.data_ptr(), ctx.alpha, row_pointer(grad_h, i)))
         grad_weight = (s_duy * invstd).float() if ctx.needs_input_grad[1] else None
         grad_bias = s_du.float() if ctx.needs_input_grad[2] else None
         return grad_h, grad_weight, grad_bias, None, None, None, None

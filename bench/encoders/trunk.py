@@ -9,14 +9,13 @@ hard-coded ``(63, 1)``, so the trunk also runs on the 17 occipital/parietal chan
 """
 from __future__ import annotations
 
-from typing import Iterator
-
 import torch
 from torch import nn
 import torch.nn.functional as F
 
 from bench.encoders.base import check_probability, positive_int, require_min_times
 from bench.encoders.batchnorm_elu import batch_norm_elu
+from bench.encoders.temporal_filter import temporal_stage
 
 N_FILTERS = 40
 TEMPORAL_KERNEL = 25
@@ -75,15 +74,14 @@ class TSConvTrunk(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Rows are (sample, time step[, channel]) and the 40 filters the last axis throughout, so each layer is one
         large GEMM on contiguous memory: the pooled temporal filter over the windows of every channel
-        (B·T'·C × 75 @ 75 × 40, in blocks of samples on the CPU: :class:`_BlockedTemporalGEMM`), the spatial conv
+        (B·T'·C × 75 @ 75 × 40; on the CPU a C kernel, :mod:`bench.encoders.temporal_filter`), the spatial conv
         (B·T' × C·40 @ C·40 × 40) and the pointwise conv (B·T' × 40 @ 40 × 40). The convolution kernels ran this step
         10-20× slower on a CPU (the temporal filter's weight gradient, one input channel at stride 5, above all). The
         last layout is the time-major output."""
         batch, n_chans, n_times = x.shape
         kernel = self.pooled_kernel()
         n_out = (n_times - kernel.shape[1]) // POOL_STRIDE + 1
-        h = _temporal_gemm(x, kernel, self.temporal[0].bias)  # (B·T'·C, 40)
-        h = batch_norm_elu(self.temporal[2], self.temporal[3], h)
+        h = temporal_stage(x, kernel, self.temporal[0].bias, POOL_STRIDE, self.temporal[2], self.temporal[3])
         conv = self.spatial[0]
         weight = conv.weight.squeeze(3).transpose(1, 2).reshape(N_FILTERS, n_chans * N_FILTERS)  # [out, c · 40 + in]
         h = torch.addmm(conv.bias, h.view(batch * n_out, n_chans * N_FILTERS), weight.t())  # (B·T', 40)
@@ -91,67 +89,6 @@ class TSConvTrunk(nn.Module):
         h = _dropout_as_conv_layout(self.spatial[3], h.view(batch, n_out, N_FILTERS))
         h = torch.addmm(self.pointwise.bias, h.reshape(-1, N_FILTERS), self.pointwise.weight.flatten(1).t())
         return h.view(batch, n_out * N_FILTERS)
-
-
-#: rows of the temporal GEMM per block in :class:`_BlockedTemporalGEMM`: a block's windows (32768 × 75 float32, 9.4 MiB)
-#: are copied out and multiplied while still in cache. Measured on the 2-core AVX2 VM, NICE's trunk forward + backward:
-#: batch 1000 on 2 threads 3.46 s unblocked, 2.99 s at 8192 rows, 2.71 s at 32768, 2.77 s at 65536; batch 64 on one
-#: thread 252 ms unblocked, 240 ms at 32768.
-WINDOW_BLOCK_ROWS = 32768
-
-
-def _temporal_gemm(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """The pooled temporal filter over the stride-5 windows of every channel: ``(B, C, T)`` → ``(B·T'·C, 40)``, rows
-    ordered (sample, time step, channel). Raw EEG on the CPU (no gradient wanted for it) goes block by block
-    (:class:`_BlockedTemporalGEMM`); a tensor that needs its gradient (ATM-S's tokens), a GPU tensor or autocast
-    takes the windows as one view through autograd."""
-    if x.device.type == "cpu" and not x.requires_grad and not torch.is_autocast_enabled("cpu") \
-            and not torch.compiler.is_compiling():
-        return _BlockedTemporalGEMM.apply(x, kernel, bias)
-    return torch.addmm(bias, _windows(x, kernel.shape[1]).reshape(-1, kernel.shape[1]), kernel.t())
-
-
-class _BlockedTemporalGEMM(torch.autograd.Function):
-    """``addmm(bias, windows, kernelᵀ)`` over blocks of whole samples, the windows copied out one block at a time.
-
-    The single GEMM materialised every window (B·T'·C × 75: 680 MB for a batch of 1000 at 63 × 250, 15 × the EEG),
-    wrote it to memory, read it back, and kept it for the backward pass. Here a block's copy is used while in cache and
-    dropped; the backward pass copies each block again for the kernel's gradient (``Σ windowsᵀ · grad``). The EEG
-    itself gets no gradient (it is data), so only the kernel and the bias do."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        windows = _windows(x, kernel.shape[1])
-        out = x.new_empty(windows.shape[:3].numel(), kernel.shape[0])
-        for block, rows in _window_blocks(windows):
-            torch.addmm(bias, block, kernel.t(), out=out[rows])
-        ctx.save_for_backward(x, kernel)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        x, kernel = ctx.saved_tensors
-        grad_kernel_t = kernel.new_zeros(kernel.shape[1], kernel.shape[0])
-        for block, rows in _window_blocks(_windows(x, kernel.shape[1])):
-            # the out= form, as FLOP counters know it (they miss addmm_)
-            torch.addmm(grad_kernel_t, block.t(), grad[rows], out=grad_kernel_t)
-        grad_bias = grad.sum(0) if ctx.needs_input_grad[2] else None
-        return None, grad_kernel_t.t(), grad_bias
-
-
-def _windows(x: torch.Tensor, width: int) -> torch.Tensor:
-    """The ``(B, T', C, width)`` stride-5 windows of ``(B, C, T)`` ``x``: a view, nothing copied."""
-    return x.unfold(-1, width, POOL_STRIDE).transpose(1, 2)
-
-
-def _window_blocks(windows: torch.Tensor) -> Iterator[tuple[torch.Tensor, slice]]:
-    """Blocks of whole samples of ~``WINDOW_BLOCK_ROWS`` rows: each block's windows as a ``(rows, width)`` matrix (the
-    one copy) and the slice of output rows it fills."""
-    per_sample = windows.shape[1] * windows.shape[2]
-    per_block = max(1, WINDOW_BLOCK_ROWS // per_sample)
-    for i in range(0, windows.shape[0], per_block):
-        j = min(windows.shape[0], i + per_block)
-        yield windows[i:j].reshape(-1, windows.shape[3]), slice(i * per_sample, j * per_sample)
 
 
 def _dropout_as_conv_layout(dropout: nn.Dropout, h: torch.Tensor) -> torch.Tensor:
