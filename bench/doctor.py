@@ -57,6 +57,24 @@ def devices() -> list[Check]:
     return checks
 
 
+def native_kernels() -> Check:
+    """The TSConv trunk's C kernels (:mod:`bench.native`), built here or read from the cache, or why they are not."""
+    import warnings
+
+    from bench import native
+    from bench.encoders import batchnorm_elu, temporal_filter
+
+    if not native.enabled():
+        return Check("devices", "native kernels", f"off ({native.ENV_SWITCH}=0): the PyTorch forms run")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        built = batchnorm_elu.library() is not None and temporal_filter.library() is not None
+    if built:
+        return Check("devices", "native kernels", "built: " + "; ".join(f"{k} ({v})" for k, v in native.loaded().items()))
+    why = str(caught[-1].message) if caught else "not built"
+    return Check("devices", "native kernels", f"not built, the PyTorch forms run (slower): {why}")
+
+
 def ray_status(start: bool = True) -> Check:
     """Start and stop a tiny local Ray, as `bench run` would, in a subprocess so a hang cannot wedge doctor."""
     try:
@@ -111,6 +129,7 @@ def run_checks(data_root: list[Path] | None = None, start_ray: bool = True) -> l
     tv, ok = torchvision_status()
     checks.append(Check("packages", "torchvision ops", tv, ok=ok))
     checks += devices()
+    checks.append(native_kernels())
     checks.append(ray_status(start_ray))
     checks += data_roots(list(data_root or []))
     checks.append(Check("paths", "cache", str(cache_dir())))

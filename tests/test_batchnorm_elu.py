@@ -22,7 +22,7 @@ def native_kernel():
     """The compiled kernel, which the machines this runs on must be able to build (they have a C compiler)."""
     if native._compiler() is None:
         pytest.skip("no C compiler on this machine")
-    assert BE._library() is not None, "a C compiler is here, yet the kernel was not built"
+    assert BE.library() is not None, "a C compiler is here, yet the kernel was not built"
 
 
 def _modules(chans, alpha, momentum, seed=0):

@@ -18,7 +18,7 @@ from bench.encoders import temporal_filter as TF
 def native_kernel():
     if native._compiler() is None:
         pytest.skip("no C compiler on this machine")
-    assert TF._library() is not None, "a C compiler is here, yet the kernel was not built"
+    assert TF.library() is not None, "a C compiler is here, yet the kernel was not built"
 
 
 def _reference(x, kernel, bias, stride, norm, alpha, probe):

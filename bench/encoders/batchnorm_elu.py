@@ -145,14 +145,14 @@ SIGNATURES = {
 }
 
 
-def _library() -> ctypes.CDLL | None:
+def library() -> ctypes.CDLL | None:
     return native.load("bn_elu", C_SOURCE, SIGNATURES)
 
 
 def batch_norm_elu(norm: nn.BatchNorm2d, elu: nn.ELU, h: torch.Tensor) -> torch.Tensor:
     """``elu(norm(h))`` for ``h`` of rows × channels, the modules' state (running statistics, momentum, batch counter,
     training flag) used and updated as the modules do."""
-    lib = _library() if native_applies(norm, elu, h.shape[0]) and h.dim() == 2 and h.is_contiguous() \
+    lib = library() if native_applies(norm, elu, h.shape[0]) and h.dim() == 2 and h.is_contiguous() \
         and h.dtype == torch.float32 and h.device.type == "cpu" and h.shape[1] == norm.num_features else None
     if lib is None:
         return _norm_then_elu(norm, elu, h)
@@ -266,7 +266,7 @@ class _BatchNormELU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, bias, mean, invstd, alpha, batch_stats):
         gamma = gamma_of(weight, invstd)
-        out = normalise_elu(_library(), h, gamma, bias, mean, invstd, alpha)
+        out = normalise_elu(library(), h, gamma, bias, mean, invstd, alpha)
         ctx.save_for_backward(h, out, gamma, mean, invstd)
         ctx.alpha, ctx.batch_stats = alpha, batch_stats
         return out
@@ -274,7 +274,7 @@ class _BatchNormELU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         h, out, gamma, mean, invstd = ctx.saved_tensors
-        lib, grad = _library(), grad.contiguous()
+        lib, grad = library(), grad.contiguous()
         rows, chans = h.shape
         mean32 = mean.float()
         s_du, s_duy = backward_sums(lib, grad, out, h, mean32, ctx.alpha)

@@ -138,7 +138,7 @@ _SIGNATURES = {**BE.SIGNATURES, "tf_forward": [_P, _I, _I, _I, _I, _I, _I, _P, _
 MIN_SAMPLES_PER_THREAD = 2
 
 
-def _library() -> ctypes.CDLL | None:
+def library() -> ctypes.CDLL | None:
     return native.load("tsconv_temporal", _C_SOURCE, _SIGNATURES)
 
 
@@ -148,7 +148,7 @@ def temporal_stage(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor, st
     of ``x`` (B, C, T), then the batch norm and the ELU (the modules' state used and updated as they do it):
     ``(B·T'·C, filters)``, rows ordered (sample, time step, channel)."""
     n_out = (x.shape[2] - kernel.shape[1]) // stride + 1
-    if _native_applies(x, kernel, norm, elu, x.shape[0] * n_out * x.shape[1]) and (lib := _library()) is not None:
+    if _native_applies(x, kernel, norm, elu, x.shape[0] * n_out * x.shape[1]) and (lib := library()) is not None:
         return _NativeTemporalStage.apply(x.contiguous(), kernel, bias, norm.weight, norm.bias, norm, float(elu.alpha),
                                           stride, lib)
     return batch_norm_elu(norm, elu, _filter(x, kernel, bias, stride))
