@@ -99,3 +99,11 @@ def test_flop_counting_sees_the_same_flops_as_the_native_kernel_does(native_kern
     monkeypatch.setenv(native.ENV_SWITCH, "0")
     rows = 4 * 36 * 63
     assert with_native == counted() and with_native >= 2 * (2 * rows * 75 * 40)  # at least the filter fwd + bwd
+
+
+def test_an_empty_batch_passes_in_eval_mode(native_kernel):
+    """No rows: nothing to take the statistics' shift from; the modules' form answers (an empty output)."""
+    from bench.encoders.trunk import TSConvTrunk
+
+    with torch.no_grad():
+        assert TSConvTrunk(5, 250).eval()(torch.randn(0, 5, 250)).shape == (0, 1440)

@@ -162,10 +162,11 @@ def batch_norm_elu(norm: nn.BatchNorm2d, elu: nn.ELU, h: torch.Tensor) -> torch.
 
 def native_applies(norm: nn.BatchNorm2d, elu: nn.ELU, rows: int) -> bool:
     """Eager mode without a dispatch mode (FLOP counters and fake tensors must see the modules' ops), ELU with α > 0
-    (its derivative is then read from its output), float32 parameters; one row in training is left to the module,
-    which refuses it as PyTorch does. The caller checks its tensor (float32, on the CPU)."""
+    (its derivative is then read from its output), float32 parameters; one row under batch statistics (or none at
+    all) is left to the module, which refuses it as PyTorch does. The caller checks its tensor (float32, on the CPU)."""
     return (not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None and float(elu.alpha) > 0.0
-            and (rows > 1 or not norm.training) and (norm.weight is None or norm.weight.dtype == torch.float32))
+            and rows > (1 if norm.training or norm.running_mean is None else 0)
+            and (norm.weight is None or norm.weight.dtype == torch.float32))
 
 
 def statistics(norm: nn.BatchNorm2d, rows: int, batch_mean_var) -> tuple[torch.Tensor, torch.Tensor, bool]:

@@ -1,19 +1,21 @@
-"""TSConv's temporal filter: 40 filters of width K slid at a stride over every channel, ``(B, C, T)`` → rows
-``(sample, time step, channel)`` × 40 (the pooled kernel of :meth:`TSConvTrunk.pooled_kernel`, K = 75, stride 5).
+"""TSConv's temporal stage: 40 filters of width K slid at a stride over every channel, ``(B, C, T)`` → rows
+``(sample, time step, channel)`` × 40 (the pooled kernel of :meth:`TSConvTrunk.pooled_kernel`, K = 75, stride 5), then
+the batch norm and the ELU over those rows.
 
 Three forms of one function, the fastest that applies:
 
-* **Native** (:class:`_NativeTemporalFilter`, CPU, float32, raw EEG): a C kernel (:mod:`bench.native`) that reads each
-  window where it lies in the EEG and keeps 2 rows × 40 filters in vector registers, so nothing the size of the
-  windows is ever written. The windows overlap 15-fold (K / stride), and copying them out for a GEMM wrote 15× the
-  EEG per pass. On one AVX2 core, 100 samples: forward 62 → 40 ms, kernel gradient 64 → 43 ms (34 and 32 GFLOP/s,
-  the core's GEMM rate on a 1024² product is 35).
-* **Blocked GEMM** (:class:`_BlockedTemporalGEMM`, CPU without a compiler): the windows copied out block by block and
-  multiplied while in cache.
+* **Native** (:class:`_NativeTemporalStage`; CPU, float32, raw EEG): C kernels (:mod:`bench.native`). The filter reads
+  each window where it lies in the EEG and keeps 2 rows × 40 filters in vector registers, so nothing the size of the
+  windows is written: they overlap 15-fold (K / stride), and copying them out for a GEMM wrote 15× the EEG per pass.
+  On one AVX2 core, 100 samples: forward 62 → 40 ms, kernel gradient 64 → 43 ms (34 and 32 GFLOP/s; the core's GEMM
+  rate on a 1024² product is 35). The batch norm's sums are taken while each time step's rows are in cache, and the
+  backward pass computes the batch norm + ELU input gradient a time step at a time for the kernel's gradient.
+* **Blocked GEMM** (:class:`_BlockedTemporalGEMM`, CPU without the kernels): the windows copied out block by block
+  and multiplied while in cache, then :func:`batch_norm_elu`.
 * **One GEMM through autograd**: an input that needs its gradient (ATM-S's tokens), a GPU, autocast, ``torch.compile``
-  or a dispatch mode (FLOP counting, fake tensors: they must see every op, and count the same FLOPs the kernel does).
+  or a dispatch mode (FLOP counting, fake tensors: they must see every op, and count the FLOPs the kernels do).
 
-Tests hold all three to one float64 reference (tests/test_temporal_filter.py).
+Tests hold the forms to one float64 reference (tests/test_temporal_filter.py).
 """
 from __future__ import annotations
 
