@@ -2,8 +2,9 @@
 
 Some steps are bound by passes over memory and per-value arithmetic that eager PyTorch cannot fuse on a CPU (a batch
 norm and an ELU over a 363 MB activation: statistics, normalisation, activation and their backward are ~10 kernels,
-each a pass; ``torch.compile`` was no faster there, docs/performance.md). A few dozen lines of C, compiled with the
-machine's C compiler for its own instruction set (``-march=native``), do the same in 3-4 passes.
+each a pass; ``torch.compile`` was no faster there, docs/performance.md), or by copies a GEMM needs (TSConv's
+overlapping windows). A few dozen lines of C each, compiled with the machine's C compiler for its own instruction
+set (``-march=native``), do the same in fewer passes.
 
 No compiler, a failed build, or ``BENCH_NATIVE=0`` leaves the library out (:func:`load` returns None, the first two
 with a warning, once) and the caller runs its PyTorch form: a kernel here is only ever a faster way to compute
@@ -146,7 +147,7 @@ def loaded() -> dict[str, str]:
 #: below this many rows a call runs in the calling thread: a thread hand-off costs more than it saves
 MIN_ROWS_PER_THREAD = 16384
 _pool: ThreadPoolExecutor | None = None
-_pool_size = 0
+_pool_key = (0, 0)  # (pid, threads) it was made for: a forked child inherits the object but not its threads
 
 
 def run_in_row_chunks(rows: int, n_threads: int, call: Callable[[int, int, int], None],
@@ -160,9 +161,9 @@ def run_in_row_chunks(rows: int, n_threads: int, call: Callable[[int, int, int],
     if n == 1:
         call(*bounds[0])
         return 1
-    global _pool, _pool_size
-    if _pool is None or _pool_size < n:  # grown to the largest thread count asked for
-        _pool, _pool_size = ThreadPoolExecutor(max_workers=n, thread_name_prefix="bench-native"), n
+    global _pool, _pool_key
+    if _pool is None or _pool_key[0] != os.getpid() or _pool_key[1] < n:  # grown to the most threads asked for
+        _pool, _pool_key = ThreadPoolExecutor(max_workers=n, thread_name_prefix="bench-native"), (os.getpid(), n)
     for future in [_pool.submit(call, *b) for b in bounds]:
         future.result()
     return n

@@ -104,3 +104,26 @@ def test_row_chunks_cover_every_row_once_on_threads(rows, threads, chunks):
     assert seen[0][1] == 0 and seen[-1][2] == rows
     assert all(a[2] == b[1] for a, b in zip(seen, seen[1:]))
     assert (names == {threading.main_thread().name}) == (chunks == 1)  # more than one chunk: all on the pool
+
+
+def test_a_forked_child_gets_threads_of_its_own():
+    """The pool's threads do not survive a fork; a child that reused the parent's pool object would wait forever."""
+    import os
+
+    busy = threading.Barrier(2)
+    native.run_in_row_chunks(100_000, 2, lambda k, i, j: busy.wait(5))  # the parent's pool has two threads
+    threading.Event().wait(0.2)  # both idle: a pool hands work to idle threads before it starts new ones
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only when both chunks ran
+        done = []
+        native.run_in_row_chunks(100_000, 2, lambda k, i, j: done.append(k))
+        os._exit(0 if sorted(done) == [0, 1] else 1)
+    for _ in range(200):
+        finished, status = os.waitpid(pid, os.WNOHANG)
+        if finished:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        threading.Event().wait(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child's chunks never ran")
