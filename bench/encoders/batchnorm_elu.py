@@ -1,4 +1,5 @@
-"""Batch norm followed by ELU on rows × channels, the channels last in memory: the pair TSConv applies twice.
+"""Batch norm followed by ELU on rows × channels, the channels last in memory: the pair TSConv applies twice (its
+spatial layer here; its temporal stage, :mod:`bench.encoders.temporal_filter`, compiles this C source with its filter).
 
 On the CPU the pair runs as one C kernel (:mod:`bench.native`) when a compiler is at hand: statistics in one pass,
 normalisation and ELU in a second, and a backward pass of two (sums, then the input gradient), where PyTorch's
@@ -152,8 +153,8 @@ def library() -> ctypes.CDLL | None:
 def batch_norm_elu(norm: nn.BatchNorm2d, elu: nn.ELU, h: torch.Tensor) -> torch.Tensor:
     """``elu(norm(h))`` for ``h`` of rows × channels, the modules' state (running statistics, momentum, batch counter,
     training flag) used and updated as the modules do."""
-    lib = library() if native_applies(norm, elu, h.shape[0]) and h.dim() == 2 and h.is_contiguous() \
-        and h.dtype == torch.float32 and h.device.type == "cpu" and h.shape[1] == norm.num_features else None
+    rows_on_cpu = h.device.type == "cpu" and h.dtype == torch.float32 and h.dim() == 2 and h.is_contiguous()
+    lib = library() if rows_on_cpu and h.shape[1] == norm.num_features and native_applies(norm, elu, len(h)) else None
     if lib is None:
         return _norm_then_elu(norm, elu, h)
     mean, invstd, batch_stats = statistics(norm, h.shape[0], lambda: _batch_statistics(lib, h))
