@@ -184,6 +184,7 @@ def statistics(norm: nn.BatchNorm2d, rows: int, batch_mean_var) -> tuple[torch.T
 
 
 def row_pointer(t: torch.Tensor, row: int) -> int:
+    """The address of row ``row`` (index along the first axis) of ``t``, for a kernel that walks from there."""
     return t.data_ptr() + row * t.stride(0) * t.element_size()
 
 

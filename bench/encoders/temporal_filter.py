@@ -175,10 +175,6 @@ def _shape(x: torch.Tensor, kernel: torch.Tensor, stride: int) -> tuple[int, int
     return batch, chans, times, (times - kernel.shape[1]) // stride + 1, kernel.shape[1]
 
 
-def _sample_pointer(t: torch.Tensor, per_sample: int, sample: int) -> int:
-    return t.data_ptr() + sample * per_sample * t.element_size()
-
-
 class _NativeTemporalStage(torch.autograd.Function):
     """The filter, batch norm and ELU, the samples split over torch's thread count. Saved for backward: the EEG, the
     filter's output ``y`` and the ELU's output ``z``. The EEG gets no gradient (it is data)."""
@@ -192,8 +188,8 @@ class _NativeTemporalStage(torch.autograd.Function):
         sums = torch.zeros(threads, 2, N_FILTERS, dtype=torch.float64)
         y = x.new_empty(rows, N_FILTERS)
         n = native.run_in_row_chunks(batch, threads, lambda k, i, j: lib.tf_forward(
-            _sample_pointer(x, chans * times, i), j - i, chans, times, n_out, width, stride, kernel_t.data_ptr(),
-            bias_c.data_ptr(), shift.data_ptr(), _sample_pointer(y, n_out * chans * N_FILTERS, i),
+            BE.row_pointer(x, i), j - i, chans, times, n_out, width, stride, kernel_t.data_ptr(),
+            bias_c.data_ptr(), shift.data_ptr(), BE.row_pointer(y, i * n_out * chans),
             sums[k, 0].data_ptr(), sums[k, 1].data_ptr()), min_rows=MIN_SAMPLES_PER_THREAD)
         mean, invstd, batch_stats = BE.statistics(norm, rows, lambda: BE.mean_var(sums[:n].sum(0), shift, rows))
         gamma = BE.gamma_of(weight, invstd)
@@ -210,10 +206,10 @@ class _NativeTemporalStage(torch.autograd.Function):
         s_du, s_duy = BE.backward_sums(lib, dz, z, y, mean32, ctx.alpha)
         k1, k2, k3 = BE.input_coefficients(gamma, invstd, s_du, s_duy, y.shape[0], ctx.batch_stats)
         sums = torch.zeros(BE.native_threads(), width * N_FILTERS + N_FILTERS, dtype=torch.float64)
-        per_sample = n_out * chans * N_FILTERS
+        per_sample = n_out * chans  # rows of y, z and dz
         n = native.run_in_row_chunks(batch, sums.shape[0], lambda k, i, j: lib.tf_weight_grad_bn_elu(
-            _sample_pointer(x, chans * times, i), j - i, chans, times, n_out, width, ctx.stride,
-            _sample_pointer(dz, per_sample, i), _sample_pointer(z, per_sample, i), _sample_pointer(y, per_sample, i),
+            BE.row_pointer(x, i), j - i, chans, times, n_out, width, ctx.stride,
+            BE.row_pointer(dz, i * per_sample), BE.row_pointer(z, i * per_sample), BE.row_pointer(y, i * per_sample),
             mean32.data_ptr(), k1.data_ptr(), k2.data_ptr(), k3.data_ptr(), ctx.alpha, sums[k].data_ptr(),
             sums[k, width * N_FILTERS:].data_ptr()), min_rows=MIN_SAMPLES_PER_THREAD)
         total = sums[:n].sum(0).to(kernel.dtype)
