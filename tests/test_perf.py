@@ -133,3 +133,31 @@ def test_cpu_budget_counts_a_child_that_ended_before_the_grid_did(monkeypatch):
     assert as_trial["cpu_trials_s"] > 1.2 and as_trial["cpu_ray_processes_s"] < 0.3
     assert as_other["cpu_ray_processes_s"] > 1.2 and as_other["cpu_trials_s"] == 0
     assert as_trial["cpu_available_s"] == pytest.approx(cpu.wall_s * os.cpu_count())
+
+
+def test_training_rows_serve_more_rows_than_one_subject_holds():
+    """A GPU's `--steps 20 --rounds 3` asks the reference loop for 64,000 averaged rows of a subject with 16,540
+    images: the draw then covers every image once per whole pass, as epochs would, instead of failing."""
+    import numpy as np
+
+    from bench.perf.throughput import TrainingRows
+
+    class FiveImages:
+        n_train_images = 5
+        train_image_concept = np.arange(5)
+
+        def train_features(self):
+            return type("F", (), {"image": np.zeros((5, 4), np.float32), "text": None})()
+
+        def load_train(self, subject, average=True):
+            eeg = np.arange(5, dtype=np.float32)[:, None, None, None] * np.ones((5, 2, 3, 4), np.float32)
+            return eeg.mean(axis=1) if average else eeg
+
+    rows = TrainingRows(FiveImages(), subject=1)
+    few = rows.sample(3, average=True)
+    assert len(set(few.row_image.tolist())) == 3  # distinct while the data suffice
+    many = rows.sample(12, average=True)
+    assert len(many) == 12 and np.bincount(many.row_image, minlength=5).min() >= 2  # two whole passes, then 2 more
+    assert np.array_equal(many.eeg[:, 0, 0], many.row_image)  # each row is its image's EEG
+    trials = rows.sample(13, average=False)  # 2 repetitions per image: 7 images' rows, cut to 13
+    assert len(trials) == 13 and np.array_equal(trials.eeg[:, 0, 0], trials.row_image)

@@ -49,10 +49,7 @@ class TrainingRows:
     def sample(self, n_rows: int, average: bool) -> TrainSet:
         trials = self.ds.load_train(self.subject, average=False)  # a memory map: rows are read when indexed
         reps = 1 if average else trials.shape[1]
-        n_images = math.ceil(n_rows / reps)
-        if n_images > self.ds.n_train_images:
-            raise ValueError(f"{n_rows} rows need {n_images} training images; the data have {self.ds.n_train_images}")
-        images = np.sort(self.rng.choice(self.ds.n_train_images, size=n_images, replace=False))
+        images = self._draw(math.ceil(n_rows / reps))
         if average:
             if self._averaged is None:
                 self._averaged = self.ds.load_train(self.subject, average=True)
@@ -66,6 +63,14 @@ class TrainingRows:
         return TrainSet(eeg=eeg, row_image=row_image, row_concept=concept,
                         row_subject=np.zeros(len(row_image), dtype=np.int64), image=self.features.image,
                         text=self.features.text)
+
+    def _draw(self, n_images: int) -> np.ndarray:
+        """``n_images`` training images in file order: distinct while the data have that many; beyond, every image
+        once per whole pass and the rest distinct (a GPU's ``--steps`` can ask for more rows than one subject holds,
+        as several epochs of a run would)."""
+        n_all = self.ds.n_train_images
+        passes = [self.rng.permutation(n_all) for _ in range(n_images // n_all)]
+        return np.sort(np.concatenate(passes + [self.rng.choice(n_all, size=n_images % n_all, replace=False)]))
 
     def validation(self, train: TrainSet, n_rows: int = N_VAL_ROWS) -> EvalSet:
         rows = np.arange(min(n_rows, len(train)))
