@@ -614,9 +614,9 @@ def perf(
     workdir: Optional[Path] = typer.Option(None, "--workdir", help="Scratch parent (default: the system temp folder); "
                                                                    "full needs ~8 GB free."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch of both loops (tiny 16, full 1000)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Measured steps per loop and round (tiny 1, full 2; more on a GPU)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Measured steps per loop and round (tiny 1, full 4; more on a GPU)."),
     rounds: Optional[int] = typer.Option(None, "--rounds", help="Alternating rounds of ours vs the reference (2)."),
-    warmup: Optional[int] = typer.Option(None, "--warmup", help="Warm-up steps per loop, not measured (1)."),
+    warmup: Optional[int] = typer.Option(None, "--warmup", help="Warm-up steps per loop, not measured (tiny 1, full 2)."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the method in our trainer."),
     ray_trials: Optional[int] = typer.Option(None, "--ray-trials", help="Runs in the Ray comparison (tiny 2, full 4)."),
     ray_trial_s: Optional[float] = typer.Option(None, "--ray-trial-s", help="Seconds per Ray run (tiny 1, full 30)."),

@@ -24,7 +24,10 @@ class PerfError(UserError, ValueError):
 @dataclass(frozen=True)
 class Profile:
     """Sizes per preset: ``tiny`` is a smoke test, ``full`` gives the figures in docs/performance.md. ``full`` measures few steps
-    because a step of batch 1000 takes tens of seconds on a small CPU; on a GPU pass ``--steps 20`` or more."""
+    because a reference step of batch 1000 takes ~10 s on a small CPU; on a GPU pass ``--steps 20`` or more. Its two
+    warm-up steps: glibc's heap (:mod:`bench.allocator`) grows to a NICE step's high-water mark over the first steps,
+    and with one warm-up step the first measured round ran at a third of the second's rate (492 against 1,559
+    samples/s on the AVX-512 VM), halving the reported speed."""
 
     batch_size: int
     warmup_steps: int
@@ -39,7 +42,7 @@ class Profile:
 PROFILES = {
     "tiny": Profile(batch_size=16, warmup_steps=1, steps=1, rounds=2, load_repeats=2, ray_trials=2, ray_trial_s=1.0,
                     peak_s=0.1),
-    "full": Profile(batch_size=1000, warmup_steps=1, steps=2, rounds=2, load_repeats=3, ray_trials=4, ray_trial_s=30.0,
+    "full": Profile(batch_size=1000, warmup_steps=2, steps=4, rounds=2, load_repeats=3, ray_trials=4, ray_trial_s=30.0,
                     peak_s=1.0),
 }
 DEFAULT_METHODS = ("nice", "atm", "mcdb")
