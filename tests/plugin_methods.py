@@ -1,6 +1,6 @@
 """Methods for harness tests, loaded as a --plugin file (so Ray workers and subprocesses load them the same way)."""
-import os
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -19,10 +19,15 @@ class FlakyRidge(Ridge):
         super().fit_closed_form(eeg, image, subject)
 
 
-@register_method("ridge-slow", description="ridge that takes a few seconds (tests)")
+@register_method("ridge-slow", description="ridge that takes a few seconds while its marker file exists (tests)")
 class SlowRidge(Ridge):
+    """Sleeps ``slow_s`` while the file ``slow_marker`` exists. A file, not an environment variable: trials run in
+    the workers of a Ray started elsewhere, which never see the environment of the `bench run` that sent them."""
+    defaults = {**Ridge.defaults, "slow_s": 3.0, "slow_marker": ""}
+
     def fit_closed_form(self, eeg, image, subject):
-        time.sleep(float(os.environ.get("SLOW_RIDGE_S", "4")))
+        if self.hparams["slow_marker"] and Path(self.hparams["slow_marker"]).exists():
+            time.sleep(float(self.hparams["slow_s"]))
         super().fit_closed_form(eeg, image, subject)
 
 

@@ -1,5 +1,6 @@
-"""`bench perf --preset tiny` end to end: every section is there with positive figures (no speed thresholds: those
-belong to the benchmark, never to timed tests), and requests that cannot run fail with one clear line."""
+"""`bench perf --preset tiny` end to end, in two commands (data, peak and training; then Ray alone): every section is
+there with positive figures (no speed thresholds: those belong to the benchmark, never to timed tests), and requests
+that cannot run fail with one clear line."""
 import json
 import os
 import platform
@@ -24,9 +25,9 @@ def positive(section: dict, *keys: str) -> None:
         assert isinstance(value, (int, float)) and value > 0, (key, value)
 
 
-def test_tiny_preset_reports_every_section(tmp_path):
+def test_tiny_preset_reports_data_peak_and_training(tmp_path):
     out = bench("perf", "--preset", "tiny", "--method", "nice,atm", "--device", "cpu", "--json",
-                str(tmp_path / "perf.json"), "--workdir", str(tmp_path / "scratch"))
+                str(tmp_path / "perf.json"), "--workdir", str(tmp_path / "scratch"), "--skip", "ray")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     report = json.loads((tmp_path / "perf.json").read_text())
 
@@ -70,19 +71,10 @@ def test_tiny_preset_reports_every_section(tmp_path):
     nice, atm = report["training"]
     assert nice["epoch_rows"] == 120 and atm["epoch_rows"] == 240  # averaged vs single trials, as each recipe
 
-    ray = report["ray"]
-    positive(ray, "serial_s", "ideal_s", "ray_init_s", "ray_grid_s", "trial_s", "epochs_per_trial", "checkpoint_every")
-    assert ray["overhead_pct"] == pytest.approx(100 * (ray["ray_wall_s"] - ray["ideal_s"]) / ray["ideal_s"])
-    positive(ray, "cpu_driver_s", "serial_train_s", "ray_train_s", "serial_outside_train_s", "grid_outside_train_s")
-    assert ray["train_slowdown_pct"] == pytest.approx(100 * (ray["ray_train_s"] / ray["serial_train_s"] - 1))
-    per_slot = ray["ray_train_s"] / ray["concurrency"] + ray["grid_outside_train_s"]
-    assert per_slot == pytest.approx(ray["ray_grid_s"])  # the breakdown adds up to the grid's wall time
-    assert ray["side_by_side_train_s"] == ray["serial_train_s"] and ray["machine_ideal_s"] == ray["ideal_s"]  # conc. 1
-
-    for title in ("data: one subject", "peak:", "training step:", "time to a trained model", "ray:",
-                  "ray: where the overhead goes", "ray: the grid's CPU-seconds"):
+    for title in ("data: one subject", "peak:", "training step:", "time to a trained model"):
         assert title in out.stdout
-    assert not list((tmp_path / "scratch").iterdir())  # data, cache and Ray runs are removed
+    assert "ray" not in report and "ray:" not in out.stdout
+    assert not list((tmp_path / "scratch").iterdir())  # its data and cache are removed
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error shown where there is no GPU")
@@ -97,25 +89,37 @@ def test_closed_form_method_is_refused(tmp_path):
     assert out.returncode == 1 and "closed form" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_ray_only_writes_no_preset_subject(tmp_path):
-    """With data and training skipped nothing reads the preset's subject, so none is written."""
-    from bench.perf import PerfOptions, run_perf
-
-    messages = []
-    report = run_perf(PerfOptions(preset="tiny", skip=("data", "train"), ray_trials=2, ray_concurrency=2,
-                                  workdir=tmp_path), say=messages.append)
-    assert "generate_s" not in report and report["ray"]["trials"] == 2
-    assert sum("writing one subject" in m for m in messages) == 1  # the Ray section's own tiny data only
-    ray = report["ray"]  # at concurrency 2 the machine's own ideal comes from the runs as plain processes side by side
+def test_ray_section_alone_writes_only_its_own_data(tmp_path):
+    """With data and training skipped nothing reads the preset's subject, so none is written: the Ray section writes
+    its own. Two trials at concurrency 2: the machine's own ideal comes from the runs as plain processes side by
+    side, and the CPU budget splits the cores × the grid's wall time between trials, driver, Ray and the rest."""
+    out = bench("perf", "--preset", "tiny", "--skip", "data", "--skip", "train", "--ray-trials", "2",
+                "--ray-concurrency", "2", "--json", str(tmp_path / "perf.json"), "--workdir", str(tmp_path / "w"))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    report = json.loads((tmp_path / "perf.json").read_text())
+    assert "generate_s" not in report and "data" not in report and "training" not in report
+    assert out.stdout.count("writing one subject") == 1  # the Ray section's own tiny data only
+    ray = report["ray"]
+    assert ray["trials"] == ray["concurrency"] == 2
+    positive(ray, "serial_s", "ideal_s", "ray_init_s", "ray_grid_s", "trial_s", "epochs_per_trial", "checkpoint_every")
+    assert ray["overhead_pct"] == pytest.approx(100 * (ray["ray_wall_s"] - ray["ideal_s"]) / ray["ideal_s"])
+    positive(ray, "cpu_driver_s", "serial_train_s", "ray_train_s", "serial_outside_train_s", "grid_outside_train_s")
+    assert ray["train_slowdown_pct"] == pytest.approx(100 * (ray["ray_train_s"] / ray["serial_train_s"] - 1))
+    per_slot = ray["ray_train_s"] / ray["concurrency"] + ray["grid_outside_train_s"]
+    assert per_slot == pytest.approx(ray["ray_grid_s"])  # the breakdown adds up to the grid's wall time
     assert ray["side_by_side_train_s"] > 0 and ray["side_by_side_train_s"] != ray["serial_train_s"]
     side = ray["side_by_side_train_s"] - ray["serial_train_s"]
     assert ray["machine_ideal_s"] == pytest.approx((ray["serial_s"] + side) / 2)
-    # the CPU budget: the trials' processes (found by the pids their records name) trained most of their time, Ray's
-    # own processes are counted apart from them, and the parts add up to the cores × the grid's wall time
+    # the trials' processes (found by the pids their records name) trained most of their time, Ray's own processes
+    # are counted apart from them, and the parts add up to the cores × the grid's wall time
     assert ray["cpu_trials_s"] > 0.5 * ray["ray_train_s"] and ray["cpu_ray_processes_s"] > 0
     parts = sum(ray[k] for k in ("cpu_trials_s", "cpu_driver_s", "cpu_ray_processes_s", "cpu_others_s", "cpu_idle_s"))
     assert parts == pytest.approx(ray["cpu_available_s"], rel=0.1)
     assert 0 <= ray["cpu_iowait_s"] <= ray["cpu_idle_s"] + 1.0  # I/O wait is idle time (Linux counts it apart)
+    for title in ("ray: 2 runs of", "ray: where the overhead goes", "ray: the grid's CPU-seconds"):
+        assert title in out.stdout
+    assert "training step:" not in out.stdout
+    assert not list((tmp_path / "w").iterdir())  # its data, cache and Ray runs are removed
 
 
 def test_cpu_budget_counts_a_child_that_ended_before_the_grid_did(monkeypatch):

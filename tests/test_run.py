@@ -58,9 +58,9 @@ def test_a_failing_run_leaves_one_failed_and_three_completed(ray_session, tiny_r
 def test_kill_minus_9_then_rerun_completes_only_the_missing(ray_session, tiny_root, tmp_path, plugin):
     cmd = [BENCH, "--plugin", str(plugin), "run", "--method", "ridge-slow", "--subjects", "1,2", "--seeds", "0,1",
            "--data-root", str(tiny_root), "--results-dir", str(tmp_path), "--address", ray_session,
-           "--max-concurrent", "1", "--set", QUICK[0]]
-    env = {**os.environ, "SLOW_RIDGE_S": "3"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+           "--max-concurrent", "1", "--set", QUICK[0], "--set", f"method.slow_marker={tmp_path / 'slow'}"]
+    (tmp_path / "slow").touch()  # each run takes 3 s: the kill lands mid-grid
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     store = RunStore(tmp_path)
     deadline = time.time() + 240
     while time.time() < deadline and len(store.records()) < 1:
@@ -70,7 +70,8 @@ def test_kill_minus_9_then_rerun_completes_only_the_missing(ray_session, tiny_ro
     before = {r.spec_hash: store.record_path(r.spec_hash).stat().st_mtime_ns for r in store.records()}
     assert 1 <= len(before) < 4, "the kill should land mid-grid"
     time.sleep(2)  # let Ray reap the dead driver's workers
-    out = subprocess.run(cmd, env={**env, "SLOW_RIDGE_S": "0"}, capture_output=True, text=True, timeout=300)
+    (tmp_path / "slow").unlink()  # the same specs, now quick
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     after = store.records()
     assert len(after) == 4 and all(r.status == "completed" for r in after)
