@@ -1,5 +1,5 @@
 """`python -m bench …` is the `bench` command."""
-from bench.cli import main
+from bench.cli import entry
 
 if __name__ == "__main__":
-    main()
+    entry()

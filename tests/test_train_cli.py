@@ -2,7 +2,10 @@
 import json
 import subprocess
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
+
+import pytest
 
 from conftest import BENCH
 
@@ -38,6 +41,29 @@ def test_bad_method_and_bad_key_are_one_line_errors(tiny_root, tmp_path):
     out = bench_train("train", "--method", "ridge", "--subject", "1", "--data-root", str(tiny_root),
                       "--set", "train.lrr=1")
     assert out.returncode == 1 and "train.lr" in out.stderr
+
+
+@pytest.mark.parametrize("how", ["script", "python -m bench"])
+def test_the_bench_program_exits_with_its_objects_frozen_and_its_work_whole(tiny_root, tmp_path, how):
+    """The `bench` script and `python -m bench` go through bench.cli.entry, which freezes the objects the command
+    made out of the garbage collector before the interpreter exits; a last atexit hook sees them frozen, and the
+    command's output and record are whole. An error exit goes the same way, with its code."""
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "bench"]
+    assert script.value == "bench.cli:entry"
+    start = ("from bench.cli import entry; entry()" if how == "script" else
+             "import runpy; runpy.run_module('bench', run_name='__main__')")
+    hook = "import atexit, gc, sys; atexit.register(lambda: print('frozen', gc.get_freeze_count(), file=sys.stderr))"
+    args = ["train", "--method", "ridge", "--subject", "1", "--data-root", str(tiny_root), "--results-dir",
+            str(tmp_path), "--set", "protocol.val_concepts=4"]
+    outs = []
+    for argv, code in ((args, 0), ([*args, "--set", "train.lrr=1"], 1)):
+        outs.append(out := subprocess.run([sys.executable, "-c", f"{hook}\nsys.argv = ['bench', *{argv!r}]\n{start}"],
+                                          capture_output=True, text=True, timeout=300))
+        assert out.returncode == code, out.stdout + out.stderr
+        frozen = [line for line in out.stderr.splitlines() if line.startswith("frozen ")]
+        assert len(frozen) == 1 and int(frozen[0].split()[1]) > 10_000, out.stderr[-3000:]
+    assert only_record(tmp_path)["status"] == "completed" and "record:" in outs[0].stdout
+    assert "train.lr" in outs[1].stderr  # the error line, whole
 
 
 def test_accelerate_launch_two_processes_on_cpu(tiny_root, tmp_path):
