@@ -93,8 +93,8 @@ def test_ray_section_alone_writes_only_its_own_data(tmp_path):
     """With data and training skipped nothing reads the preset's subject, so none is written: the Ray section writes
     its own. Two trials at concurrency 2: the machine's own ideal comes from the runs as plain processes side by
     side, and the CPU budget splits the cores × the grid's wall time between trials, driver, Ray and the rest."""
-    out = bench("perf", "--preset", "tiny", "--skip", "data", "--skip", "train", "--ray-trials", "2",
-                "--ray-concurrency", "2", "--json", str(tmp_path / "perf.json"), "--workdir", str(tmp_path / "w"))
+    out = bench("perf", "--preset", "tiny", "--skip", "data", "--skip", "train", "--ray-trials", "2", "--ray-trial-s",
+                "0.3", "--ray-concurrency", "2", "--json", str(tmp_path / "perf.json"), "--workdir", str(tmp_path / "w"))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     report = json.loads((tmp_path / "perf.json").read_text())
     assert "generate_s" not in report and "data" not in report and "training" not in report
