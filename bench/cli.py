@@ -696,8 +696,9 @@ def entry() -> None:
 
     On the way out every object the command made is frozen out of the garbage collector, so the interpreter's exit
     skips walking torch's and Ray's object graphs: 0.5 s of every command that imported torch, 1 s after a sweep,
-    on the 2-core VM. Nothing is lost by it: atexit handlers (Ray's shutdown, trackers) still run and the standard
-    streams are still flushed; every file the harness writes is closed (and renamed) before its command returns.
+    on the 2-core VM. What the exit still does: atexit handlers (Ray's shutdown, logging, trackers) run and the
+    standard streams are flushed. What it no longer does: finalize objects caught in reference cycles, which CPython
+    never promised at exit; the harness closes and renames what it writes before the command returns.
     Not in :func:`main`, which tests call in their own long-lived process."""
     import gc
 
